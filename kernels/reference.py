@@ -1,0 +1,481 @@
+"""PyTorch reference of every recurrent kernel: the contract the Triton kernels implement.
+
+Each cell has a forward and an explicit backward (BPTT written out with tensor ops, no autograd
+through the time loop). The math runs in float32 (float64 when the inputs are float64) and the
+results are cast back to the storage dtype, exactly as the kernels do. The derivations are in
+`kernels/README.md`.
+
+Layout shared by every function (time-major, both directions side by side):
+
+    # T steps, B batch, D directions (1, or 2 when bidirectional), H hidden,
+    # P recurrent width (H, or LSTM proj_size), G gates (RNN 1, GRU 3, LSTM 4)
+    gx      [T, B, D, G*H]   input projection x @ W_ihᵀ (+ folded biases) for every step
+    w_hh    [D, G*H, P]      recurrent weights, one matrix per direction
+    h0, c0  [D, B, P], [D, B, H]   initial states (None: zeros)
+    lengths [B] int64        valid steps of each sequence (None: all T)
+    y       [T, B, D, P]     hidden state of every step, zero past a sequence's length
+
+Direction 1 runs backwards in time. With `lengths`, a step t >= lengths[b] leaves that sequence's
+state unchanged and writes zeros to every per-step output, so the reverse direction starts at each
+sequence's own last step, as `torch.nn` does with a `PackedSequence`.
+
+`record=True` in a backward also returns the total gradient of every step's state, dL/dh_t
+(and dL/dc_t for the LSTM): the direct gradient from y_t plus what flows back from step t+1.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+
+class RNNForward(NamedTuple):
+    y: torch.Tensor  # [T, B, D, H]; backward needs only y
+    h_n: torch.Tensor  # [D, B, H]
+
+
+class RNNBackward(NamedTuple):
+    dgx: torch.Tensor  # [T, B, D, H], gradient of the pre-activation (= of gx)
+    dh0: torch.Tensor  # [D, B, H]
+    dh_steps: torch.Tensor | None  # [T, B, D, H] float32, with record=True
+
+
+class LSTMForward(NamedTuple):
+    y: torch.Tensor  # [T, B, D, P]
+    h_n: torch.Tensor  # [D, B, P]
+    c_n: torch.Tensor  # [D, B, H]
+    gates: torch.Tensor | None  # [T, B, D, 4H] activated i, f, g, o; None when not training
+    c_steps: torch.Tensor | None  # [T, B, D, H] cell state after each step
+
+
+class LSTMBackward(NamedTuple):
+    dgx: torch.Tensor  # [T, B, D, 4H], gradient of the gate pre-activations
+    dh0: torch.Tensor  # [D, B, P]
+    dc0: torch.Tensor  # [D, B, H]
+    dh_steps: torch.Tensor | None  # [T, B, D, P] float32, with record=True or w_hr
+    dc_steps: torch.Tensor | None  # [T, B, D, H] float32, with record=True
+
+
+class GRUForward(NamedTuple):
+    y: torch.Tensor  # [T, B, D, H]
+    h_n: torch.Tensor  # [D, B, H]
+    gates: torch.Tensor | None  # [T, B, D, 3H] activated r, z, n
+    ghn: torch.Tensor | None  # [T, B, D, H] W_hn h + b_hn, what the reset gate multiplied
+
+
+class GRUBackward(NamedTuple):
+    dgx: torch.Tensor  # [T, B, D, 3H], gradient of gx
+    dghn: torch.Tensor  # [T, B, D, H], gradient of W_hn h + b_hn (the hidden side's n block)
+    dh0: torch.Tensor  # [D, B, H]
+    dh_steps: torch.Tensor | None  # [T, B, D, H] float32, with record=True
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype the math runs in: float64 for float64 storage, float32 for everything else."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _processing_order(x: torch.Tensor) -> torch.Tensor:
+    # [T, B, D, X] -> [T, D, B, X] with direction 1 reversed in time: step s of the loop is row s
+    xp = x.permute(0, 2, 1, 3)
+    if xp.shape[1] == 2:
+        xp = torch.stack((xp[:, 0], xp[:, 1].flip(0)), dim=1)
+    return xp.contiguous()
+
+
+def _time_order(xp: torch.Tensor) -> torch.Tensor:
+    # inverse of _processing_order: [T, D, B, X] -> [T, B, D, X]
+    if xp.shape[1] == 2:
+        xp = torch.stack((xp[:, 0], xp[:, 1].flip(0)), dim=1)
+    return xp.permute(0, 2, 1, 3).contiguous()
+
+
+def _valid_steps(lengths: torch.Tensor | None, T: int, D: int) -> torch.Tensor | None:
+    # [T, D, B, 1] bool in processing order: loop step s of direction d is a real step
+    if lengths is None:
+        return None
+    s = torch.arange(T, device=lengths.device)
+    t_of_step = torch.stack((s, T - 1 - s), dim=1)[:, :D]  # [T, D]
+    return (t_of_step[:, :, None] < lengths[None, None, :])[..., None]
+
+
+def _first_steps(lengths: torch.Tensor | None, T: int, D: int, B: int, device) -> torch.Tensor:
+    # [T, D, B, 1] bool in processing order: the loop step where each sequence starts
+    s = torch.arange(T, device=device)[:, None, None, None]
+    first = torch.zeros(D, B, device=device, dtype=torch.long)
+    if D == 2:
+        first[1] = 0 if lengths is None else T - lengths
+    return s == first[None, :, :, None]
+
+
+def _previous_p(state_p: torch.Tensor, init: torch.Tensor, lengths: torch.Tensor | None):
+    # [T, D, B, X] processing order -> the state entering each step (init at a sequence's start)
+    T, D, B, _ = state_p.shape
+    prev = torch.cat((init[None].to(state_p.dtype), state_p[:-1]), dim=0)
+    if D == 2 and lengths is not None:
+        prev = torch.where(_first_steps(lengths, T, D, B, state_p.device), init[None], prev)
+    return prev
+
+
+def previous_states(
+    steps: torch.Tensor, init: torch.Tensor | None, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The state that entered every step, from the per-step states that a forward wrote.
+
+    Args:
+        steps: [T, B, D, X] state after each step (zero past a sequence's length).
+        init: [D, B, X] initial state, or None for zeros.
+        lengths: [B] valid steps per sequence, or None.
+
+    Returns:
+        [T, B, D, X]: for direction 0, ``steps[t-1]`` (``init`` at t = 0); for direction 1,
+        ``steps[t+1]`` (``init`` at each sequence's last step). Values at steps past a
+        sequence's length are unspecified: the gradients there are zero.
+
+    Example:
+        >>> h_prev = previous_states(y, h0, lengths)  # dW_hh = Σ_t dgatesᵀ h_prev
+    """
+    _, B, D, X = steps.shape
+    if init is None:
+        init = steps.new_zeros(D, B, X)
+    return _time_order(_previous_p(_processing_order(steps), init.to(steps.dtype), lengths))
+
+
+def _keep(new: torch.Tensor, old: torch.Tensor | float, valid: torch.Tensor | None):
+    # a masked step keeps the old state (or writes the given fill value)
+    return new if valid is None else torch.where(valid, new, old)
+
+
+def _init_state(x: torch.Tensor | None, shape, like: torch.Tensor, dtype) -> torch.Tensor:
+    return like.new_zeros(shape, dtype=dtype) if x is None else x.to(dtype)
+
+
+def rnn_fwd(
+    gx: torch.Tensor,
+    w_hh: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    *,
+    nonlinearity: str = "tanh",
+    training: bool = True,
+) -> RNNForward:
+    """Elman RNN forward: h_t = act(gx_t + W_hh h_{t-1}), act = tanh or relu.
+
+    Args:
+        gx: [T, B, D, H] input projection with both biases folded in.
+        w_hh: [D, H, H]. h0: [D, B, H] or None. lengths: [B] or None.
+        nonlinearity: "tanh" or "relu".
+        training: unused (backward needs only y); kept for a uniform signature.
+
+    Returns:
+        RNNForward(y [T, B, D, H], h_n [D, B, H]) in gx's dtype.
+    """
+    T, B, D, H = gx.shape
+    ct = compute_dtype(gx)
+    act = torch.tanh if nonlinearity == "tanh" else torch.relu
+    gxp = _processing_order(gx).to(ct)  # [T, D, B, H]
+    w_t = w_hh.to(ct).transpose(1, 2)  # [D, H, H]
+    h = _init_state(h0, (D, B, H), gx, ct)  # [D, B, H]
+    valid = _valid_steps(lengths, T, D)
+    yp = gx.new_empty(T, D, B, H)
+    for s in range(T):
+        v = None if valid is None else valid[s]
+        h_new = act(torch.baddbmm(gxp[s], h, w_t))
+        yp[s] = _keep(h_new, 0.0, v)
+        h = _keep(h_new, h, v)
+    return RNNForward(_time_order(yp), h.to(gx.dtype))
+
+
+def rnn_bwd(
+    dy: torch.Tensor | None,
+    dh_n: torch.Tensor | None,
+    y: torch.Tensor,
+    w_hh: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    nonlinearity: str = "tanh",
+    record: bool = False,
+) -> RNNBackward:
+    """Elman RNN backward through time.
+
+    Args:
+        dy: [T, B, D, H] gradient of y, or None. dh_n: [D, B, H] or None.
+        y: [T, B, D, H] from the forward. w_hh: [D, H, H]. lengths: [B] or None.
+        record: also return dL/dh_t for every step.
+
+    Returns:
+        RNNBackward(dgx [T, B, D, H], dh0 [D, B, H], dh_steps [T, B, D, H] float32 or None).
+    """
+    T, B, D, H = y.shape
+    ct = compute_dtype(y)
+    yp = _processing_order(y).to(ct)
+    dyp = None if dy is None else _processing_order(dy).to(ct)
+    w = w_hh.to(ct)  # [D, H, H]
+    dh = _init_state(dh_n, (D, B, H), y, ct)  # gradient carried into the step being processed
+    valid = _valid_steps(lengths, T, D)
+    dgp = y.new_empty(T, D, B, H)
+    recp = y.new_empty(T, D, B, H, dtype=ct) if record else None
+    for s in reversed(range(T)):
+        v = None if valid is None else valid[s]
+        dh_total = dh if dyp is None else dh + dyp[s]
+        h = yp[s]
+        dpre = _keep(dh_total * (1 - h * h if nonlinearity == "tanh" else h > 0), 0.0, v)
+        dgp[s] = dpre
+        if recp is not None:
+            recp[s] = _keep(dh_total, 0.0, v)
+        dh = _keep(torch.bmm(dpre, w), dh, v)
+    dh_steps = None if recp is None else _time_order(recp)
+    return RNNBackward(_time_order(dgp), dh.to(y.dtype), dh_steps)
+
+
+def lstm_fwd(
+    gx: torch.Tensor,
+    w_hh: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    c0: torch.Tensor | None = None,
+    w_hr: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    *,
+    training: bool = True,
+) -> LSTMForward:
+    """LSTM forward (gate order i, f, g, o as torch.nn), with optional projection.
+
+    c_t = f ⊙ c_{t-1} + i ⊙ g,  h_t = o ⊙ tanh(c_t)  (or W_hr (o ⊙ tanh(c_t)) with w_hr).
+
+    Args:
+        gx: [T, B, D, 4H] input projection with both biases folded in.
+        w_hh: [D, 4H, P]. h0: [D, B, P] or None. c0: [D, B, H] or None.
+        w_hr: [D, P, H] projection (torch.nn's proj_size) or None. lengths: [B] or None.
+        training: save the gates and cell states for backward; False saves nothing.
+
+    Returns:
+        LSTMForward(y [T, B, D, P], h_n [D, B, P], c_n [D, B, H],
+        gates [T, B, D, 4H] or None, c_steps [T, B, D, H] or None), in gx's dtype.
+    """
+    T, B, D, G = gx.shape
+    H, P = G // 4, w_hh.shape[2]
+    ct = compute_dtype(gx)
+    gxp = _processing_order(gx).to(ct)  # [T, D, B, 4H]
+    w_t = w_hh.to(ct).transpose(1, 2)  # [D, P, 4H]
+    w_hr_t = None if w_hr is None else w_hr.to(ct).transpose(1, 2)  # [D, H, P]
+    h = _init_state(h0, (D, B, P), gx, ct)
+    c = _init_state(c0, (D, B, H), gx, ct)
+    valid = _valid_steps(lengths, T, D)
+    yp = gx.new_empty(T, D, B, P)
+    gates_p = gx.new_empty(T, D, B, G) if training else None
+    c_p = gx.new_empty(T, D, B, H) if training else None
+    for s in range(T):
+        v = None if valid is None else valid[s]
+        pre = torch.baddbmm(gxp[s], h, w_t)  # [D, B, 4H]
+        gates = torch.sigmoid(pre)
+        gates[..., 2 * H : 3 * H] = torch.tanh(pre[..., 2 * H : 3 * H])
+        i, f, g, o = gates.chunk(4, dim=-1)
+        c_new = f * c + i * g
+        h_new = o * torch.tanh(c_new)
+        if w_hr_t is not None:
+            h_new = torch.bmm(h_new, w_hr_t)
+        yp[s] = _keep(h_new, 0.0, v)
+        if training:
+            gates_p[s] = _keep(gates, 0.0, v)
+            c_p[s] = _keep(c_new, 0.0, v)
+        h, c = _keep(h_new, h, v), _keep(c_new, c, v)
+    return LSTMForward(
+        _time_order(yp),
+        h.to(gx.dtype),
+        c.to(gx.dtype),
+        None if gates_p is None else _time_order(gates_p),
+        None if c_p is None else _time_order(c_p),
+    )
+
+
+def lstm_bwd(
+    dy: torch.Tensor | None,
+    dh_n: torch.Tensor | None,
+    dc_n: torch.Tensor | None,
+    w_hh: torch.Tensor,
+    w_hr: torch.Tensor | None,
+    c0: torch.Tensor | None,
+    gates: torch.Tensor,
+    c_steps: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    record: bool = False,
+) -> LSTMBackward:
+    """LSTM backward through time.
+
+    Args:
+        dy: [T, B, D, P] or None. dh_n: [D, B, P] or None. dc_n: [D, B, H] or None.
+        w_hh: [D, 4H, P]. w_hr: [D, P, H] or None. c0: [D, B, H] or None.
+        gates, c_steps: what lstm_fwd saved. lengths: [B] or None.
+        record: also return dL/dh_t and dL/dc_t for every step.
+
+    Returns:
+        LSTMBackward(dgx [T, B, D, 4H], dh0 [D, B, P], dc0 [D, B, H], dh_steps, dc_steps).
+        dh_steps [T, B, D, P] float32 comes with record=True and always with w_hr (the
+        projection's weight gradient needs it); dc_steps [T, B, D, H] float32 with record=True.
+    """
+    T, B, D, G = gates.shape
+    H, P = G // 4, w_hh.shape[2]
+    ct = compute_dtype(gates)
+    gates_p = _processing_order(gates).to(ct)
+    c_p = _processing_order(c_steps).to(ct)
+    c_prev_p = _previous_p(c_p, _init_state(c0, (D, B, H), gates, ct), lengths)
+    dyp = None if dy is None else _processing_order(dy).to(ct)
+    w = w_hh.to(ct)  # [D, 4H, P]
+    w_r = None if w_hr is None else w_hr.to(ct)  # [D, P, H]
+    dh = _init_state(dh_n, (D, B, P), gates, ct)
+    dc = _init_state(dc_n, (D, B, H), gates, ct)
+    valid = _valid_steps(lengths, T, D)
+    dgp = gates.new_empty(T, D, B, G)
+    rec_h = gates.new_empty(T, D, B, P, dtype=ct) if record or w_hr is not None else None
+    rec_c = gates.new_empty(T, D, B, H, dtype=ct) if record else None
+    for s in reversed(range(T)):
+        v = None if valid is None else valid[s]
+        i, f, g, o = gates_p[s].chunk(4, dim=-1)
+        tanh_c = torch.tanh(c_p[s])
+        dh_total = dh if dyp is None else dh + dyp[s]
+        dm = dh_total if w_r is None else torch.bmm(dh_total, w_r)  # [D, B, H]
+        dc_total = dc + dm * o * (1 - tanh_c * tanh_c)
+        dpre = torch.cat(
+            (
+                dc_total * g * i * (1 - i),
+                dc_total * c_prev_p[s] * f * (1 - f),
+                dc_total * i * (1 - g * g),
+                dm * tanh_c * o * (1 - o),
+            ),
+            dim=-1,
+        )
+        dpre = _keep(dpre, 0.0, v)
+        dgp[s] = dpre
+        if rec_h is not None:
+            rec_h[s] = _keep(dh_total, 0.0, v)
+        if rec_c is not None:
+            rec_c[s] = _keep(dc_total, 0.0, v)
+        dh = _keep(torch.bmm(dpre, w), dh, v)
+        dc = _keep(dc_total * f, dc, v)
+    return LSTMBackward(
+        _time_order(dgp),
+        dh.to(gates.dtype),
+        dc.to(gates.dtype),
+        None if rec_h is None else _time_order(rec_h),
+        None if rec_c is None else _time_order(rec_c),
+    )
+
+
+def gru_fwd(
+    gx: torch.Tensor,
+    w_hh: torch.Tensor,
+    b_hn: torch.Tensor | None = None,
+    h0: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    *,
+    training: bool = True,
+) -> GRUForward:
+    """GRU forward (gate order r, z, n as torch.nn).
+
+    r = σ(gx_r + W_hr h), z = σ(gx_z + W_hz h), n = tanh(gx_n + r ⊙ (W_hn h + b_hn)),
+    h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}.
+
+    Args:
+        gx: [T, B, D, 3H] input projection; b_ih folded in, and b_hh's r and z blocks.
+        w_hh: [D, 3H, H]. b_hn: [D, H] (b_hh's n block, inside the reset) or None.
+        h0: [D, B, H] or None. lengths: [B] or None.
+        training: save the gates for backward; False saves nothing.
+
+    Returns:
+        GRUForward(y [T, B, D, H], h_n [D, B, H], gates [T, B, D, 3H] or None,
+        ghn [T, B, D, H] or None), in gx's dtype.
+    """
+    T, B, D, G = gx.shape
+    H = G // 3
+    ct = compute_dtype(gx)
+    gxp = _processing_order(gx).to(ct)  # [T, D, B, 3H]
+    w_t = w_hh.to(ct).transpose(1, 2)  # [D, H, 3H]
+    bias_n = None if b_hn is None else b_hn.to(ct)[:, None, :]  # [D, 1, H]
+    h = _init_state(h0, (D, B, H), gx, ct)
+    valid = _valid_steps(lengths, T, D)
+    yp = gx.new_empty(T, D, B, H)
+    gates_p = gx.new_empty(T, D, B, G) if training else None
+    ghn_p = gx.new_empty(T, D, B, H) if training else None
+    for s in range(T):
+        v = None if valid is None else valid[s]
+        x_r, x_z, x_n = gxp[s].chunk(3, dim=-1)
+        h_r, h_z, ghn = torch.bmm(h, w_t).chunk(3, dim=-1)
+        if bias_n is not None:
+            ghn = ghn + bias_n
+        r = torch.sigmoid(x_r + h_r)
+        z = torch.sigmoid(x_z + h_z)
+        n = torch.tanh(x_n + r * ghn)
+        h_new = n + z * (h - n)
+        yp[s] = _keep(h_new, 0.0, v)
+        if training:
+            gates_p[s] = _keep(torch.cat((r, z, n), dim=-1), 0.0, v)
+            ghn_p[s] = _keep(ghn, 0.0, v)
+        h = _keep(h_new, h, v)
+    return GRUForward(
+        _time_order(yp),
+        h.to(gx.dtype),
+        None if gates_p is None else _time_order(gates_p),
+        None if ghn_p is None else _time_order(ghn_p),
+    )
+
+
+def gru_bwd(
+    dy: torch.Tensor | None,
+    dh_n: torch.Tensor | None,
+    w_hh: torch.Tensor,
+    h0: torch.Tensor | None,
+    y: torch.Tensor,
+    gates: torch.Tensor,
+    ghn: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    record: bool = False,
+) -> GRUBackward:
+    """GRU backward through time.
+
+    Args:
+        dy: [T, B, D, H] or None. dh_n: [D, B, H] or None. w_hh: [D, 3H, H].
+        h0: [D, B, H] or None. y, gates, ghn: what gru_fwd returned. lengths: [B] or None.
+        record: also return dL/dh_t for every step.
+
+    Returns:
+        GRUBackward(dgx [T, B, D, 3H], dghn [T, B, D, H], dh0 [D, B, H],
+        dh_steps [T, B, D, H] float32 or None). The hidden side's gate gradient is
+        (dgx_r, dgx_z, dghn): dW_hh and db_hh come from it.
+    """
+    T, B, D, G = gates.shape
+    H = G // 3
+    ct = compute_dtype(gates)
+    gates_p = _processing_order(gates).to(ct)
+    ghn_p = _processing_order(ghn).to(ct)
+    h_prev_p = _previous_p(_processing_order(y).to(ct), _init_state(h0, (D, B, H), y, ct), lengths)
+    dyp = None if dy is None else _processing_order(dy).to(ct)
+    w = w_hh.to(ct)  # [D, 3H, H]
+    dh = _init_state(dh_n, (D, B, H), y, ct)
+    valid = _valid_steps(lengths, T, D)
+    dgx_p = gates.new_empty(T, D, B, G)
+    dghn_p = gates.new_empty(T, D, B, H)
+    recp = gates.new_empty(T, D, B, H, dtype=ct) if record else None
+    for s in reversed(range(T)):
+        v = None if valid is None else valid[s]
+        r, z, n = gates_p[s].chunk(3, dim=-1)
+        dh_total = dh if dyp is None else dh + dyp[s]
+        dn_pre = dh_total * (1 - z) * (1 - n * n)
+        dr_pre = dn_pre * ghn_p[s] * r * (1 - r)
+        dz_pre = dh_total * (h_prev_p[s] - n) * z * (1 - z)
+        dghn = _keep(dn_pre * r, 0.0, v)
+        dgx = _keep(torch.cat((dr_pre, dz_pre, dn_pre), dim=-1), 0.0, v)
+        dgx_p[s] = dgx
+        dghn_p[s] = dghn
+        if recp is not None:
+            recp[s] = _keep(dh_total, 0.0, v)
+        dgh = torch.cat((dgx[..., : 2 * H], dghn), dim=-1)
+        dh = _keep(dh_total * z + torch.bmm(dgh, w), dh, v)
+    return GRUBackward(
+        _time_order(dgx_p),
+        _time_order(dghn_p),
+        dh.to(y.dtype),
+        None if recp is None else _time_order(recp),
+    )

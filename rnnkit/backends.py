@@ -1,0 +1,95 @@
+"""Which implementation runs the recurrence: chosen once per call, explicitly.
+
+- ``"reference"``: `kernels.reference`, plain PyTorch ops, any device.
+- ``"triton"``: the fused Triton kernels (CUDA, or the CPU under ``TRITON_INTERPRET=1``).
+- ``"auto"``: Triton for CUDA tensors when the kernels are available, the reference otherwise.
+  The environment variable ``RNNKIT_BACKEND`` (``triton`` or ``reference``) replaces what
+  ``auto`` would pick; an explicit ``backend=`` argument always wins.
+
+Every backend is a namespace with the functions of `kernels.reference` and the same
+signatures: ``rnn_fwd``, ``rnn_bwd``, ``lstm_fwd``, ``lstm_bwd``, ``gru_fwd``, ``gru_bwd``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import types
+
+import torch
+
+BACKENDS = ("auto", "triton", "reference")
+ENV_VAR = "RNNKIT_BACKEND"
+# the Triton kernel modules; issue #4 adds them
+_TRITON_MODULES = ("kernels.rnn", "kernels.lstm", "kernels.gru")
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend cannot run here; the message says why and what to use."""
+
+
+def check_backend_name(backend: str, *, source: str = "backend") -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"{source}: expected one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    return backend
+
+
+def _triton_ops() -> types.SimpleNamespace:
+    try:
+        modules = [importlib.import_module(name) for name in _TRITON_MODULES]
+    except ImportError as err:
+        raise BackendUnavailableError(
+            f"backend 'triton' is not available: {err}. The Triton kernels are tracked in "
+            "issue #4; use backend='reference' meanwhile"
+        ) from err
+    ops = {}
+    for module in modules:
+        ops.update({name: getattr(module, name) for name in dir(module) if name.endswith(("_fwd", "_bwd"))})
+    return types.SimpleNamespace(name="triton", **ops)
+
+
+def _reference_ops() -> types.SimpleNamespace:
+    from kernels import reference
+
+    names = ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd")
+    return types.SimpleNamespace(name="reference", **{n: getattr(reference, n) for n in names})
+
+
+def triton_available() -> bool:
+    """True when the Triton kernels import (they exist, and triton is installed)."""
+    try:
+        _triton_ops()
+    except BackendUnavailableError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> types.SimpleNamespace:
+    """The backend namespace that runs tensors on ``device``.
+
+    Args:
+        backend: "auto", "triton" or "reference".
+        device: where the input lives.
+
+    Returns:
+        A namespace with ``name`` and the six ``*_fwd`` / ``*_bwd`` functions.
+
+    Example:
+        >>> resolve_backend("auto", torch.device("cpu")).name
+        'reference'
+    """
+    check_backend_name(backend)
+    if backend == "auto":
+        env = os.environ.get(ENV_VAR, "").strip()
+        if env:
+            backend = check_backend_name(env, source=ENV_VAR)
+    if backend == "auto":
+        backend = "triton" if device.type == "cuda" and triton_available() else "reference"
+    if backend == "reference":
+        return _reference_ops()
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise BackendUnavailableError(
+            f"backend 'triton' needs CUDA tensors (got tensors on {device}), or TRITON_INTERPRET=1 "
+            "set before triton is imported to run the kernels on the CPU"
+        )
+    return _triton_ops()

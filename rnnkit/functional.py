@@ -1,0 +1,190 @@
+"""The recurrence of one layer (both directions), differentiable, on a chosen backend.
+
+The input projection for all steps is computed beforehand as one matrix product
+(``gx = x @ W_ihᵀ + b``); these functions run the time loop. Layout (time-major):
+
+    # T steps, B batch, D directions (1 or 2), H hidden, P recurrent width (H or proj_size)
+    gx [T, B, D, G*H]   w_hh [D, G*H, P]   h0 [D, B, P]   c0 [D, B, H]   y [T, B, D, P]
+
+Direction 1 runs backwards in time; with ``lengths`` each sequence stops at its own length
+(outputs past it are zero, its state is carried unchanged), and the reverse direction starts at
+each sequence's own last step, as `torch.nn` does with a `PackedSequence`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from rnnkit._checks import check_floating, check_lengths, check_tensor
+from rnnkit.autograd import GRUFunction, LSTMFunction, RNNFunction, StepGradientsHook
+from rnnkit.backends import resolve_backend
+
+_GATES = {"rnn": 1, "lstm": 4, "gru": 3}
+
+
+def _check_gx(gx: torch.Tensor, cell: str) -> tuple[int, int, int, int]:
+    if not isinstance(gx, torch.Tensor):
+        raise TypeError(f"gx: expected a torch.Tensor [T, B, D, G*H], got {type(gx).__name__}")
+    check_floating("gx", gx)
+    G = _GATES[cell]
+    if gx.dim() != 4:
+        raise ValueError(f"gx: expected rank 4 [T, B, D, {G}*H], got shape {list(gx.shape)}")
+    T, B, D, GH = gx.shape
+    if T == 0:
+        raise ValueError("gx: the sequence is empty (T = 0); a recurrence needs at least one step")
+    if B == 0:
+        raise ValueError("gx: the batch is empty (B = 0); pass at least one sequence")
+    if D not in (1, 2):
+        raise ValueError(f"gx: expected D = 1 or 2 directions in dimension 2, got {D}")
+    if GH % G != 0 or GH == 0:
+        raise ValueError(f"gx: the last dimension must be {G}*H for the {cell.upper()}, got {GH}")
+    return T, B, D, GH // G
+
+
+def _check_common(
+    gx: torch.Tensor,
+    w_hh: torch.Tensor,
+    cell: str,
+    P: int | None,
+    lengths: torch.Tensor | Sequence[int] | None,
+) -> tuple[int, int, int, int, torch.Tensor | None]:
+    T, B, D, H = _check_gx(gx, cell)
+    G = _GATES[cell]
+    if P is None:
+        P = H
+    like = {"dtype": gx.dtype, "device": gx.device}
+    check_tensor("w_hh", w_hh, (D, G * H, P), "[D, G*H, P]", **like)
+    return B, D, H, P, check_lengths(lengths, B, T, gx.device)
+
+
+def _needs_graph(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def rnn(
+    gx: torch.Tensor,
+    w_hh: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    *,
+    lengths: torch.Tensor | Sequence[int] | None = None,
+    nonlinearity: str = "tanh",
+    backend: str = "auto",
+    record: StepGradientsHook | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elman RNN recurrence h_t = act(gx_t + W_hh h_{t-1}).
+
+    Args:
+        gx: [T, B, D, H] input projection, both biases folded in.
+        w_hh: [D, H, H]. h0: [D, B, H] or None (zeros).
+        lengths: [B] valid steps per sequence (1..T), or None.
+        nonlinearity: "tanh" or "relu".
+        backend: "auto", "triton" or "reference" (see `rnnkit.backends`).
+        record: called during backward with the per-step `StepGradients`.
+
+    Returns:
+        y [T, B, D, H] (zero past each length), h_n [D, B, H].
+
+    Example:
+        >>> gx = x @ w_ih.T + b_ih + b_hh           # x [T, B, I] -> [T, B, H]
+        >>> y, h_n = rnn(gx[:, :, None], w_hh[None])
+    """
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+    B, D, H, _, lengths = _check_common(gx, w_hh, "rnn", None, lengths)
+    if h0 is not None:
+        check_tensor("h0", h0, (D, B, H), "[D, B, H]", dtype=gx.dtype, device=gx.device)
+    ops = resolve_backend(backend, gx.device)
+    if not _needs_graph(gx, w_hh, h0):
+        return tuple(ops.rnn_fwd(gx, w_hh, h0, lengths, nonlinearity=nonlinearity, training=False))
+    return RNNFunction.apply(gx, w_hh, h0, lengths, ops, nonlinearity, record)
+
+
+def lstm(
+    gx: torch.Tensor,
+    w_hh: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    c0: torch.Tensor | None = None,
+    *,
+    w_hr: torch.Tensor | None = None,
+    lengths: torch.Tensor | Sequence[int] | None = None,
+    backend: str = "auto",
+    record: StepGradientsHook | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LSTM recurrence (gates i, f, g, o), with torch.nn's optional projection.
+
+    Args:
+        gx: [T, B, D, 4H] input projection, both biases folded in.
+        w_hh: [D, 4H, P] with P = H, or proj_size when ``w_hr`` is given.
+        h0: [D, B, P] or None. c0: [D, B, H] or None.
+        w_hr: [D, P, H] projection h_t = W_hr (o ⊙ tanh c_t), or None.
+        lengths: [B] valid steps per sequence (1..T), or None.
+        backend: "auto", "triton" or "reference".
+        record: called during backward with the per-step `StepGradients` (h and c).
+
+    Returns:
+        y [T, B, D, P] (zero past each length), h_n [D, B, P], c_n [D, B, H].
+
+    Example:
+        >>> gx = (x @ w_ih.T + b_ih + b_hh).view(T, B, 1, 4 * H)
+        >>> y, h_n, c_n = lstm(gx, w_hh[None])
+    """
+    P = None
+    if w_hr is not None:
+        if not isinstance(w_hr, torch.Tensor) or w_hr.dim() != 3:
+            shape = list(w_hr.shape) if isinstance(w_hr, torch.Tensor) else type(w_hr).__name__
+            raise ValueError(f"w_hr: expected shape [D, P, H], got {shape}")
+        P = w_hr.shape[1]
+    B, D, H, P, lengths = _check_common(gx, w_hh, "lstm", P, lengths)
+    like = {"dtype": gx.dtype, "device": gx.device}
+    if w_hr is not None:
+        check_tensor("w_hr", w_hr, (D, P, H), "[D, P, H]", **like)
+    if h0 is not None:
+        check_tensor("h0", h0, (D, B, P), "[D, B, P]", **like)
+    if c0 is not None:
+        check_tensor("c0", c0, (D, B, H), "[D, B, H]", **like)
+    ops = resolve_backend(backend, gx.device)
+    if not _needs_graph(gx, w_hh, h0, c0, w_hr):
+        out = ops.lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training=False)
+        return out.y, out.h_n, out.c_n
+    return LSTMFunction.apply(gx, w_hh, h0, c0, w_hr, lengths, ops, record)
+
+
+def gru(
+    gx: torch.Tensor,
+    w_hh: torch.Tensor,
+    b_hn: torch.Tensor | None = None,
+    h0: torch.Tensor | None = None,
+    *,
+    lengths: torch.Tensor | Sequence[int] | None = None,
+    backend: str = "auto",
+    record: StepGradientsHook | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GRU recurrence (gates r, z, n), as torch.nn: the reset gate multiplies W_hn h + b_hn.
+
+    Args:
+        gx: [T, B, D, 3H] input projection: b_ih folded in, and b_hh's r and z blocks.
+        w_hh: [D, 3H, H]. b_hn: [D, H] (b_hh's n block) or None.
+        h0: [D, B, H] or None.
+        lengths: [B] valid steps per sequence (1..T), or None.
+        backend: "auto", "triton" or "reference".
+        record: called during backward with the per-step `StepGradients`.
+
+    Returns:
+        y [T, B, D, H] (zero past each length), h_n [D, B, H].
+
+    Example:
+        >>> y, h_n = gru(gx.view(T, B, 1, 3 * H), w_hh[None], b_hh[None, 2 * H :])
+    """
+    B, D, H, _, lengths = _check_common(gx, w_hh, "gru", None, lengths)
+    like = {"dtype": gx.dtype, "device": gx.device}
+    if b_hn is not None:
+        check_tensor("b_hn", b_hn, (D, H), "[D, H]", **like)
+    if h0 is not None:
+        check_tensor("h0", h0, (D, B, H), "[D, B, H]", **like)
+    ops = resolve_backend(backend, gx.device)
+    if not _needs_graph(gx, w_hh, b_hn, h0):
+        out = ops.gru_fwd(gx, w_hh, b_hn, h0, lengths, training=False)
+        return out.y, out.h_n
+    return GRUFunction.apply(gx, w_hh, b_hn, h0, lengths, ops, record)

@@ -1,0 +1,362 @@
+"""Drop-in twins of torch.nn's recurrent layers and cells, running on rnnkit's backends.
+
+Each class subclasses its torch.nn twin, so the constructor, the parameter names and shapes, the
+initialisation and the ``state_dict`` are torch's own; only ``forward`` is rnnkit's. The extra
+keyword ``backend`` picks the implementation (see `rnnkit.backends`), and the layers take an
+optional ``lengths`` for variable-length batches without packing.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.utils.hooks import RemovableHandle
+
+from rnnkit import functional
+from rnnkit._checks import check_dtype_device, check_floating, check_lengths, check_tensor
+from rnnkit.autograd import StepGradients
+from rnnkit.backends import check_backend_name
+
+StepGradHook = Callable[[nn.Module, int, StepGradients], None]
+
+
+def _fold_biases(
+    mode: str, b_ih: torch.Tensor | None, b_hh: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    # -> (bias added to gx, GRU's b_hn that stays inside the reset gate)
+    if b_ih is None:
+        return None, None
+    if mode != "GRU":
+        return b_ih + b_hh, None
+    H = b_hh.shape[0] // 3
+    return b_ih + torch.cat((b_hh[: 2 * H], torch.zeros_like(b_hh[2 * H :]))), b_hh[2 * H :]
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def _check_input(
+    x: object, legend: str, ranks: tuple[int, int], features: int, like: torch.Tensor
+) -> torch.Tensor:
+    # ranks = (batched, unbatched)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input: expected a torch.Tensor of shape {legend}, got {type(x).__name__}")
+    if x.dim() not in ranks:
+        raise ValueError(
+            f"input: expected rank {ranks[0]} {legend} or rank {ranks[1]} (unbatched), "
+            f"got shape {list(x.shape)}"
+        )
+    check_floating("input", x)
+    if x.shape[-1] != features:
+        raise ValueError(
+            f"input: expected {features} features (input_size) in the last dimension, "
+            f"got shape {list(x.shape)}"
+        )
+    check_dtype_device("input", x, like.dtype, like.device)
+    return x
+
+
+def _check_state(
+    name: str, t: object, batched: bool, lead: int, batch: int, width: int, legend: str, x
+) -> torch.Tensor:
+    # batched: [lead, B, width]; unbatched: [lead, width]
+    shape = (lead, batch, width) if batched else (lead, width)
+    legend = legend if batched else legend.replace("B, ", "")
+    check_tensor(name, t, shape, legend, dtype=x.dtype, device=x.device)
+    return t if batched else t.unsqueeze(1)
+
+
+class _RecurrentLayer:
+    """The forward of a multi-layer, optionally bidirectional recurrent layer (mixin)."""
+
+    def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.backend = check_backend_name(backend)
+        self._step_grad_hooks: OrderedDict[int, StepGradHook] = OrderedDict()
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def register_step_grad_hook(self, hook: StepGradHook) -> RemovableHandle:
+        """Call ``hook(module, layer, StepGradients)`` for every layer during backward.
+
+        The hook sees each step's total gradient dL/dh_t (and dL/dc_t for the LSTM) that the
+        backward pass computes anyway; with no hook registered nothing extra is kept.
+
+        Returns:
+            A handle whose ``remove()`` unregisters the hook.
+
+        Example:
+            >>> norms = {}
+            >>> lstm.register_step_grad_hook(lambda m, layer, g: norms.__setitem__(layer, g.h.norm(dim=-1)))
+        """
+        handle = RemovableHandle(self._step_grad_hooks)
+        self._step_grad_hooks[handle.id] = hook
+        return handle
+
+    def _record_for(self, layer: int):
+        if not self._step_grad_hooks:
+            return None
+
+        def record(grads: StepGradients) -> None:
+            for hook in list(self._step_grad_hooks.values()):
+                hook(self, layer, grads)
+
+        return record
+
+    @property
+    def _directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _width(self) -> int:
+        # the recurrent width P: what h is (proj_size for a projected LSTM)
+        return self.proj_size if getattr(self, "proj_size", 0) > 0 else self.hidden_size
+
+    def _params(self, layer: int, kind: str) -> list[torch.Tensor]:
+        return [getattr(self, f"{kind}_l{layer}{s}") for s in ("", "_reverse")[: self._directions]]
+
+    def _input_projection(self, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # x [T, B, I] -> gx [T, B, D, G*H] in one matrix product for every step and direction
+        T, B, _ = x.shape
+        folded = [(None, None)] * self._directions
+        if self.bias:
+            pairs = zip(self._params(layer, "bias_ih"), self._params(layer, "bias_hh"), strict=True)
+            folded = [_fold_biases(self.mode, b_ih, b_hh) for b_ih, b_hh in pairs]
+        b_gx = None if folded[0][0] is None else _cat([b for b, _ in folded])
+        b_hn = None if folded[0][1] is None else _stack([b for _, b in folded])
+        gx = F.linear(x, _cat(self._params(layer, "weight_ih")), b_gx)
+        return gx.view(T, B, self._directions, -1), b_hn
+
+    def _recurrence(self, layer, x, h0, c0, lengths, record):
+        gx, b_hn = self._input_projection(layer, x)
+        w_hh = _stack(self._params(layer, "weight_hh"))
+        kw = {"lengths": lengths, "backend": self.backend, "record": record}
+        if self.mode == "LSTM":
+            w_hr = _stack(self._params(layer, "weight_hr")) if self.proj_size > 0 else None
+            return functional.lstm(gx, w_hh, h0, c0, w_hr=w_hr, **kw)
+        if self.mode == "GRU":
+            return (*functional.gru(gx, w_hh, b_hn, h0, **kw), None)
+        nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
+        return (*functional.rnn(gx, w_hh, h0, nonlinearity=nonlinearity, **kw), None)
+
+    def _initial_states(self, hx, batched: bool, batch: int, x: torch.Tensor):
+        if hx is None:
+            return None, None
+        lead = self.num_layers * self._directions
+        legend_c = "[num_layers*num_directions, B, H]"
+        legend_h = legend_c if self._width == self.hidden_size else legend_c.replace("H]", "P]")
+        if self.mode == "LSTM":
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"hx: expected a tuple (h_0, c_0) for the LSTM, got {type(hx).__name__}")
+            h0 = _check_state("h_0", hx[0], batched, lead, batch, self._width, legend_h, x)
+            c0 = _check_state("c_0", hx[1], batched, lead, batch, self.hidden_size, legend_c, x)
+            return h0, c0
+        return _check_state("hx", hx, batched, lead, batch, self.hidden_size, legend_h, x), None
+
+    def forward(
+        self,
+        input: torch.Tensor | PackedSequence,
+        hx: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        lengths: torch.Tensor | Sequence[int] | None = None,
+    ):
+        """Run every layer over the sequence, as the torch.nn twin does.
+
+        Args:
+            input: [T, B, I] ([B, T, I] with batch_first), [T, I] unbatched, or a PackedSequence.
+            hx: initial state [num_layers*D, B, P] (unbatched: [num_layers*D, P]); for the LSTM a
+                tuple (h_0, c_0) with c_0 [num_layers*D, B, H]. None: zeros.
+            lengths: [B] valid steps per sequence, for padded input without packing: outputs
+                past a length are zero and h_n is each sequence's state at its own last step.
+
+        Returns:
+            (output, h_n) for RNN and GRU, (output, (h_n, c_n)) for LSTM, shaped as torch.nn's:
+            output [T, B, D*P] (or a PackedSequence), h_n [num_layers*D, B, P].
+        """
+        weight = self.weight_ih_l0
+        packed = isinstance(input, PackedSequence)
+        if packed:
+            if lengths is not None:
+                raise ValueError("lengths: a PackedSequence carries its own lengths; pass one or the other")
+            x, lengths_cpu = pad_packed_sequence(input)
+            _check_input(x, "[T, B, I]", (3, 3), self.input_size, weight)
+            lengths, batched = lengths_cpu, True
+        else:
+            legend = "[B, T, I]" if self.batch_first else "[T, B, I]"
+            x = _check_input(input, legend, (3, 2), self.input_size, weight)
+            batched = x.dim() == 3
+            if not batched:
+                x = x.unsqueeze(1)
+            elif self.batch_first:
+                x = x.transpose(0, 1)
+        T, B, _ = x.shape
+        if T == 0:
+            raise ValueError(f"input: the sequence is empty (T = 0), got shape {list(input.shape)}")
+        if B == 0:
+            raise ValueError(f"input: the batch is empty (B = 0), got shape {list(input.shape)}")
+        h0, c0 = self._initial_states(hx, batched, B, x)
+        lengths = check_lengths(lengths, B, T, x.device)
+
+        D = self._directions
+        h_n, c_n = [], []
+        layer_input = x
+        for layer in range(self.num_layers):
+            states = slice(layer * D, (layer + 1) * D)
+            y, h, c = self._recurrence(
+                layer,
+                layer_input,
+                None if h0 is None else h0[states],
+                None if c0 is None else c0[states],
+                lengths,
+                self._record_for(layer),
+            )
+            h_n.append(h)
+            c_n.append(c)
+            layer_input = y.reshape(T, B, D * self._width)
+            if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        output, h_n = layer_input, torch.cat(h_n)
+        c_n = torch.cat(c_n) if self.mode == "LSTM" else None
+
+        if packed:
+            order = input.sorted_indices
+            y_sorted = output if order is None else output.index_select(1, order)
+            lens = lengths_cpu if order is None else lengths_cpu[order.cpu()]
+            data = pack_padded_sequence(y_sorted, lens, enforce_sorted=True).data
+            output = PackedSequence(data, input.batch_sizes, input.sorted_indices, input.unsorted_indices)
+        elif not batched:
+            output, h_n = output.squeeze(1), h_n.squeeze(1)
+            c_n = None if c_n is None else c_n.squeeze(1)
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return (output, (h_n, c_n)) if self.mode == "LSTM" else (output, h_n)
+
+
+class RNN(_RecurrentLayer, nn.RNN):
+    """`torch.nn.RNN` (tanh or relu) on rnnkit's backends; extra keyword ``backend``.
+
+    Example:
+        >>> rnn = RNN(10, 20, num_layers=2, nonlinearity="relu")
+        >>> output, h_n = rnn(torch.randn(5, 3, 10))  # [5, 3, 20], [2, 3, 20]
+    """
+
+
+class LSTM(_RecurrentLayer, nn.LSTM):
+    """`torch.nn.LSTM` (with proj_size) on rnnkit's backends; extra keyword ``backend``.
+
+    Example:
+        >>> lstm = LSTM(6, 200, bidirectional=True)
+        >>> output, (h_n, c_n) = lstm(torch.randn(100, 30, 6))  # [100, 30, 400], [2, 30, 200]
+    """
+
+
+class GRU(_RecurrentLayer, nn.GRU):
+    """`torch.nn.GRU` on rnnkit's backends; extra keyword ``backend``.
+
+    Example:
+        >>> gru = GRU(10, 20, batch_first=True)
+        >>> output, h_n = gru(torch.randn(3, 5, 10))  # [3, 5, 20], [1, 3, 20]
+    """
+
+
+class _RecurrentCell:
+    """One step of a recurrent cell through the same recurrence as the layers (mixin)."""
+
+    mode: str
+
+    def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.backend = check_backend_name(backend)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def _step(self, input, hx):
+        x = _check_input(input, "[B, I]", (2, 1), self.input_size, self.weight_ih)
+        batched = x.dim() == 2
+        if not batched:
+            x = x.unsqueeze(0)
+        B = x.shape[0]
+        if B == 0:
+            raise ValueError(f"input: the batch is empty (B = 0), got shape {list(input.shape)}")
+        H = self.hidden_size
+        legend, shape = ("[B, H]", (B, H)) if batched else ("[H]", (H,))
+        like = {"dtype": x.dtype, "device": x.device}
+        if self.mode == "LSTM" and hx is not None:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"hx: expected a tuple (h_0, c_0) for the LSTMCell, got {type(hx).__name__}")
+            states = [check_tensor(n, t, shape, legend, **like) for n, t in zip(("h_0", "c_0"), hx)]
+        else:
+            states = [] if hx is None else [check_tensor("hx", hx, shape, legend, **like)]
+        h0, c0 = [s.reshape(1, B, H) for s in states] + [None] * (2 - len(states))
+        b_gx, b_hn = _fold_biases(self.mode, self.bias_ih, self.bias_hh)
+        gx = F.linear(x, self.weight_ih, b_gx).view(1, B, 1, -1)  # [T=1, B, D=1, G*H]
+        w_hh = self.weight_hh.unsqueeze(0)
+        if self.mode == "LSTM":
+            _, h, c = functional.lstm(gx, w_hh, h0, c0, backend=self.backend)
+            out = (h[0], c[0])
+        elif self.mode == "GRU":
+            b_hn = None if b_hn is None else b_hn.unsqueeze(0)
+            out = (functional.gru(gx, w_hh, b_hn, h0, backend=self.backend)[1][0],)
+        else:
+            _, h = functional.rnn(gx, w_hh, h0, nonlinearity=self.nonlinearity, backend=self.backend)
+            out = (h[0],)
+        if not batched:
+            out = tuple(t.squeeze(0) for t in out)
+        return out if self.mode == "LSTM" else out[0]
+
+    def forward(self, input: torch.Tensor, hx=None):
+        """One step: input [B, I] (or [I]), hx [B, H] (LSTM: a tuple (h, c)) or None.
+
+        Returns:
+            h' [B, H] for RNNCell and GRUCell, (h', c') for LSTMCell, as torch.nn's cells.
+        """
+        return self._step(input, hx)
+
+
+class RNNCell(_RecurrentCell, nn.RNNCell):
+    """`torch.nn.RNNCell` on rnnkit's backends; extra keyword ``backend``.
+
+    Example:
+        >>> cell = RNNCell(10, 20)
+        >>> h = cell(torch.randn(3, 10))  # [3, 20]
+    """
+
+    @property
+    def mode(self) -> str:
+        return "RNN_TANH" if self.nonlinearity == "tanh" else "RNN_RELU"
+
+
+class LSTMCell(_RecurrentCell, nn.LSTMCell):
+    """`torch.nn.LSTMCell` on rnnkit's backends; extra keyword ``backend``.
+
+    Example:
+        >>> cell = LSTMCell(10, 20)
+        >>> h, c = cell(torch.randn(3, 10))  # [3, 20], [3, 20]
+    """
+
+    mode = "LSTM"
+
+
+class GRUCell(_RecurrentCell, nn.GRUCell):
+    """`torch.nn.GRUCell` on rnnkit's backends; extra keyword ``backend``.
+
+    Example:
+        >>> cell = GRUCell(10, 20)
+        >>> h = cell(torch.randn(3, 10))  # [3, 20]
+    """
+
+    mode = "GRU"

@@ -1,0 +1,29 @@
+"""One comparison helper for every test: names the tensor, reports max-abs and relative error."""
+
+from __future__ import annotations
+
+import torch
+
+# (rtol, atol): the error allowed is atol + rtol * max|expected|, per storage dtype
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-12),
+    torch.float32: (1e-5, 1e-6),
+    torch.float16: (5e-3, 1e-4),
+    torch.bfloat16: (4e-2, 1e-3),
+}
+
+
+def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None):
+    """Fail with the tensor's name, max-abs and relative error unless actual ≈ expected."""
+    assert actual is not None, f"{name}: got None, expected a tensor of shape {list(expected.shape)}"
+    assert actual.shape == expected.shape, f"{name}: shape {list(actual.shape)} != {list(expected.shape)}"
+    rtol, atol = TOLERANCES[dtype or expected.dtype]
+    a, e = actual.detach().double().cpu(), expected.detach().double().cpu()
+    assert torch.isfinite(a).all(), f"{name}: has {int((~torch.isfinite(a)).sum())} non-finite values"
+    err = (a - e).abs().max().item() if a.numel() else 0.0
+    scale = e.abs().max().item() if e.numel() else 0.0
+    allowed = atol + rtol * scale
+    assert err <= allowed, (
+        f"{name}: max abs error {err:.3e}, relative {err / max(scale, 1e-30):.3e} "
+        f"(allowed {allowed:.3e} = {atol:g} + {rtol:g} * {scale:.3e}), shape {list(e.shape)}"
+    )

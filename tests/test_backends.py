@@ -1,0 +1,44 @@
+"""Backend choice: explicit argument, RNNKIT_BACKEND, auto, and clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import rnnkit
+from rnnkit.backends import BackendUnavailableError, resolve_backend
+
+cpu = torch.device("cpu")
+
+
+def test_auto_picks_reference_on_cpu(monkeypatch):
+    monkeypatch.delenv("RNNKIT_BACKEND", raising=False)
+    assert resolve_backend("auto", cpu).name == "reference"
+
+
+def test_env_overrides_auto_only(monkeypatch):
+    monkeypatch.setenv("RNNKIT_BACKEND", "reference")
+    assert resolve_backend("auto", cpu).name == "reference"
+    monkeypatch.setenv("RNNKIT_BACKEND", "fastest")
+    with pytest.raises(
+        ValueError, match=r"RNNKIT_BACKEND: expected one of 'auto', 'triton', 'reference', got 'fastest'"
+    ):
+        resolve_backend("auto", cpu)
+    assert resolve_backend("reference", cpu).name == "reference"  # an explicit argument wins
+
+
+def test_unknown_backend_named_in_constructor():
+    with pytest.raises(ValueError, match=r"backend: expected one of .*got 'cudnn'"):
+        rnnkit.LSTM(3, 4, backend="cudnn")
+
+
+def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(BackendUnavailableError, match="needs CUDA tensors"):
+        rnnkit.GRU(3, 4, backend="triton")(torch.randn(2, 1, 3))
+
+
+def test_reference_backend_has_every_function():
+    ops = resolve_backend("reference", cpu)
+    for name in ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd"):
+        assert callable(getattr(ops, name))

@@ -1,0 +1,266 @@
+"""rnnkit's layers against torch.nn with copied weights: every output and every gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnkit
+from tests._testing import assert_close
+
+# (class name, extra constructor arguments)
+CELLS = {
+    "rnn_tanh": ("RNN", {}),
+    "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
+    "lstm": ("LSTM", {}),
+    "lstm_proj": ("LSTM", {"proj_size": 3}),
+    "gru": ("GRU", {}),
+}
+
+# odd sizes on purpose: T=1, B=1, H=1, H=51, non-powers of two everywhere
+SHAPES = [
+    {"T": 1, "B": 1, "I": 1, "H": 1, "num_layers": 1},
+    {"T": 7, "B": 5, "I": 3, "H": 51, "num_layers": 2},
+    {"T": 6, "B": 3, "I": 4, "H": 5, "num_layers": 3},
+]
+
+
+def make_pair(cell: str, dtype=torch.float64, **kwargs):
+    name, extra = CELLS[cell]
+    if extra.get("proj_size", 0) >= kwargs["hidden_size"]:
+        extra = {**extra, "proj_size": max(kwargs["hidden_size"] - 1, 0)}
+    if extra.get("proj_size") == 0:
+        extra = {}
+    theirs = getattr(nn, name)(**kwargs, **extra, dtype=dtype)
+    ours = getattr(rnnkit, name)(**kwargs, **extra, dtype=dtype, backend="reference")
+    ours.load_state_dict(theirs.state_dict())
+    return theirs, ours
+
+
+def initial_states(model: nn.RNNBase, B: int | None, dtype) -> torch.Tensor | tuple:
+    D = 2 if model.bidirectional else 1
+    P = model.proj_size or model.hidden_size
+    lead = (model.num_layers * D,) if B is None else (model.num_layers * D, B)
+    h0 = torch.randn(*lead, P, dtype=dtype)
+    if model.mode != "LSTM":
+        return h0
+    return h0, torch.randn(*lead, model.hidden_size, dtype=dtype)
+
+
+def leaves(hx):
+    if hx is None:
+        return None
+    if isinstance(hx, tuple):
+        return tuple(t.clone().requires_grad_() for t in hx)
+    return hx.clone().requires_grad_()
+
+
+def forward_backward(model: nn.Module, x: torch.Tensor, hx=None, packed_lengths=None, enforce_sorted=True):
+    """Run forward and backward with fixed upstream gradients; return every tensor by name."""
+    x = x.clone().requires_grad_()
+    hx = leaves(hx)
+    inp = x
+    if packed_lengths is not None:
+        inp = pack_padded_sequence(
+            x, packed_lengths, batch_first=model.batch_first, enforce_sorted=enforce_sorted
+        )
+    out, state = model(inp) if hx is None else model(inp, hx)
+    states = state if isinstance(state, tuple) else (state,)
+    result = {"output": out.data if packed_lengths is not None else out}
+    result.update({f"state{i}": s for i, s in enumerate(states)})
+    gen = torch.Generator().manual_seed(7)
+    loss = sum(
+        (t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)).sum()
+        for t in result.values()
+    )
+    loss.backward()
+    result["grad_input"] = x.grad
+    for i, h in enumerate(hx if isinstance(hx, tuple) else (hx,) if hx is not None else ()):
+        result[f"grad_state{i}"] = h.grad
+    for name, p in model.named_parameters():
+        result[f"grad_{name}"] = p.grad
+    return result
+
+
+def compare(ours: dict, theirs: dict, dtype=None):
+    assert ours.keys() == theirs.keys()
+    for name in theirs:
+        assert_close(name, ours[name], theirs[name], dtype)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{T}-B{B}-I{I}-H{H}-L{num_layers}".format(**s))
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("with_hx", [False, True], ids=["zero-state", "hx"])
+def test_layer_matches_torch(cell, shape, bidirectional, with_hx):
+    T, B, I, H, L = (shape[k] for k in ("T", "B", "I", "H", "num_layers"))
+    theirs, ours = make_pair(cell, input_size=I, hidden_size=H, num_layers=L, bidirectional=bidirectional)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    hx = initial_states(theirs, B, torch.float64) if with_hx else None
+    compare(forward_backward(ours, x, hx), forward_backward(theirs, x, hx))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_no_bias_batch_first(cell):
+    kw = {"input_size": 4, "hidden_size": 6, "num_layers": 2, "bias": False, "batch_first": True}
+    theirs, ours = make_pair(cell, bidirectional=True, **kw)
+    assert not any("bias" in n for n, _ in ours.named_parameters())
+    x = torch.randn(5, 9, 4, dtype=torch.float64)  # [B, T, I]
+    hx = initial_states(theirs, 5, torch.float64)
+    compare(forward_backward(ours, x, hx), forward_backward(theirs, x, hx))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("with_hx", [False, True], ids=["zero-state", "hx"])
+def test_unbatched_input(cell, with_hx):
+    theirs, ours = make_pair(cell, input_size=3, hidden_size=5, num_layers=2, bidirectional=True)
+    x = torch.randn(7, 3, dtype=torch.float64)  # [T, I]
+    hx = initial_states(theirs, None, torch.float64) if with_hx else None
+    compare(forward_backward(ours, x, hx), forward_backward(theirs, x, hx))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("enforce_sorted", [True, False], ids=["sorted", "unsorted"])
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+def test_packed_sequence(cell, enforce_sorted, batch_first):
+    kw = {
+        "input_size": 3,
+        "hidden_size": 5,
+        "num_layers": 2,
+        "bidirectional": True,
+        "batch_first": batch_first,
+    }
+    theirs, ours = make_pair(cell, **kw)
+    lengths = torch.tensor([6, 4, 4, 2, 1]) if enforce_sorted else torch.tensor([2, 6, 1, 4, 4])
+    x = torch.randn(5, 6, 3, dtype=torch.float64)
+    x = x if batch_first else x.transpose(0, 1).contiguous()
+    hx = initial_states(theirs, 5, torch.float64)
+    ours_out = forward_backward(ours, x, hx, lengths, enforce_sorted)
+    compare(ours_out, forward_backward(theirs, x, hx, lengths, enforce_sorted))
+
+
+def test_packed_output_keeps_indices():
+    theirs, ours = make_pair("lstm", input_size=2, hidden_size=3)
+    x = torch.randn(4, 3, 2, dtype=torch.float64)
+    packed = pack_padded_sequence(x, torch.tensor([1, 4, 2]), enforce_sorted=False)
+    out_theirs, _ = theirs(packed)
+    out_ours, _ = ours(packed)
+    assert torch.equal(out_ours.batch_sizes, out_theirs.batch_sizes)
+    assert torch.equal(out_ours.sorted_indices, out_theirs.sorted_indices)
+    assert torch.equal(out_ours.unsorted_indices, out_theirs.unsorted_indices)
+    padded, lens = pad_packed_sequence(out_ours)
+    assert lens.tolist() == [1, 4, 2]
+    assert_close("padded output", padded, pad_packed_sequence(out_theirs)[0])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+def test_lengths_keyword_equals_packing(cell, batch_first):
+    """lengths= on padded input gives what torch.nn gives on the packed batch, padded back."""
+    kw = {
+        "input_size": 3,
+        "hidden_size": 4,
+        "num_layers": 2,
+        "bidirectional": True,
+        "batch_first": batch_first,
+    }
+    theirs, ours = make_pair(cell, **kw)
+    lengths = torch.tensor([3, 7, 1, 5])
+    x = torch.randn(4, 7, 3, dtype=torch.float64)
+    x = x if batch_first else x.transpose(0, 1).contiguous()
+    out, state = ours(x, lengths=lengths)
+    packed_out, state_theirs = theirs(pack_padded_sequence(x, lengths, batch_first, enforce_sorted=False))
+    expected, _ = pad_packed_sequence(packed_out, batch_first, total_length=7)
+    assert_close("output", out, expected)
+    states = state if isinstance(state, tuple) else (state,)
+    states_theirs = state_theirs if isinstance(state_theirs, tuple) else (state_theirs,)
+    for i, (a, b) in enumerate(zip(states, states_theirs, strict=True)):
+        assert_close(f"state{i}", a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_float32_matches_torch(cell):
+    theirs, ours = make_pair(
+        cell, dtype=torch.float32, input_size=8, hidden_size=51, num_layers=2, bidirectional=True
+    )
+    x = torch.randn(9, 5, 8)
+    hx = initial_states(theirs, 5, torch.float32)
+    compare(forward_backward(ours, x, hx), forward_backward(theirs, x, hx), torch.float32)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_between_layers(cell):
+    """dropout=1 zeroes every input of layer 2, in both implementations; eval mode disables it."""
+    theirs, ours = make_pair(cell, input_size=3, hidden_size=4, num_layers=2, dropout=1.0)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    compare(forward_backward(ours, x), forward_backward(theirs, x))
+    theirs.eval()
+    ours.eval()
+    compare(forward_backward(ours, x), forward_backward(theirs, x))
+    out_eval, _ = ours(x)
+    ours.train()
+    out_train, _ = ours(x)
+    assert not torch.allclose(out_eval, out_train), "dropout=1.0 in training changed nothing"
+
+
+# relu's derivative jumps at 0: a pre-activation that rounds across 0 in bf16 flips a unit, so the
+# relu cell's low-precision check is at the recurrence level (tests/test_reference.py), on the same gx
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cell", [c for c in CELLS if c != "rnn_relu"])
+def test_low_precision_storage(cell, dtype):
+    """bf16/fp16 storage with fp32 math: close to the fp32 computation, to the dtype's tolerance."""
+    _, ours32 = make_pair(cell, dtype=torch.float32, input_size=4, hidden_size=16, bidirectional=True)
+    name, extra = CELLS[cell]
+    ours_low = getattr(rnnkit, name)(4, 16, bidirectional=True, dtype=dtype, backend="reference", **extra)
+    state = {k: v.to(dtype) for k, v in ours32.state_dict().items()}
+    ours_low.load_state_dict(state)
+    ours32.load_state_dict({k: v.float() for k, v in state.items()})  # the same rounded weights
+    x = torch.randn(6, 3, 4).to(dtype)
+    low = forward_backward(ours_low, x)
+    ref = forward_backward(ours32, x.float())
+    for name in ref:
+        assert low[name].dtype == dtype, f"{name}: dtype {low[name].dtype}, expected {dtype}"
+        assert_close(name, low[name].float(), ref[name], dtype)
+
+
+def test_seed_example_bidirectional_lstm():
+    """The drop-in check of the foundation issue: torch.nn.LSTM(6, 200, bidirectional=True)."""
+    theirs = nn.LSTM(input_size=6, hidden_size=200, num_layers=1, bidirectional=True)
+    ours = rnnkit.LSTM(input_size=6, hidden_size=200, num_layers=1, bidirectional=True)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(100, 30, 6)
+    out, (h, c) = ours(x)
+    out_t, (h_t, c_t) = theirs(x)
+    assert out.shape == out_t.shape == (100, 30, 400)
+    assert h.shape == h_t.shape == c.shape == c_t.shape == (2, 30, 200)
+    for name, a, b in (("output", out, out_t), ("h_n", h, h_t), ("c_n", c, c_t)):
+        err = (a - b).abs().max().item()
+        assert err <= 1e-5, f"{name}: max abs error {err:.3e} > 1e-5"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_same_init_and_state_dict_both_ways(cell):
+    name, extra = CELLS[cell]
+    kw = {"input_size": 3, "hidden_size": 5, "num_layers": 2, "bidirectional": True, **extra}
+    torch.manual_seed(3)
+    theirs = getattr(nn, name)(**kw)
+    torch.manual_seed(3)
+    ours = getattr(rnnkit, name)(**kw)
+    sd_theirs, sd_ours = theirs.state_dict(), ours.state_dict()
+    assert list(sd_ours) == list(sd_theirs), "parameter names or order differ from torch.nn"
+    for key in sd_theirs:
+        assert torch.equal(sd_ours[key], sd_theirs[key]), f"{key}: initialisation differs from torch.nn"
+    fresh_theirs = getattr(nn, name)(**kw)
+    fresh_theirs.load_state_dict(ours.state_dict())
+    fresh_ours = getattr(rnnkit, name)(**kw)
+    fresh_ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(4, 2, 3)
+    assert_close("output", fresh_ours(x)[0], fresh_theirs(x)[0], torch.float32)
+    assert isinstance(ours, getattr(nn, name))
+
+
+def test_repr_names_backend():
+    assert "backend='reference'" in repr(rnnkit.GRU(2, 3, backend="reference"))
+    assert "backend" not in repr(rnnkit.GRU(2, 3))
