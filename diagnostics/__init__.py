@@ -1,2 +1,44 @@
-"""Gradient flow back through time, from the per-step gradients that rnnkit's backward records
-(`rnnkit.StepGradients`). Reads what the backward pass records; never reaches into kernels."""
+"""Gradient flow back through time, from the per-step gradients that rnnkit's backward computes.
+
+Reads what the backward pass records (`rnnkit.StepGradients`); never reaches into kernels.
+
+    >>> from diagnostics import GradientFlowRecorder
+    >>> with GradientFlowRecorder(model) as rec:
+    ...     loss_fn(model(x), y).backward()
+    >>> rec.records[0].mean_by_lag()          # ||dL/dh|| k steps back from the loss
+"""
+
+from diagnostics.gates import GateStats, gate_statistics
+from diagnostics.probes import jacobian_norms
+from diagnostics.recorder import GradientFlowRecorder, StepNorms
+from diagnostics.report import GradientFlowReport, plot, render, save_json
+from diagnostics.summary import (
+    ProfileSummary,
+    decay_profile,
+    decay_time,
+    mean_gain,
+    memory_horizon,
+    summarize,
+)
+from diagnostics.weights import WeightStats, global_grad_norm, weight_statistics
+
+__all__ = [
+    "GateStats",
+    "GradientFlowRecorder",
+    "GradientFlowReport",
+    "ProfileSummary",
+    "StepNorms",
+    "WeightStats",
+    "decay_profile",
+    "decay_time",
+    "gate_statistics",
+    "global_grad_norm",
+    "jacobian_norms",
+    "mean_gain",
+    "memory_horizon",
+    "plot",
+    "render",
+    "save_json",
+    "summarize",
+    "weight_statistics",
+]

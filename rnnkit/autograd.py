@@ -37,6 +37,13 @@ class StepGradients:
 StepGradientsHook = Callable[[StepGradients], None]
 
 
+def _recording(ctx) -> StepGradientsHook | None:
+    # the hook to call in this backward, if any: a hook with an ``active`` attribute is asked at
+    # backward time, so a recorder may start between forward and backward
+    hook = ctx.record
+    return hook if hook is not None and getattr(hook, "active", True) else None
+
+
 def _only_needed(ctx, *grads):
     # autograd wants None for every input that needs no gradient (None inputs included)
     return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad, strict=True))
@@ -60,11 +67,12 @@ class RNNFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, dh_n):
         w_hh, h0, lengths, y = ctx.saved_tensors
+        record = _recording(ctx)
         grads = ctx.ops.rnn_bwd(
-            dy, dh_n, y, w_hh, lengths, nonlinearity=ctx.nonlinearity, record=ctx.record is not None
+            dy, dh_n, y, w_hh, lengths, nonlinearity=ctx.nonlinearity, record=record is not None
         )
-        if ctx.record is not None:
-            ctx.record(StepGradients(grads.dh_steps, None, lengths))
+        if record is not None:
+            record(StepGradients(grads.dh_steps, None, lengths))
         dw_hh = None
         if ctx.needs_input_grad[1]:
             dw_hh = _sum_over_steps(grads.dgx, previous_states(y, h0, lengths))
@@ -84,11 +92,12 @@ class LSTMFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, dh_n, dc_n):
         w_hh, w_hr, h0, c0, lengths, y, gates, c_steps = ctx.saved_tensors
+        record = _recording(ctx)
         grads = ctx.ops.lstm_bwd(
-            dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record=ctx.record is not None
+            dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record=record is not None
         )
-        if ctx.record is not None:
-            ctx.record(StepGradients(grads.dh_steps, grads.dc_steps, lengths))
+        if record is not None:
+            record(StepGradients(grads.dh_steps, grads.dc_steps, lengths))
         dw_hh = dw_hr = None
         if ctx.needs_input_grad[1]:
             dw_hh = _sum_over_steps(grads.dgx, previous_states(y, h0, lengths))
@@ -113,9 +122,10 @@ class GRUFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, dh_n):
         w_hh, h0, lengths, y, gates, ghn = ctx.saved_tensors
-        grads = ctx.ops.gru_bwd(dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record=ctx.record is not None)
-        if ctx.record is not None:
-            ctx.record(StepGradients(grads.dh_steps, None, lengths))
+        record = _recording(ctx)
+        grads = ctx.ops.gru_bwd(dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record=record is not None)
+        if record is not None:
+            record(StepGradients(grads.dh_steps, None, lengths))
         H = ghn.shape[-1]
         dw_hh = db_hn = None
         if ctx.needs_input_grad[1]:

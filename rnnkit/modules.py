@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +21,20 @@ from torch.utils.hooks import RemovableHandle
 from rnnkit import functional
 from rnnkit._checks import check_dtype_device, check_floating, check_lengths, check_tensor
 from rnnkit.autograd import StepGradients
-from rnnkit.backends import check_backend_name
+from rnnkit.backends import check_backend_name, resolve_backend
 
 StepGradHook = Callable[[nn.Module, int, StepGradients], None]
+
+
+@dataclass(frozen=True)
+class LayerActivations:
+    """What one layer computed in a forward pass (see `gate_activations`)."""
+
+    layer: int
+    gates: torch.Tensor | None  # [T, B, D, G*H] activated gates; None for RNN
+    cell: torch.Tensor | None  # [T, B, D, H] LSTM cell state c_t
+    y: torch.Tensor  # [T, B, D, P] hidden state h_t
+    lengths: torch.Tensor | None  # [B]
 
 
 def _fold_biases(
@@ -76,6 +88,25 @@ def _check_state(
     return t if batched else t.unsqueeze(1)
 
 
+class _LayerRecord:
+    """Hands one layer's `StepGradients` to the module's step-gradient hooks.
+
+    ``active`` is read in backward: hooks registered after the forward still see that backward,
+    and with none registered the backward records nothing.
+    """
+
+    def __init__(self, module: nn.Module, layer: int) -> None:
+        self.module, self.layer = module, layer
+
+    @property
+    def active(self) -> bool:
+        return bool(self.module._step_grad_hooks)
+
+    def __call__(self, grads: StepGradients) -> None:
+        for hook in list(self.module._step_grad_hooks.values()):
+            hook(self.module, self.layer, grads)
+
+
 class _RecurrentLayer:
     """The forward of a multi-layer, optionally bidirectional recurrent layer (mixin)."""
 
@@ -105,15 +136,8 @@ class _RecurrentLayer:
         self._step_grad_hooks[handle.id] = hook
         return handle
 
-    def _record_for(self, layer: int):
-        if not self._step_grad_hooks:
-            return None
-
-        def record(grads: StepGradients) -> None:
-            for hook in list(self._step_grad_hooks.values()):
-                hook(self, layer, grads)
-
-        return record
+    def _record_for(self, layer: int) -> _LayerRecord:
+        return _LayerRecord(self, layer)
 
     @property
     def _directions(self) -> int:
@@ -165,6 +189,80 @@ class _RecurrentLayer:
             return h0, c0
         return _check_state("hx", hx, batched, lead, batch, self.hidden_size, legend_h, x), None
 
+    def _prepare(self, input, hx, lengths):
+        # -> x [T, B, I] time-major, h0, c0 [num_layers*D, B, ...] or None, lengths [B] or None, batched
+        weight = self.weight_ih_l0
+        if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise ValueError("lengths: a PackedSequence carries its own lengths; pass one or the other")
+            x, lengths = pad_packed_sequence(input)
+            _check_input(x, "[T, B, I]", (3, 3), self.input_size, weight)
+            batched = True
+        else:
+            legend = "[B, T, I]" if self.batch_first else "[T, B, I]"
+            x = _check_input(input, legend, (3, 2), self.input_size, weight)
+            batched = x.dim() == 3
+            if not batched:
+                x = x.unsqueeze(1)
+            elif self.batch_first:
+                x = x.transpose(0, 1)
+        T, B, _ = x.shape
+        if T == 0:
+            raise ValueError(f"input: the sequence is empty (T = 0), got shape {list(x.shape)}")
+        if B == 0:
+            raise ValueError(f"input: the batch is empty (B = 0), got shape {list(x.shape)}")
+        h0, c0 = self._initial_states(hx, batched, B, x)
+        return x, h0, c0, check_lengths(lengths, B, T, x.device), batched
+
+    @torch.no_grad()
+    def gate_activations(
+        self,
+        input: torch.Tensor | PackedSequence,
+        hx: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        lengths: torch.Tensor | Sequence[int] | None = None,
+    ) -> list[LayerActivations]:
+        """Every layer's gate activations for this input (no dropout, no graph), for diagnostics.
+
+        Args:
+            input, hx, lengths: as for ``forward``.
+
+        Returns:
+            One `LayerActivations` per layer, tensors time-major: gates [T, B, D, G*H]
+            (LSTM i, f, g, o; GRU r, z, n; None for RNN), cell [T, B, D, H] (LSTM c_t),
+            y [T, B, D, P]; every per-step tensor is zero past a sequence's length.
+
+        Example:
+            >>> acts = lstm.gate_activations(x)
+            >>> forget = acts[0].gates[..., lstm.hidden_size : 2 * lstm.hidden_size]
+        """
+        x, h0, c0, lengths, _ = self._prepare(input, hx, lengths)
+        T, B, _ = x.shape
+        D = self._directions
+        ops = resolve_backend(self.backend, x.device)
+        result = []
+        layer_input = x
+        for layer in range(self.num_layers):
+            states = slice(layer * D, (layer + 1) * D)
+            h0_l = None if h0 is None else h0[states]
+            gx, b_hn = self._input_projection(layer, layer_input)
+            w_hh = _stack(self._params(layer, "weight_hh"))
+            if self.mode == "LSTM":
+                w_hr = _stack(self._params(layer, "weight_hr")) if self.proj_size > 0 else None
+                c0_l = None if c0 is None else c0[states]
+                out = ops.lstm_fwd(gx, w_hh, h0_l, c0_l, w_hr, lengths, training=True)
+                acts = LayerActivations(layer, out.gates, out.c_steps, out.y, lengths)
+            elif self.mode == "GRU":
+                out = ops.gru_fwd(gx, w_hh, b_hn, h0_l, lengths, training=True)
+                acts = LayerActivations(layer, out.gates, None, out.y, lengths)
+            else:
+                nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
+                out = ops.rnn_fwd(gx, w_hh, h0_l, lengths, nonlinearity=nonlinearity, training=True)
+                acts = LayerActivations(layer, None, None, out.y, lengths)
+            result.append(acts)
+            layer_input = acts.y.reshape(T, B, D * self._width)
+        return result
+
     def forward(
         self,
         input: torch.Tensor | PackedSequence,
@@ -185,30 +283,8 @@ class _RecurrentLayer:
             (output, h_n) for RNN and GRU, (output, (h_n, c_n)) for LSTM, shaped as torch.nn's:
             output [T, B, D*P] (or a PackedSequence), h_n [num_layers*D, B, P].
         """
-        weight = self.weight_ih_l0
-        packed = isinstance(input, PackedSequence)
-        if packed:
-            if lengths is not None:
-                raise ValueError("lengths: a PackedSequence carries its own lengths; pass one or the other")
-            x, lengths_cpu = pad_packed_sequence(input)
-            _check_input(x, "[T, B, I]", (3, 3), self.input_size, weight)
-            lengths, batched = lengths_cpu, True
-        else:
-            legend = "[B, T, I]" if self.batch_first else "[T, B, I]"
-            x = _check_input(input, legend, (3, 2), self.input_size, weight)
-            batched = x.dim() == 3
-            if not batched:
-                x = x.unsqueeze(1)
-            elif self.batch_first:
-                x = x.transpose(0, 1)
+        x, h0, c0, lengths, batched = self._prepare(input, hx, lengths)
         T, B, _ = x.shape
-        if T == 0:
-            raise ValueError(f"input: the sequence is empty (T = 0), got shape {list(input.shape)}")
-        if B == 0:
-            raise ValueError(f"input: the batch is empty (B = 0), got shape {list(input.shape)}")
-        h0, c0 = self._initial_states(hx, batched, B, x)
-        lengths = check_lengths(lengths, B, T, x.device)
-
         D = self._directions
         h_n, c_n = [], []
         layer_input = x
@@ -230,8 +306,9 @@ class _RecurrentLayer:
         output, h_n = layer_input, torch.cat(h_n)
         c_n = torch.cat(c_n) if self.mode == "LSTM" else None
 
-        if packed:
+        if isinstance(input, PackedSequence):
             order = input.sorted_indices
+            lengths_cpu = lengths.cpu()
             y_sorted = output if order is None else output.index_select(1, order)
             lens = lengths_cpu if order is None else lengths_cpu[order.cpu()]
             data = pack_padded_sequence(y_sorted, lens, enforce_sorted=True).data

@@ -72,8 +72,7 @@ def forward_backward(model: nn.Module, x: torch.Tensor, hx=None, packed_lengths=
     result.update({f"state{i}": s for i, s in enumerate(states)})
     gen = torch.Generator().manual_seed(7)
     loss = sum(
-        (t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t.dtype)).sum()
-        for t in result.values()
+        (t * torch.randn(t.shape, generator=gen, dtype=torch.float64).to(t)).sum() for t in result.values()
     )
     loss.backward()
     result["grad_input"] = x.grad
@@ -264,3 +263,16 @@ def test_same_init_and_state_dict_both_ways(cell):
 def test_repr_names_backend():
     assert "backend='reference'" in repr(rnnkit.GRU(2, 3, backend="reference"))
     assert "backend" not in repr(rnnkit.GRU(2, 3))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cell", CELLS)
+def test_layer_on_gpu_matches_cudnn(cell):
+    theirs, ours = make_pair(
+        cell, dtype=torch.float32, input_size=8, hidden_size=64, num_layers=2, bidirectional=True
+    )
+    theirs, ours = theirs.cuda(), ours.cuda()
+    x = torch.randn(30, 16, 8, device="cuda")
+    hx = initial_states(theirs, 16, torch.float32)
+    hx = tuple(h.cuda() for h in hx) if isinstance(hx, tuple) else hx.cuda()
+    compare(forward_backward(ours, x, hx), forward_backward(theirs, x, hx), torch.float32)

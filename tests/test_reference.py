@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import rnnkit
 from kernels import reference
 from rnnkit import functional
+from tests._naive import naive_layer
 from tests._testing import assert_close
 
 f64 = {"dtype": torch.float64}
@@ -92,37 +92,6 @@ def test_previous_states():
     assert prev[:, 0, 0, 0].tolist() == [-1, 1, 2, 3]  # forward: the step before, init at t=0
     assert prev[:, 0, 1, 0].tolist() == [2, 3, 4, -1]  # reverse: the step after, init at t=3
     assert prev[:3, 1, 1, 0].tolist() == [2, 3, -1]  # reverse, length 3: init at t=2
-
-
-def naive_layer(module: nn.RNNBase, x: torch.Tensor, lengths: torch.Tensor):
-    """One bidirectional layer as a loop over torch.nn cells, keeping every step's state."""
-    T, B, _ = x.shape
-    cell_cls = {"LSTM": nn.LSTMCell, "GRU": nn.GRUCell, "RNN_TANH": nn.RNNCell}[module.mode]
-    outputs, finals, steps = [], [], []
-    for suffix in ("", "_reverse"):
-        cell = cell_cls(module.input_size, module.hidden_size, dtype=x.dtype)
-        cell.load_state_dict({k: getattr(module, f"{k}_l0{suffix}") for k in cell.state_dict()})
-        h = x.new_zeros(B, module.hidden_size)
-        c = x.new_zeros(B, module.hidden_size)
-        out = [None] * T
-        h_steps, c_steps = [None] * T, [None] * T
-        for t in reversed(range(T)) if suffix else range(T):
-            valid = (t < lengths)[:, None]
-            if module.mode == "LSTM":
-                h_new, c_new = cell(x[t], (h, c))
-                c_new.retain_grad()
-                c_steps[t] = c_new
-                c = torch.where(valid, c_new, c)
-            else:
-                h_new = cell(x[t], h)
-            h_new.retain_grad()
-            h_steps[t] = h_new
-            out[t] = torch.where(valid, h_new, 0.0)
-            h = torch.where(valid, h_new, h)
-        outputs.append(torch.stack(out))
-        finals.append((h, c))
-        steps.append((h_steps, c_steps))
-    return torch.cat(outputs, dim=-1), finals, steps
 
 
 @pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
