@@ -20,7 +20,7 @@ import torch
 
 BACKENDS = ("auto", "triton", "reference")
 ENV_VAR = "RNNKIT_BACKEND"
-# the Triton kernel modules; issue #4 adds them
+# the Triton kernel modules
 _TRITON_MODULES = ("kernels.rnn", "kernels.lstm", "kernels.gru")
 
 
@@ -34,25 +34,24 @@ def check_backend_name(backend: str, *, source: str = "backend") -> str:
     return backend
 
 
+_OPS = ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd")
+
+
 def _triton_ops() -> types.SimpleNamespace:
     try:
-        modules = [importlib.import_module(name) for name in _TRITON_MODULES]
+        modules = {name: importlib.import_module(name) for name in _TRITON_MODULES}
     except ImportError as err:
         raise BackendUnavailableError(
-            f"backend 'triton' is not available: {err}. The Triton kernels are tracked in "
-            "issue #4; use backend='reference' meanwhile"
+            f"backend 'triton' is not available: {err}; use backend='reference', which runs anywhere"
         ) from err
-    ops = {}
-    for module in modules:
-        ops.update({name: getattr(module, name) for name in dir(module) if name.endswith(("_fwd", "_bwd"))})
+    ops = {op: getattr(modules[f"kernels.{op.split('_')[0]}"], op) for op in _OPS}
     return types.SimpleNamespace(name="triton", **ops)
 
 
 def _reference_ops() -> types.SimpleNamespace:
     from kernels import reference
 
-    names = ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd")
-    return types.SimpleNamespace(name="reference", **{n: getattr(reference, n) for n in names})
+    return types.SimpleNamespace(name="reference", **{op: getattr(reference, op) for op in _OPS})
 
 
 def triton_available() -> bool:

@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Without a GPU the Triton kernels run on the CPU interpreter; it must be chosen before triton is
+# imported (it decides what @triton.jit builds).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -14,3 +21,11 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Kernel outputs and scratch start as NaN: a slot a kernel leaves unwritten fails the test."""
+    from kernels import _config
+
+    monkeypatch.setattr(_config, "POISON_OUTPUTS", True)

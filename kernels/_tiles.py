@@ -1,0 +1,143 @@
+"""Triton helpers shared by the recurrent kernels: activations and tiled row-block products.
+
+# BB batch rows, BN output columns, BK reduction tile; every offset is int64
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def tanh(x):
+    # exp of a non-positive argument only: no overflow for large |x|
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x >= 0, t, -t)
+
+
+@triton.jit
+def load_tile(ptr, row_off, cols, row_mask, col_mask):
+    # [BB, BN] fp32 from ptr + row_off[:, None] + cols[None, :] (unit column stride), 0 where masked
+    mask = row_mask[:, None] & col_mask[None, :]
+    return tl.load(ptr + row_off[:, None] + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def store_tile(ptr, row_off, cols, row_mask, col_mask, value):
+    mask = row_mask[:, None] & col_mask[None, :]
+    tl.store(ptr + row_off[:, None] + cols[None, :], value.to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def dot_rows_wt(
+    acc, a_ptr, a_rows, row_mask, K, w_ptr, w_rows, w_row_mask, PRECISION: tl.constexpr, BK: tl.constexpr
+):
+    # acc [BB, BN] += A [BB, K] @ W[w_rows, :K]ᵀ; A's rows at a_ptr + a_rows, W row-major with K columns
+    for k0 in range(0, K, BK):
+        k = k0 + tl.arange(0, BK)
+        k_mask = k < K
+        a = load_tile(a_ptr, a_rows, k, row_mask, k_mask)  # [BB, BK]
+        w = load_tile(w_ptr, w_rows.to(tl.int64) * K, k, w_row_mask, k_mask)  # [BN, BK]
+        acc += tl.dot(a, tl.trans(w), input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def dot_rows_w(
+    acc, a_ptr, a_rows, row_mask, K, w_ptr, N, w_cols, w_col_mask, PRECISION: tl.constexpr, BK: tl.constexpr
+):
+    # acc [BB, BN] += A [BB, K] @ W[:K, w_cols]; W row-major [K, N]
+    for k0 in range(0, K, BK):
+        k = k0 + tl.arange(0, BK)
+        k_mask = k < K
+        a = load_tile(a_ptr, a_rows, k, row_mask, k_mask)  # [BB, BK]
+        w = load_tile(w_ptr, k.to(tl.int64) * N, w_cols, k_mask, w_col_mask)  # [BK, BN]
+        acc += tl.dot(a, w, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def seq_offset(t, rows, B, D, d, width):
+    # [BB] int64 offsets of rows (t, rows, d) of a [T, B, D, width] tensor
+    return ((t.to(tl.int64) * B + rows) * D + d) * width
+
+
+@triton.jit
+def state_offset(rows, B, d, width):
+    # [BB] int64 offsets of rows (d, rows) of a [D, B, width] tensor
+    return (d.to(tl.int64) * B + rows) * width
+
+
+@triton.jit
+def copy_rows(dst_ptr, src_ptr, row_off, row_mask, N, HAS_SRC: tl.constexpr, BN: tl.constexpr):
+    # dst[rows, :N] = src[rows, :N] (or zeros without a source), converted to dst's dtype
+    for n0 in range(0, N, BN):
+        n = n0 + tl.arange(0, BN)
+        n_mask = n < N
+        if HAS_SRC:
+            value = load_tile(src_ptr, row_off, n, row_mask, n_mask)
+        else:
+            value = tl.zeros((row_off.shape[0], BN), dtype=tl.float32)
+        store_tile(dst_ptr, row_off, n, row_mask, n_mask, value)
+
+
+@triton.jit
+def step_lengths(len_ptr, rows, row_mask, T, HAS_LENGTHS: tl.constexpr):
+    # [BB] int64 valid steps of each row (T without lengths)
+    if HAS_LENGTHS:
+        length = tl.load(len_ptr + rows, mask=row_mask, other=0).to(tl.int64)
+    else:
+        length = tl.zeros(rows.shape, dtype=tl.int64) + T
+    return length
+
+
+@triton.jit
+def total_step_grad(
+    dh_buf_ptr, dy_ptr, dh_steps_ptr, st_h, dy_rows, dh_rows, row_mask, valid, P,
+    HAS_DY: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
+    # δh_t = dy_t + the gradient carried from step t+1, written to dh_steps (zero at masked steps)
+    for p0 in range(0, P, BK):
+        p = p0 + tl.arange(0, BK)
+        pm = p < P
+        dh = load_tile(dh_buf_ptr, st_h, p, row_mask, pm)
+        if HAS_DY:
+            dh += load_tile(dy_ptr, dy_rows, p, row_mask, pm)
+        store_tile(dh_steps_ptr, dh_rows, p, row_mask, pm, tl.where(valid, dh, 0.0))
+
+
+@triton.jit
+def carry_back(
+    dh_buf_ptr, dg_buf_ptr, w_ptr, direct_ptr, st_h, st_g, row_mask, valid, K, P,
+    HAS_DIRECT: tl.constexpr, PRECISION: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
+    # the gradient carried to h_{t-1}: (direct +) δa_t [BB, K] @ W_hh [K, P]; a masked step keeps it
+    for p0 in range(0, P, BN):
+        p = p0 + tl.arange(0, BN)
+        pm = p < P
+        if HAS_DIRECT:
+            acc = load_tile(direct_ptr, st_h, p, row_mask, pm)
+        else:
+            acc = tl.zeros((BB, BN), dtype=tl.float32)
+        acc = dot_rows_w(acc, dg_buf_ptr, st_g, row_mask, K, w_ptr, P, p, pm, PRECISION, BK)
+        carried = load_tile(dh_buf_ptr, st_h, p, row_mask, pm)
+        store_tile(dh_buf_ptr, st_h, p, row_mask, pm, tl.where(valid, acc, carried))
+
+
+@triton.jit
+def load_previous(
+    steps_ptr, prev_rows, init_ptr, st, cols, col_mask, is_valid, is_first, HAS_INIT: tl.constexpr
+):
+    # the state entering step t: the previous step's (from steps), or the initial state at a
+    # sequence's first step (zeros without one); 0 at masked steps
+    value = load_tile(steps_ptr, prev_rows, cols, is_valid & (is_first == 0), col_mask)
+    if HAS_INIT:
+        value += load_tile(init_ptr, st, cols, is_valid & is_first, col_mask)
+    return value

@@ -1,0 +1,373 @@
+"""LSTM forward and BPTT backward as persistent Triton kernels (one launch each for all T steps).
+
+# T steps, B batch, D directions, H hidden, P recurrent width (H or proj_size), G = 4 gates (i, f, g, o)
+# BB batch rows per program, BH hidden units per tile, BK reduction tile
+
+One program per (batch tile, direction) walks the whole sequence. Per step, for each tile of BH
+hidden units it computes the four gates of those units (gx + h_{t-1} W_hhᵀ, W_hh read in tiles),
+updates c, and writes h_t into the other half of a double buffer, so tiles still reading h_{t-1}
+see it unchanged. The launchers have `kernels.reference`'s signatures and return values.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._config import alloc, launch_config
+from kernels._tiles import (
+    carry_back,
+    copy_rows,
+    dot_rows_w,
+    dot_rows_wt,
+    load_previous,
+    load_tile,
+    seq_offset,
+    sigmoid,
+    state_offset,
+    step_lengths,
+    store_tile,
+    tanh,
+    total_step_grad,
+)
+from kernels.reference import LSTMBackward, LSTMForward
+
+
+@triton.jit
+def _gate_preact(
+    gx_ptr,
+    gx_rows,
+    cols,
+    col_mask,
+    h_ptr,
+    h_rows,
+    row_mask,
+    w_ptr,
+    P,
+    PRECISION: tl.constexpr,
+    BK: tl.constexpr,
+):
+    # [BB, BH] pre-activation of gate columns `cols`: gx + h_{t-1} @ W_hh[cols]ᵀ
+    acc = load_tile(gx_ptr, gx_rows, cols, row_mask, col_mask)
+    return dot_rows_wt(acc, h_ptr, h_rows, row_mask, P, w_ptr, cols, col_mask, PRECISION, BK)
+
+
+@triton.jit
+def _store_gates(ptr, row_off, j, row_mask, jm, H, a_i, a_f, a_g, a_o):
+    # the four gate blocks of hidden units j, at columns j, H + j, 2H + j, 3H + j
+    store_tile(ptr, row_off, j, row_mask, jm, a_i)
+    store_tile(ptr, row_off, H + j, row_mask, jm, a_f)
+    store_tile(ptr, row_off, 2 * H + j, row_mask, jm, a_g)
+    store_tile(ptr, row_off, 3 * H + j, row_mask, jm, a_o)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _lstm_fwd_kernel(
+    gx_ptr,  # [T, B, D, 4H]
+    w_hh_ptr,  # [D, 4H, P]
+    w_hr_ptr,  # [D, P, H] (PROJ)
+    h0_ptr,  # [D, B, P] (HAS_H0)
+    c0_ptr,  # [D, B, H] (HAS_C0)
+    len_ptr,  # [B] int64 (HAS_LENGTHS)
+    y_ptr,  # [T, B, D, P]
+    hn_ptr,  # [D, B, P]
+    cn_ptr,  # [D, B, H]
+    gates_ptr,  # [T, B, D, 4H] activated (TRAINING)
+    c_steps_ptr,  # [T, B, D, H] (TRAINING)
+    h_buf_ptr,  # [2, D, B, P] fp32: h_{t-1} and h_t
+    c_buf_ptr,  # [D, B, H] fp32
+    m_buf_ptr,  # [D, B, H] fp32: o ⊙ tanh(c_t) before the projection (PROJ)
+    T,
+    B,
+    H,
+    P,
+    HAS_H0: tl.constexpr,
+    HAS_C0: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    PROJ: tl.constexpr,
+    TRAINING: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+):
+    d = tl.program_id(1)
+    D = tl.num_programs(1)
+    rows = (tl.program_id(0) * BB + tl.arange(0, BB)).to(tl.int64)  # [BB]
+    row_mask = rows < B
+    length = step_lengths(len_ptr, rows, row_mask, T, HAS_LENGTHS)
+    w_hh = w_hh_ptr + d.to(tl.int64) * 4 * H * P
+    w_hr = w_hr_ptr + d.to(tl.int64) * P * H
+    st_h = state_offset(rows, B, d, P)
+    st_c = state_offset(rows, B, d, H)
+    buf_stride = D.to(tl.int64) * B * P  # one half of the h double buffer
+    copy_rows(h_buf_ptr, h0_ptr, st_h, row_mask, P, HAS_H0, BK)
+    copy_rows(c_buf_ptr, c0_ptr, st_c, row_mask, H, HAS_C0, BH)
+    tl.debug_barrier()
+    for s in range(T):
+        t = tl.where(d == 0, s, T - 1 - s)
+        valid = (row_mask & (t < length))[:, None]  # [BB, 1]: a masked step keeps the state
+        h_cur = h_buf_ptr + (s % 2) * buf_stride
+        h_nxt = h_buf_ptr + ((s + 1) % 2) * buf_stride
+        gx_rows = seq_offset(t, rows, B, D, d, 4 * H)
+        c_rows = seq_offset(t, rows, B, D, d, H)
+        y_rows = seq_offset(t, rows, B, D, d, P)
+        for j0 in range(0, H, BH):
+            j = j0 + tl.arange(0, BH)
+            jm = j < H
+            i = sigmoid(_gate_preact(gx_ptr, gx_rows, j, jm, h_cur, st_h, row_mask, w_hh, P, PRECISION, BK))
+            f = sigmoid(
+                _gate_preact(gx_ptr, gx_rows, H + j, jm, h_cur, st_h, row_mask, w_hh, P, PRECISION, BK)
+            )
+            g = tanh(
+                _gate_preact(gx_ptr, gx_rows, 2 * H + j, jm, h_cur, st_h, row_mask, w_hh, P, PRECISION, BK)
+            )
+            o = sigmoid(
+                _gate_preact(gx_ptr, gx_rows, 3 * H + j, jm, h_cur, st_h, row_mask, w_hh, P, PRECISION, BK)
+            )
+            c_prev = load_tile(c_buf_ptr, st_c, j, row_mask, jm)
+            c = f * c_prev + i * g
+            m = o * tanh(c)
+            store_tile(c_buf_ptr, st_c, j, row_mask, jm, tl.where(valid, c, c_prev))
+            if TRAINING:
+                zero = tl.zeros((BB, BH), dtype=tl.float32)
+                i_s, f_s, g_s, o_s = (
+                    tl.where(valid, i, zero),
+                    tl.where(valid, f, zero),
+                    tl.where(valid, g, zero),
+                    tl.where(valid, o, zero),
+                )
+                _store_gates(gates_ptr, gx_rows, j, row_mask, jm, H, i_s, f_s, g_s, o_s)
+                store_tile(c_steps_ptr, c_rows, j, row_mask, jm, tl.where(valid, c, 0.0))
+            if PROJ:
+                store_tile(m_buf_ptr, st_c, j, row_mask, jm, m)
+            else:
+                h_prev = load_tile(h_cur, st_h, j, row_mask, jm)
+                store_tile(h_nxt, st_h, j, row_mask, jm, tl.where(valid, m, h_prev))
+                store_tile(y_ptr, y_rows, j, row_mask, jm, tl.where(valid, m, 0.0))
+        if PROJ:
+            tl.debug_barrier()  # every unit's m_t is written before the projection reads it
+            for p0 in range(0, P, BH):
+                p = p0 + tl.arange(0, BH)
+                pm = p < P
+                h = dot_rows_wt(
+                    tl.zeros((BB, BH), dtype=tl.float32),
+                    m_buf_ptr,
+                    st_c,
+                    row_mask,
+                    H,
+                    w_hr,
+                    p,
+                    pm,
+                    PRECISION,
+                    BK,
+                )
+                h_prev = load_tile(h_cur, st_h, p, row_mask, pm)
+                store_tile(h_nxt, st_h, p, row_mask, pm, tl.where(valid, h, h_prev))
+                store_tile(y_ptr, y_rows, p, row_mask, pm, tl.where(valid, h, 0.0))
+        tl.debug_barrier()  # h_t complete before step t+1 reads it
+    copy_rows(hn_ptr, h_buf_ptr + (T % 2) * buf_stride, st_h, row_mask, P, True, BK)
+    copy_rows(cn_ptr, c_buf_ptr, st_c, row_mask, H, True, BH)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _lstm_bwd_kernel(
+    dy_ptr,  # [T, B, D, P] (HAS_DY)
+    dhn_ptr,  # [D, B, P] (HAS_DHN)
+    dcn_ptr,  # [D, B, H] (HAS_DCN)
+    w_hh_ptr,  # [D, 4H, P]
+    w_hr_ptr,  # [D, P, H] (PROJ)
+    c0_ptr,  # [D, B, H] (HAS_C0)
+    gates_ptr,  # [T, B, D, 4H] activated
+    c_steps_ptr,  # [T, B, D, H]
+    len_ptr,  # [B] int64 (HAS_LENGTHS)
+    dgx_ptr,  # [T, B, D, 4H]
+    dh0_ptr,  # [D, B, P]
+    dc0_ptr,  # [D, B, H]
+    dh_steps_ptr,  # [T, B, D, P] fp32 δh_t; with dh_step_stride = 0 a one-step scratch
+    dc_steps_ptr,  # [T, B, D, H] fp32 δc_t (RECORD)
+    dh_buf_ptr,  # [D, B, P] fp32: the gradient carried back to h_{t-1}
+    dc_buf_ptr,  # [D, B, H] fp32: the gradient carried back to c_{t-1}
+    dg_buf_ptr,  # [D, B, 4H] fp32: this step's gate gradients, for the recurrent product
+    T,
+    B,
+    H,
+    P,
+    dh_step_stride,
+    HAS_DY: tl.constexpr,
+    HAS_DHN: tl.constexpr,
+    HAS_DCN: tl.constexpr,
+    HAS_C0: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    PROJ: tl.constexpr,
+    RECORD: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+):
+    d = tl.program_id(1)
+    D = tl.num_programs(1)
+    rows = (tl.program_id(0) * BB + tl.arange(0, BB)).to(tl.int64)
+    row_mask = rows < B
+    length = step_lengths(len_ptr, rows, row_mask, T, HAS_LENGTHS)
+    first = tl.where(d == 0, 0, T - length)  # [BB] the loop step where each sequence starts
+    w_hh = w_hh_ptr + d.to(tl.int64) * 4 * H * P
+    w_hr = w_hr_ptr + d.to(tl.int64) * P * H
+    st_h = state_offset(rows, B, d, P)
+    st_c = state_offset(rows, B, d, H)
+    st_g = state_offset(rows, B, d, 4 * H)
+    copy_rows(dh_buf_ptr, dhn_ptr, st_h, row_mask, P, HAS_DHN, BK)
+    copy_rows(dc_buf_ptr, dcn_ptr, st_c, row_mask, H, HAS_DCN, BH)
+    tl.debug_barrier()
+    for s_rev in range(T):
+        s = T - 1 - s_rev
+        t = tl.where(d == 0, s, T - 1 - s)
+        is_valid = row_mask & (t < length)
+        valid = is_valid[:, None]
+        is_first = s == first
+        t_prev = t + tl.where(d == 0, -1, 1)  # the step processed just before t
+        gx_rows = seq_offset(t, rows, B, D, d, 4 * H)
+        c_rows = seq_offset(t, rows, B, D, d, H)
+        c_prev_rows = seq_offset(t_prev, rows, B, D, d, H)
+        dh_rows = t.to(tl.int64) * dh_step_stride + (rows * D + d) * P
+        dy_rows = seq_offset(t, rows, B, D, d, P)
+        total_step_grad(
+            dh_buf_ptr, dy_ptr, dh_steps_ptr, st_h, dy_rows, dh_rows, row_mask, valid, P, HAS_DY, BK
+        )
+        tl.debug_barrier()
+        for j0 in range(0, H, BH):
+            j = j0 + tl.arange(0, BH)
+            jm = j < H
+            if PROJ:  # δm = δh W_hr
+                dm = dot_rows_w(
+                    tl.zeros((BB, BH), dtype=tl.float32),
+                    dh_steps_ptr,
+                    dh_rows,
+                    row_mask,
+                    P,
+                    w_hr,
+                    H,
+                    j,
+                    jm,
+                    PRECISION,
+                    BK,
+                )
+            else:
+                dm = load_tile(dh_steps_ptr, dh_rows, j, row_mask, jm)
+            i = load_tile(gates_ptr, gx_rows, j, row_mask, jm)
+            f = load_tile(gates_ptr, gx_rows, H + j, row_mask, jm)
+            g = load_tile(gates_ptr, gx_rows, 2 * H + j, row_mask, jm)
+            o = load_tile(gates_ptr, gx_rows, 3 * H + j, row_mask, jm)
+            tanh_c = tanh(load_tile(c_steps_ptr, c_rows, j, row_mask, jm))
+            c_prev = load_previous(c_steps_ptr, c_prev_rows, c0_ptr, st_c, j, jm, is_valid, is_first, HAS_C0)
+            dc_carried = load_tile(dc_buf_ptr, st_c, j, row_mask, jm)
+            dc = dc_carried + dm * o * (1.0 - tanh_c * tanh_c)  # δc_t, the total
+            if RECORD:
+                store_tile(dc_steps_ptr, c_rows, j, row_mask, jm, tl.where(valid, dc, 0.0))
+            store_tile(dc_buf_ptr, st_c, j, row_mask, jm, tl.where(valid, dc * f, dc_carried))
+            da_i = tl.where(valid, dc * g * i * (1.0 - i), 0.0)
+            da_f = tl.where(valid, dc * c_prev * f * (1.0 - f), 0.0)
+            da_g = tl.where(valid, dc * i * (1.0 - g * g), 0.0)
+            da_o = tl.where(valid, dm * tanh_c * o * (1.0 - o), 0.0)
+            _store_gates(dgx_ptr, gx_rows, j, row_mask, jm, H, da_i, da_f, da_g, da_o)
+            _store_gates(dg_buf_ptr, st_g, j, row_mask, jm, H, da_i, da_f, da_g, da_o)
+        tl.debug_barrier()
+        carry_back(
+            dh_buf_ptr,
+            dg_buf_ptr,
+            w_hh,
+            dh_buf_ptr,
+            st_h,
+            st_g,
+            row_mask,
+            valid,
+            4 * H,
+            P,
+            False,
+            PRECISION,
+            BB,
+            BH,
+            BK,
+        )
+        tl.debug_barrier()
+    copy_rows(dh0_ptr, dh_buf_ptr, st_h, row_mask, P, True, BK)
+    copy_rows(dc0_ptr, dc_buf_ptr, st_c, row_mask, H, True, BH)
+
+
+def lstm_fwd(
+    gx: torch.Tensor,
+    w_hh: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    c0: torch.Tensor | None = None,
+    w_hr: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    *,
+    training: bool = True,
+) -> LSTMForward:
+    """The Triton twin of `kernels.reference.lstm_fwd`: same arguments, same return values."""
+    T, B, D, G = gx.shape
+    H, P = G // 4, w_hh.shape[2]
+    cfg = launch_config(B, H, P, gx.dtype)
+    gx, w_hh = gx.contiguous(), w_hh.contiguous()
+    y = alloc((T, B, D, P), gx)
+    h_n, c_n = alloc((D, B, P), gx), alloc((D, B, H), gx)
+    gates = alloc((T, B, D, G), gx) if training else None
+    c_steps = alloc((T, B, D, H), gx) if training else None
+    h_buf = alloc((2, D, B, P), gx, torch.float32)
+    c_buf = alloc((D, B, H), gx, torch.float32)
+    m_buf = alloc((D, B, H), gx, torch.float32) if w_hr is not None else c_buf
+    absent = gx  # any tensor: its pointer is never read when the matching flag is off
+    _lstm_fwd_kernel[(triton.cdiv(B, cfg.BB), D)](
+        gx, w_hh, absent if w_hr is None else w_hr.contiguous(),
+        absent if h0 is None else h0.contiguous(), absent if c0 is None else c0.contiguous(),
+        absent if lengths is None else lengths,
+        y, h_n, c_n, absent if gates is None else gates, absent if c_steps is None else c_steps,
+        h_buf, c_buf, m_buf,
+        T, B, H, P,
+        HAS_H0=h0 is not None, HAS_C0=c0 is not None, HAS_LENGTHS=lengths is not None,
+        PROJ=w_hr is not None, TRAINING=training, PRECISION=cfg.PRECISION,
+        BB=cfg.BB, BH=cfg.BH, BK=cfg.BK, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return LSTMForward(y, h_n, c_n, gates, c_steps)
+
+
+def lstm_bwd(
+    dy: torch.Tensor | None,
+    dh_n: torch.Tensor | None,
+    dc_n: torch.Tensor | None,
+    w_hh: torch.Tensor,
+    w_hr: torch.Tensor | None,
+    c0: torch.Tensor | None,
+    gates: torch.Tensor,
+    c_steps: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    record: bool = False,
+) -> LSTMBackward:
+    """The Triton twin of `kernels.reference.lstm_bwd`: same arguments, same return values."""
+    T, B, D, G = gates.shape
+    H, P = G // 4, w_hh.shape[2]
+    cfg = launch_config(B, H, P, gates.dtype)
+    f32 = torch.float32
+    dgx = alloc((T, B, D, G), gates)
+    dh0, dc0 = alloc((D, B, P), gates), alloc((D, B, H), gates)
+    keep_dh = record or w_hr is not None
+    dh_steps = alloc((T if keep_dh else 1, B, D, P), gates, f32)
+    dc_steps = alloc((T, B, D, H), gates, f32) if record else None
+    absent = gates
+    _lstm_bwd_kernel[(triton.cdiv(B, cfg.BB), D)](
+        absent if dy is None else dy.contiguous(),
+        absent if dh_n is None else dh_n.contiguous(), absent if dc_n is None else dc_n.contiguous(),
+        w_hh.contiguous(), absent if w_hr is None else w_hr.contiguous(),
+        absent if c0 is None else c0.contiguous(),
+        gates.contiguous(), c_steps.contiguous(), absent if lengths is None else lengths,
+        dgx, dh0, dc0, dh_steps, absent if dc_steps is None else dc_steps,
+        alloc((D, B, P), gates, f32), alloc((D, B, H), gates, f32), alloc((D, B, G), gates, f32),
+        T, B, H, P, B * D * P if keep_dh else 0,
+        HAS_DY=dy is not None, HAS_DHN=dh_n is not None, HAS_DCN=dc_n is not None,
+        HAS_C0=c0 is not None, HAS_LENGTHS=lengths is not None, PROJ=w_hr is not None,
+        RECORD=record, PRECISION=cfg.PRECISION, BB=cfg.BB, BH=cfg.BH, BK=cfg.BK, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return LSTMBackward(dgx, dh0, dc0, dh_steps if keep_dh else None, dc_steps)

@@ -1,0 +1,210 @@
+"""Elman RNN (tanh or relu) forward and BPTT backward as persistent Triton kernels.
+
+# T steps, B batch, D directions, H hidden; BB batch rows per program, BH units per tile, BK reduction tile
+
+The structure of `kernels/lstm.py` with one gate: per step, h_t = act(gx_t + h_{t-1} W_hhᵀ) tile by
+tile into the other half of a double buffer. The launchers have `kernels.reference`'s signatures.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._config import alloc, launch_config
+from kernels._tiles import (
+    carry_back,
+    copy_rows,
+    dot_rows_wt,
+    load_tile,
+    seq_offset,
+    state_offset,
+    step_lengths,
+    store_tile,
+    tanh,
+    total_step_grad,
+)
+from kernels.reference import RNNBackward, RNNForward
+
+
+@triton.jit(do_not_specialize=["T"])
+def _rnn_fwd_kernel(
+    gx_ptr,  # [T, B, D, H]
+    w_hh_ptr,  # [D, H, H]
+    h0_ptr,  # [D, B, H] (HAS_H0)
+    len_ptr,  # [B] int64 (HAS_LENGTHS)
+    y_ptr,  # [T, B, D, H]
+    hn_ptr,  # [D, B, H]
+    h_buf_ptr,  # [2, D, B, H] fp32: h_{t-1} and h_t
+    T,
+    B,
+    H,
+    RELU: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+):
+    d = tl.program_id(1)
+    D = tl.num_programs(1)
+    rows = (tl.program_id(0) * BB + tl.arange(0, BB)).to(tl.int64)
+    row_mask = rows < B
+    length = step_lengths(len_ptr, rows, row_mask, T, HAS_LENGTHS)
+    w_hh = w_hh_ptr + d.to(tl.int64) * H * H
+    st_h = state_offset(rows, B, d, H)
+    buf_stride = D.to(tl.int64) * B * H
+    copy_rows(h_buf_ptr, h0_ptr, st_h, row_mask, H, HAS_H0, BK)
+    tl.debug_barrier()
+    for s in range(T):
+        t = tl.where(d == 0, s, T - 1 - s)
+        valid = (row_mask & (t < length))[:, None]
+        h_cur = h_buf_ptr + (s % 2) * buf_stride
+        h_nxt = h_buf_ptr + ((s + 1) % 2) * buf_stride
+        rows_t = seq_offset(t, rows, B, D, d, H)  # gx and y share the layout
+        for j0 in range(0, H, BH):
+            j = j0 + tl.arange(0, BH)
+            jm = j < H
+            a = load_tile(gx_ptr, rows_t, j, row_mask, jm)
+            a = dot_rows_wt(a, h_cur, st_h, row_mask, H, w_hh, j, jm, PRECISION, BK)
+            if RELU:
+                h = tl.maximum(a, 0.0)
+            else:
+                h = tanh(a)
+            h_prev = load_tile(h_cur, st_h, j, row_mask, jm)
+            store_tile(h_nxt, st_h, j, row_mask, jm, tl.where(valid, h, h_prev))
+            store_tile(y_ptr, rows_t, j, row_mask, jm, tl.where(valid, h, 0.0))
+        tl.debug_barrier()
+    copy_rows(hn_ptr, h_buf_ptr + (T % 2) * buf_stride, st_h, row_mask, H, True, BK)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _rnn_bwd_kernel(
+    dy_ptr,  # [T, B, D, H] (HAS_DY)
+    dhn_ptr,  # [D, B, H] (HAS_DHN)
+    y_ptr,  # [T, B, D, H]
+    w_hh_ptr,  # [D, H, H]
+    len_ptr,  # [B] int64 (HAS_LENGTHS)
+    dgx_ptr,  # [T, B, D, H]
+    dh0_ptr,  # [D, B, H]
+    dh_steps_ptr,  # [T, B, D, H] fp32 δh_t; with dh_step_stride = 0 a one-step scratch
+    dh_buf_ptr,  # [D, B, H] fp32: the gradient carried back to h_{t-1}
+    dg_buf_ptr,  # [D, B, H] fp32: this step's pre-activation gradient
+    T,
+    B,
+    H,
+    dh_step_stride,
+    RELU: tl.constexpr,
+    HAS_DY: tl.constexpr,
+    HAS_DHN: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+    BK: tl.constexpr,
+):
+    d = tl.program_id(1)
+    D = tl.num_programs(1)
+    rows = (tl.program_id(0) * BB + tl.arange(0, BB)).to(tl.int64)
+    row_mask = rows < B
+    length = step_lengths(len_ptr, rows, row_mask, T, HAS_LENGTHS)
+    w_hh = w_hh_ptr + d.to(tl.int64) * H * H
+    st_h = state_offset(rows, B, d, H)
+    copy_rows(dh_buf_ptr, dhn_ptr, st_h, row_mask, H, HAS_DHN, BK)
+    tl.debug_barrier()
+    for s_rev in range(T):
+        s = T - 1 - s_rev
+        t = tl.where(d == 0, s, T - 1 - s)
+        valid = (row_mask & (t < length))[:, None]
+        rows_t = seq_offset(t, rows, B, D, d, H)
+        dh_rows = t.to(tl.int64) * dh_step_stride + (rows * D + d) * H
+        total_step_grad(
+            dh_buf_ptr, dy_ptr, dh_steps_ptr, st_h, rows_t, dh_rows, row_mask, valid, H, HAS_DY, BK
+        )
+        tl.debug_barrier()
+        for j0 in range(0, H, BH):
+            j = j0 + tl.arange(0, BH)
+            jm = j < H
+            dh = load_tile(dh_steps_ptr, dh_rows, j, row_mask, jm)
+            h = load_tile(y_ptr, rows_t, j, row_mask, jm)
+            if RELU:
+                da = tl.where(valid & (h > 0), dh, 0.0)
+            else:
+                da = tl.where(valid, dh * (1.0 - h * h), 0.0)
+            store_tile(dgx_ptr, rows_t, j, row_mask, jm, da)
+            store_tile(dg_buf_ptr, st_h, j, row_mask, jm, da)
+        tl.debug_barrier()
+        carry_back(
+            dh_buf_ptr,
+            dg_buf_ptr,
+            w_hh,
+            dh_buf_ptr,
+            st_h,
+            st_h,
+            row_mask,
+            valid,
+            H,
+            H,
+            False,
+            PRECISION,
+            BB,
+            BH,
+            BK,
+        )
+        tl.debug_barrier()
+    copy_rows(dh0_ptr, dh_buf_ptr, st_h, row_mask, H, True, BK)
+
+
+def rnn_fwd(
+    gx: torch.Tensor,
+    w_hh: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+    *,
+    nonlinearity: str = "tanh",
+    training: bool = True,
+) -> RNNForward:
+    """The Triton twin of `kernels.reference.rnn_fwd`: same arguments, same return values."""
+    T, B, D, H = gx.shape
+    cfg = launch_config(B, H, H, gx.dtype)
+    y, h_n = alloc((T, B, D, H), gx), alloc((D, B, H), gx)
+    absent = gx  # any tensor: its pointer is never read when the matching flag is off
+    _rnn_fwd_kernel[(triton.cdiv(B, cfg.BB), D)](
+        gx.contiguous(), w_hh.contiguous(), absent if h0 is None else h0.contiguous(),
+        absent if lengths is None else lengths, y, h_n, alloc((2, D, B, H), gx, torch.float32),
+        T, B, H,
+        RELU=nonlinearity == "relu", HAS_H0=h0 is not None, HAS_LENGTHS=lengths is not None,
+        PRECISION=cfg.PRECISION, BB=cfg.BB, BH=cfg.BH, BK=cfg.BK, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return RNNForward(y, h_n)
+
+
+def rnn_bwd(
+    dy: torch.Tensor | None,
+    dh_n: torch.Tensor | None,
+    y: torch.Tensor,
+    w_hh: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    nonlinearity: str = "tanh",
+    record: bool = False,
+) -> RNNBackward:
+    """The Triton twin of `kernels.reference.rnn_bwd`: same arguments, same return values."""
+    T, B, D, H = y.shape
+    cfg = launch_config(B, H, H, y.dtype)
+    f32 = torch.float32
+    dgx, dh0 = alloc((T, B, D, H), y), alloc((D, B, H), y)
+    dh_steps = alloc((T if record else 1, B, D, H), y, f32)
+    absent = y
+    _rnn_bwd_kernel[(triton.cdiv(B, cfg.BB), D)](
+        absent if dy is None else dy.contiguous(), absent if dh_n is None else dh_n.contiguous(),
+        y.contiguous(), w_hh.contiguous(), absent if lengths is None else lengths,
+        dgx, dh0, dh_steps, alloc((D, B, H), y, f32), alloc((D, B, H), y, f32),
+        T, B, H, B * D * H if record else 0,
+        RELU=nonlinearity == "relu", HAS_DY=dy is not None, HAS_DHN=dh_n is not None,
+        HAS_LENGTHS=lengths is not None, PRECISION=cfg.PRECISION,
+        BB=cfg.BB, BH=cfg.BH, BK=cfg.BK, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    return RNNBackward(dgx, dh0, dh_steps if record else None)

@@ -1,0 +1,147 @@
+"""Every Triton kernel against the reference: all outputs, final states, gradients and the record.
+
+Under TRITON_INTERPRET=1 on the CPU (CI) at small odd shapes; natively on a GPU when there is one.
+Outputs are allocated as NaN (the ``poisoned`` fixture), so an unwritten slot fails.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels import reference
+from tests._testing import assert_close
+
+pytestmark = pytest.mark.interpreter
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+CELLS = ["rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru"]
+# (T, B, H): T in {1, 7}, B in {1, 5, 17}, H in {1, 51, 64, 100}: below, at and above a tile
+SHAPES = [(1, 1, 1), (7, 5, 51), (7, 17, 64), (7, 1, 100), (1, 17, 51)]
+
+
+def kernel_module(cell: str):
+    from kernels import gru, lstm, rnn
+
+    return {"rnn": rnn, "lstm": lstm, "gru": gru}[cell.split("_")[0]]
+
+
+def make_inputs(cell, T, B, D, H, *, with_state, with_lengths, dtype=torch.float32):
+    """Forward arguments (positional, keyword) of <cell>_fwd, and the upstream gradients."""
+    P = max(1, H // 2) if cell == "lstm_proj" and H > 1 else H
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell.split("_")[0]]
+    kw = {"device": DEVICE, "dtype": dtype}
+    gx = torch.randn(T, B, D, G * H, **kw)
+    w_hh = (torch.randn(D, G * H, P, **kw) / P**0.5).to(dtype)
+    h0 = torch.randn(D, B, P, **kw) if with_state else None
+    lengths = None
+    if with_lengths:
+        lengths = torch.randint(1, T + 1, (B,), device=DEVICE)
+        lengths[0] = T
+    upstream = {
+        "dy": torch.randn(T, B, D, P, **kw),
+        "dh_n": torch.randn(D, B, P, **kw),
+        "dc_n": torch.randn(D, B, H, **kw),
+    }
+    if cell.startswith("rnn"):
+        return (gx, w_hh, h0, lengths), {"nonlinearity": cell[4:]}, upstream
+    if cell == "gru":
+        return (gx, w_hh, torch.randn(D, H, **kw), h0, lengths), {}, upstream
+    c0 = torch.randn(D, B, H, **kw) if with_state else None
+    w_hr = (torch.randn(D, P, H, **kw) / H**0.5).to(dtype) if P != H else None
+    return (gx, w_hh, h0, c0, w_hr, lengths), {}, upstream
+
+
+def run_backward(module, cell, args, kwargs, fwd, upstream, record):
+    name = cell.split("_")[0]
+    bwd = getattr(module, f"{name}_bwd")
+    lengths = args[-1]
+    dy, dh_n = upstream["dy"], upstream["dh_n"]
+    if name == "rnn":
+        return bwd(dy, dh_n, fwd.y, args[1], lengths, record=record, **kwargs)
+    if name == "gru":
+        return bwd(dy, dh_n, args[1], args[3], fwd.y, fwd.gates, fwd.ghn, lengths, record=record)
+    _, w_hh, _, c0, w_hr, _ = args
+    return bwd(dy, dh_n, upstream["dc_n"], w_hh, w_hr, c0, fwd.gates, fwd.c_steps, lengths, record=record)
+
+
+def compare_outputs(prefix, ours, theirs, dtype):
+    for name, a, b in zip(theirs._fields, ours, theirs, strict=True):
+        if b is None:
+            assert a is None, f"{prefix}{name}: the kernel returned a tensor where the reference has None"
+            continue
+        assert a.dtype == b.dtype, f"{prefix}{name}: dtype {a.dtype}, reference {b.dtype}"
+        assert_close(f"{prefix}{name}", a, b, dtype)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-H{}".format(*s))
+@pytest.mark.parametrize("D", [1, 2], ids=["uni", "bi"])
+@pytest.mark.parametrize("variant", ["plain", "state+lengths"])
+def test_kernel_matches_reference(poisoned, cell, shape, D, variant):
+    T, B, H = shape
+    full = variant != "plain"
+    args, kwargs, upstream = make_inputs(cell, T, B, D, H, with_state=full, with_lengths=full)
+    name = cell.split("_")[0]
+    ours_mod = kernel_module(cell)
+    fwd_ref = getattr(reference, f"{name}_fwd")(*args, **kwargs)
+    fwd_ours = getattr(ours_mod, f"{name}_fwd")(*args, **kwargs)
+    compare_outputs("fwd.", fwd_ours, fwd_ref, torch.float32)
+    for record in (False, True):
+        ref = run_backward(reference, cell, args, kwargs, fwd_ref, upstream, record)
+        ours = run_backward(ours_mod, cell, args, kwargs, fwd_ref, upstream, record)
+        compare_outputs(f"bwd(record={record}).", ours, ref, torch.float32)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_kernel_inference_saves_nothing(poisoned, cell):
+    args, _, _ = make_inputs(cell, 7, 5, 2, 51, with_state=True, with_lengths=True)
+    name = cell.split("_")[0]
+    ours = getattr(kernel_module(cell), f"{name}_fwd")(*args, training=False)
+    ref = getattr(reference, f"{name}_fwd")(*args, training=False)
+    compare_outputs("fwd.", ours, ref, torch.float32)
+    assert ours[-1] is None and ours[-2] is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_kernel_low_precision(poisoned, cell, dtype):
+    """fp16/bf16 storage, fp32 math: the kernel equals the reference on the same inputs."""
+    args, kwargs, upstream = make_inputs(cell, 7, 5, 2, 51, with_state=True, with_lengths=True, dtype=dtype)
+    name = cell.split("_")[0]
+    ours_mod = kernel_module(cell)
+    fwd_ref = getattr(reference, f"{name}_fwd")(*args, **kwargs)
+    compare_outputs("fwd.", getattr(ours_mod, f"{name}_fwd")(*args, **kwargs), fwd_ref, dtype)
+    ref = run_backward(reference, cell, args, kwargs, fwd_ref, upstream, True)
+    ours = run_backward(ours_mod, cell, args, kwargs, fwd_ref, upstream, True)
+    compare_outputs("bwd.", ours, ref, dtype)
+
+
+LAYERS = {"RNN": {}, "LSTM": {}, "LSTM-proj": {"proj_size": 5}, "GRU": {}}
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_layer_triton_backend_matches_reference(poisoned, layer):
+    """rnnkit layers with backend="triton" against backend="reference": outputs and every gradient."""
+    import rnnkit
+
+    cls = getattr(rnnkit, layer.split("-")[0])
+    kw = {"num_layers": 2, "bidirectional": True, "device": DEVICE, **LAYERS[layer]}
+    ref = cls(6, 11, backend="reference", **kw)
+    ours = cls(6, 11, backend="triton", **kw)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(7, 5, 6, device=DEVICE)
+    lengths = torch.tensor([7, 3, 5, 1, 6])
+    results = []
+    for model in (ref, ours):
+        xi = x.clone().requires_grad_()
+        out, state = model(xi, lengths=lengths)
+        states = state if isinstance(state, tuple) else (state,)
+        gen = torch.Generator().manual_seed(1)
+        loss = sum((t * torch.randn(t.shape, generator=gen).to(t)).sum() for t in (out, *states))
+        loss.backward()
+        named = {"output": out, **{f"state{i}": s for i, s in enumerate(states)}, "grad_input": xi.grad}
+        named.update({f"grad_{n}": p.grad for n, p in model.named_parameters()})
+        results.append(named)
+    for name, value in results[0].items():
+        assert_close(name, results[1][name], value, torch.float32)
