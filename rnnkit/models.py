@@ -56,3 +56,48 @@ class SequenceModel(nn.Module):
         """x [T, B, I] -> predictions [T, B, output_size] at every step."""
         output, _ = self.recurrent(x, lengths=lengths)
         return self.head(output)
+
+
+class SequenceClassifier(nn.Module):
+    """rnnkit recurrent layer(s) and a linear head on the last layer's final state.
+
+    The final state h_n is each sequence's state at its own last step (with ``lengths``), and for a
+    bidirectional layer the reverse direction's state after reading the whole sequence; both
+    directions are concatenated.
+
+    Args:
+        cell: "rnn", "rnn_relu", "lstm" or "gru".
+        input_size, hidden_size, num_classes: sizes; num_layers, bidirectional, backend: as the
+            layer's.
+
+    Example:
+        >>> model = SequenceClassifier("lstm", 28, 256, 10, num_layers=2)   # row-wise MNIST
+        >>> model(torch.rand(28, 64, 28)).shape                            # rows as steps
+        torch.Size([64, 10])
+    """
+
+    def __init__(
+        self,
+        cell: str,
+        input_size: int,
+        hidden_size: int,
+        num_classes: int,
+        *,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.cell = cell
+        self.recurrent = make_layer(
+            cell, input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional, backend=backend
+        )
+        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """x [T, B, I] -> logits [B, num_classes]."""
+        _, state = self.recurrent(x, lengths=lengths)
+        h_n = state[0] if isinstance(state, tuple) else state  # [num_layers * D, B, H]
+        D = 2 if self.recurrent.bidirectional else 1
+        last = h_n[-D:].permute(1, 0, 2).reshape(h_n.shape[1], -1)  # [B, D * H]
+        return self.head(last)
