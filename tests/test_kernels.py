@@ -6,12 +6,11 @@ Outputs are allocated as NaN (the ``poisoned`` fixture), so an unwritten slot fa
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from kernels import reference
+from tests._data import shared_data
 from tests._testing import assert_close
 
 pytestmark = pytest.mark.interpreter
@@ -149,7 +148,7 @@ def test_layer_triton_backend_matches_reference(poisoned, layer):
         assert_close(name, results[1][name], value, torch.float32)
 
 
-MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+MNIST_DIR = shared_data("mnist")
 
 
 @pytest.mark.skipif(not MNIST_DIR.is_dir(), reason=f"no MNIST files at {MNIST_DIR}")
