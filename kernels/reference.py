@@ -262,30 +262,37 @@ def lstm_fwd(
     h = _init_state(h0, (D, B, P), gx, ct)
     c = _init_state(c0, (D, B, H), gx, ct)
     valid = _valid_steps(lengths, T, D)
-    yp = gx.new_empty(T, D, B, P)
-    gates_p = gx.new_empty(T, D, B, G) if training else None
-    c_p = gx.new_empty(T, D, B, H) if training else None
+    yp = gx.new_empty(T, D, B, P, dtype=ct)
+    # the loop writes the gates and c_t of every step in place (a scratch row without training)
+    gates_p = gx.new_empty(T if training else 1, D, B, G, dtype=ct)
+    c_p = gx.new_empty(T if training else 1, D, B, H, dtype=ct)
     for s in range(T):
         v = None if valid is None else valid[s]
+        gates = gates_p[s if training else 0]
+        c_new = c_p[s if training else 0]
         pre = torch.baddbmm(gxp[s], h, w_t)  # [D, B, 4H]
-        gates = torch.sigmoid(pre)
-        gates[..., 2 * H : 3 * H] = torch.tanh(pre[..., 2 * H : 3 * H])
+        torch.sigmoid(pre, out=gates)
+        torch.tanh(pre[..., 2 * H : 3 * H], out=gates[..., 2 * H : 3 * H])
         i, f, g, o = gates.chunk(4, dim=-1)
-        c_new = f * c + i * g
+        torch.addcmul(f * c, i, g, out=c_new)
         h_new = o * torch.tanh(c_new)
         if w_hr_t is not None:
             h_new = torch.bmm(h_new, w_hr_t)
-        yp[s] = _keep(h_new, 0.0, v)
+        if v is None:
+            yp[s], h, c = h_new, h_new, c_new
+            continue
+        yp[s] = torch.where(v, h_new, 0.0)
+        h, c = torch.where(v, h_new, h), torch.where(v, c_new, c)
         if training:
-            gates_p[s] = _keep(gates, 0.0, v)
-            c_p[s] = _keep(c_new, 0.0, v)
-        h, c = _keep(h_new, h, v), _keep(c_new, c, v)
+            gates.masked_fill_(~v, 0.0)
+            c_new.masked_fill_(~v, 0.0)
+    dtype = gx.dtype
     return LSTMForward(
-        _time_order(yp),
-        h.to(gx.dtype),
-        c.to(gx.dtype),
-        None if gates_p is None else _time_order(gates_p),
-        None if c_p is None else _time_order(c_p),
+        _time_order(yp).to(dtype),
+        h.to(dtype),
+        c.to(dtype),
+        _time_order(gates_p).to(dtype) if training else None,
+        _time_order(c_p).to(dtype) if training else None,
     )
 
 
@@ -318,44 +325,45 @@ def lstm_bwd(
     T, B, D, G = gates.shape
     H, P = G // 4, w_hh.shape[2]
     ct = compute_dtype(gates)
-    gates_p = _processing_order(gates).to(ct)
+    i, f, g, o = _processing_order(gates).to(ct).chunk(4, dim=-1)  # [T, D, B, H] each
     c_p = _processing_order(c_steps).to(ct)
     c_prev_p = _previous_p(c_p, _init_state(c0, (D, B, H), gates, ct), lengths)
+    # what does not depend on the recurrence, for every step at once (zero at masked steps,
+    # where the saved gates are zero):
+    tanh_c = torch.tanh(c_p)
+    to_c = o * (1 - tanh_c * tanh_c)  # δc_t = carried + δm_t ⊙ to_c
+    # [T, D, B, 4, H]: δa_{i,f,g} = δc_t ⊙ factor, δa_o = δm_t ⊙ factor
+    factors = torch.stack(
+        (g * i * (1 - i), c_prev_p * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)), dim=3
+    )
     dyp = None if dy is None else _processing_order(dy).to(ct)
     w = w_hh.to(ct)  # [D, 4H, P]
     w_r = None if w_hr is None else w_hr.to(ct)  # [D, P, H]
     dh = _init_state(dh_n, (D, B, P), gates, ct)
     dc = _init_state(dc_n, (D, B, H), gates, ct)
     valid = _valid_steps(lengths, T, D)
-    dgp = gates.new_empty(T, D, B, G)
+    dgp = gates.new_empty(T, D, B, G, dtype=ct)
     rec_h = gates.new_empty(T, D, B, P, dtype=ct) if record or w_hr is not None else None
     rec_c = gates.new_empty(T, D, B, H, dtype=ct) if record else None
     for s in reversed(range(T)):
         v = None if valid is None else valid[s]
-        i, f, g, o = gates_p[s].chunk(4, dim=-1)
-        tanh_c = torch.tanh(c_p[s])
         dh_total = dh if dyp is None else dh + dyp[s]
         dm = dh_total if w_r is None else torch.bmm(dh_total, w_r)  # [D, B, H]
-        dc_total = dc + dm * o * (1 - tanh_c * tanh_c)
-        dpre = torch.cat(
-            (
-                dc_total * g * i * (1 - i),
-                dc_total * c_prev_p[s] * f * (1 - f),
-                dc_total * i * (1 - g * g),
-                dm * tanh_c * o * (1 - o),
-            ),
-            dim=-1,
+        dc_total = torch.addcmul(dc, dm, to_c[s])
+        dpre = dgp[s]  # [D, B, 4H]
+        torch.mul(
+            factors[s], torch.stack((dc_total, dc_total, dc_total, dm), dim=2), out=dpre.view(D, B, 4, H)
         )
-        dpre = _keep(dpre, 0.0, v)
-        dgp[s] = dpre
         if rec_h is not None:
             rec_h[s] = _keep(dh_total, 0.0, v)
         if rec_c is not None:
             rec_c[s] = _keep(dc_total, 0.0, v)
+        if v is not None:
+            dpre.masked_fill_(~v, 0.0)
         dh = _keep(torch.bmm(dpre, w), dh, v)
-        dc = _keep(dc_total * f, dc, v)
+        dc = _keep(dc_total * f[s], dc, v)
     return LSTMBackward(
-        _time_order(dgp),
+        _time_order(dgp).to(gates.dtype),
         dh.to(gates.dtype),
         dc.to(gates.dtype),
         None if rec_h is None else _time_order(rec_h),

@@ -50,8 +50,11 @@ def _only_needed(ctx, *grads):
 
 
 def _sum_over_steps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    # [T, B, D, M], [T, B, D, N] -> [D, M, N] = Σ_{t,b} a[t, b, d]ᵀ b[t, b, d]
-    return torch.einsum("tbdm,tbdn->dmn", a, b.to(a.dtype))
+    # [T, B, D, M], [T, B, D, N] -> [D, M, N] = Σ_{t,b} a[t, b, d]ᵀ b[t, b, d]: one [M, T·B] @ [T·B, N]
+    # product per direction, on strided views (no transposed copy of a)
+    T, B, D, M = a.shape
+    b = b.to(a.dtype)
+    return torch.stack([a[:, :, d].reshape(T * B, M).T @ b[:, :, d].reshape(T * B, -1) for d in range(D)])
 
 
 class RNNFunction(torch.autograd.Function):

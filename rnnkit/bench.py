@@ -1,0 +1,331 @@
+"""Side-by-side timing of recurrent layers: torch.nn (cuDNN / oneDNN), rnnkit-triton, rnnkit-reference
+and a naive loop over torch.nn cells, in one run on one machine. Every number is measured here.
+
+GPU timing: `triton.testing.do_bench` (warm-up, then the median and the 20th/80th percentiles).
+CPU timing: warm-up runs, then ``repeats`` timed runs with `time.perf_counter`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+import torch
+from torch import nn
+
+import rnnkit
+
+PROVIDERS = ("torch.nn", "rnnkit-triton", "rnnkit-reference", "naive-cell-loop")
+MODES = ("fwd", "fwd+bwd")
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One benchmark shape: B batch, T steps, I input, H hidden."""
+
+    name: str
+    cell: str  # "rnn" (tanh), "lstm" or "gru"
+    B: int
+    T: int
+    I: int
+    H: int
+    num_layers: int = 1
+    dtype: str = "float32"
+    note: str = ""
+
+
+DEFAULT_ROWS = (
+    BenchRow("flashrnn-h768", "lstm", 16, 1024, 768, 768, dtype="bfloat16", note="FlashRNN paper, H100"),
+    BenchRow("pytorch-default", "lstm", 64, 100, 512, 512, note="PyTorch's own RNN benchmark default"),
+    BenchRow("mnist-rowwise", "lstm", 128, 28, 28, 256, num_layers=2, note="the row-wise MNIST model"),
+    BenchRow("imdb-rnn", "rnn", 100, 200, 128, 256, note="the IMDB model, RNN"),
+    BenchRow("imdb-lstm", "lstm", 100, 200, 128, 256, note="the IMDB model, LSTM"),
+    BenchRow("long-small-batch", "lstm", 8, 1000, 128, 128, note="small batch, long sequence"),
+    BenchRow("gradflow-rnn", "rnn", 32, 500, 128, 128, note="the gradflow setting"),
+    BenchRow("gradflow-lstm", "lstm", 32, 500, 128, 128, note="the gradflow setting"),
+    BenchRow("gradflow-gru", "gru", 32, 500, 128, 128, note="the gradflow setting"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One (row, provider, mode): times in milliseconds; None where the provider did not run."""
+
+    row: str
+    cell: str
+    shape: str
+    dtype: str
+    provider: str
+    mode: str
+    median_ms: float | None
+    p20_ms: float | None
+    p80_ms: float | None
+    ratio_to_torch: float | None
+    seq_per_s: float | None
+    peak_mem_mb: float | None
+    skipped: str | None = None
+
+
+def machine() -> dict[str, str]:
+    """The machine header: device, torch, triton and CUDA versions, threads, date (UTC)."""
+    info = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = "not installed"
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name()
+        info["cuda"] = str(torch.version.cuda)
+    else:
+        info["device"] = _cpu_model()
+        info["threads"] = str(torch.get_num_threads())
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+class _CellLoop(nn.Module):
+    """What the seed examples do: a Python loop over torch.nn cells, layer by layer."""
+
+    def __init__(self, cell: str, I: int, H: int, num_layers: int, **factory) -> None:
+        super().__init__()
+        cls = {"rnn": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}[cell]
+        self.lstm = cell == "lstm"
+        self.cells = nn.ModuleList(cls(I if i == 0 else H, H, **factory) for i in range(num_layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for cell in self.cells:
+            state = None
+            outputs = []
+            for x_t in x:
+                state = cell(x_t, state)
+                outputs.append(state[0] if self.lstm else state)
+            x = torch.stack(outputs)
+        return x
+
+
+def build_model(row: BenchRow, provider: str, device: torch.device) -> nn.Module:
+    """The model a provider times for a row (same sizes, the provider's own implementation)."""
+    factory = {"device": device, "dtype": getattr(torch, row.dtype)}
+    if provider == "naive-cell-loop":
+        return _CellLoop(row.cell, row.I, row.H, row.num_layers, **factory)
+    name = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[row.cell]
+    if provider == "torch.nn":
+        return getattr(nn, name)(row.I, row.H, num_layers=row.num_layers, **factory)
+    backend = provider.removeprefix("rnnkit-")
+    return getattr(rnnkit, name)(row.I, row.H, num_layers=row.num_layers, backend=backend, **factory)
+
+
+def _step(model: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
+    if mode == "fwd":
+
+        def run() -> None:
+            with torch.no_grad():
+                model(x)
+
+        return run
+
+    params = list(model.parameters())
+    x = x.detach().requires_grad_()
+
+    def run() -> None:
+        for p in params:
+            p.grad = None
+        x.grad = None
+        out = model(x)
+        out = out[0] if isinstance(out, tuple) else out
+        out.float().sum().backward()
+
+    return run
+
+
+def _time_cpu(fn: Callable[[], None], warmup: int, repeats: int) -> tuple[float, float, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    q = statistics.quantiles(times, n=5) if len(times) > 1 else [times[0]] * 4
+    return statistics.median(times), q[0], q[3]
+
+
+def _time_gpu(fn: Callable[[], None]) -> tuple[float, float, float]:
+    from triton.testing import do_bench
+
+    median, p20, p80 = do_bench(fn, quantiles=[0.5, 0.2, 0.8])
+    return median, p20, p80
+
+
+def run_bench(
+    rows: tuple[BenchRow, ...] = DEFAULT_ROWS,
+    *,
+    providers: tuple[str, ...] = PROVIDERS,
+    modes: tuple[str, ...] = MODES,
+    device: str = "cuda" if torch.cuda.is_available() else "cpu",
+    warmup: int = 1,
+    repeats: int = 5,
+    on_result: Callable[[BenchResult], None] | None = None,
+) -> list[BenchResult]:
+    """Time every (row, provider, mode) on ``device``; torch.nn first, for the ratios.
+
+    Args:
+        rows, providers, modes: what to time (see `DEFAULT_ROWS`, `PROVIDERS`, `MODES`).
+        device: "cuda" or "cpu". warmup, repeats: for CPU timing (the GPU uses do_bench's own).
+        on_result: called with each result as it is measured, for progress display.
+
+    Returns:
+        One `BenchResult` per (row, provider, mode); a provider that cannot run here (Triton
+        without CUDA) gets ``skipped`` set and no times.
+
+    Example:
+        >>> run_bench(DEFAULT_ROWS[2:3], providers=("torch.nn", "rnnkit-reference"), device="cpu")
+    """
+    for p in providers:
+        if p not in PROVIDERS:
+            raise ValueError(f"providers: expected names among {', '.join(PROVIDERS)}, got {p!r}")
+    for m in modes:
+        if m not in MODES:
+            raise ValueError(f"modes: expected names among {', '.join(MODES)}, got {m!r}")
+    dev = torch.device(device)
+    gpu = dev.type == "cuda"
+    ordered = sorted(providers, key=lambda p: p != "torch.nn")
+    results = []
+    for row in rows:
+        torch_ms: dict[str, float] = {}
+        shape = f"B{row.B} T{row.T} I{row.I} H{row.H}" + (f" L{row.num_layers}" if row.num_layers > 1 else "")
+        for provider in ordered:
+            for mode in modes:
+                skipped = None
+                if provider == "rnnkit-triton" and not gpu:
+                    skipped = "needs CUDA"
+                if skipped is None:
+                    torch.manual_seed(0)
+                    model = build_model(row, provider, dev)
+                    x = torch.randn(row.T, row.B, row.I, device=dev, dtype=getattr(torch, row.dtype))
+                    fn = _step(model, x, mode)
+                    if gpu:
+                        torch.cuda.synchronize()
+                        torch.cuda.reset_peak_memory_stats()
+                        fn()
+                        torch.cuda.synchronize()
+                        peak = torch.cuda.max_memory_allocated() / 2**20
+                        median, p20, p80 = _time_gpu(fn)
+                    else:
+                        peak = None
+                        median, p20, p80 = _time_cpu(fn, warmup, repeats)
+                    if provider == "torch.nn":
+                        torch_ms[mode] = median
+                    ratio = median / torch_ms[mode] if mode in torch_ms else None
+                    result = BenchResult(
+                        row.name, row.cell, shape, row.dtype, provider, mode,
+                        median, p20, p80, ratio, row.B / (median / 1e3), peak,
+                    )  # fmt: skip
+                else:
+                    result = BenchResult(
+                        row.name, row.cell, shape, row.dtype, provider, mode,
+                        None, None, None, None, None, None, skipped,
+                    )  # fmt: skip
+                results.append(result)
+                if on_result:
+                    on_result(result)
+    return results
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def to_markdown(results: list[BenchResult], header: dict[str, str]) -> str:
+    """A Markdown section: the machine header and one table row per measurement."""
+    lines = [
+        f"### {header.get('device', '?')} — {header.get('date', '')}",
+        "",
+        ", ".join(f"{k} {v}" for k, v in header.items() if k not in ("device", "date")),
+        "",
+        "| row | shape | dtype | provider | mode | median ms | p20–p80 ms | × torch.nn | seq/s | peak MiB |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        spread = "-" if r.p20_ms is None else f"{r.p20_ms:.3g}–{r.p80_ms:.3g}"
+        median = r.skipped if r.skipped else _fmt(r.median_ms, ".4g")
+        lines.append(
+            f"| {r.row} | {r.shape} | {r.dtype} | {r.provider} | {r.mode} | {median} | {spread} | "
+            f"{_fmt(r.ratio_to_torch, '.2f')} | {_fmt(r.seq_per_s, '.4g')} | {_fmt(r.peak_mem_mb, '.4g')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def to_json(results: list[BenchResult], header: dict[str, str]) -> dict:
+    return {"machine": header, "results": [asdict(r) for r in results]}
+
+
+# the targets of the benchmark issue: (device, provider, mode, rows, the largest ratio to torch.nn)
+_GPU_ROWS = ("flashrnn-h768", "pytorch-default", "mnist-rowwise", "imdb-rnn", "imdb-lstm")
+_GRADFLOW_ROWS = ("gradflow-rnn", "gradflow-lstm", "gradflow-gru")
+TARGETS = (
+    ("cpu", "rnnkit-reference", "fwd+bwd", ("mnist-rowwise", "imdb-rnn", "imdb-lstm", *_GRADFLOW_ROWS), 1.5),
+    ("cuda", "rnnkit-triton", "fwd+bwd", (*_GPU_ROWS, *_GRADFLOW_ROWS), 1.0),
+    ("cuda", "rnnkit-triton", "fwd+bwd", ("long-small-batch",), 0.5),
+    ("cuda", "rnnkit-triton", "fwd", tuple(r.name for r in DEFAULT_ROWS), 1.0),
+)
+
+
+def check_targets(results: list[BenchResult], device: str) -> list[str]:
+    """One line per target measured in ``results``: met, or missed and by how much."""
+    by_key = {(r.row, r.provider, r.mode): r for r in results}
+    lines = []
+    for dev, provider, mode, rows, limit in TARGETS:
+        if dev != torch.device(device).type:
+            continue
+        for row in rows:
+            r = by_key.get((row, provider, mode))
+            if r is None or r.ratio_to_torch is None:
+                continue
+            verdict = "met" if r.ratio_to_torch <= limit else f"missed by {r.ratio_to_torch / limit:.2f}×"
+            lines.append(
+                f"{provider} {mode} on {row}: {r.ratio_to_torch:.2f}× torch.nn (target ≤ {limit}×): {verdict}"
+            )
+    if torch.device(device).type == "cuda":
+        for (row, provider, mode), r in by_key.items():
+            naive = by_key.get((row, "naive-cell-loop", mode))
+            if provider == "rnnkit-triton" and naive and r.median_ms and naive.median_ms:
+                speedup = naive.median_ms / r.median_ms
+                verdict = "met" if speedup >= 30 else f"missed by {30 / speedup:.2f}×"
+                what = f"{speedup:.1f}× faster than the cell loop (target ≥ 30×)"
+                lines.append(f"rnnkit-triton {mode} on {row}: {what}: {verdict}")
+            cudnn = by_key.get((row, "torch.nn", mode))
+            if (
+                provider == "rnnkit-triton"
+                and mode == "fwd+bwd"
+                and cudnn
+                and r.peak_mem_mb
+                and cudnn.peak_mem_mb
+            ):
+                ratio = r.peak_mem_mb / cudnn.peak_mem_mb
+                verdict = "met" if ratio <= 1.0 else f"missed by {ratio:.2f}×"
+                what = f"{ratio:.2f}× cuDNN's (target ≤ 1×)"
+                lines.append(f"rnnkit-triton peak training memory on {row}: {what}: {verdict}")
+    return lines

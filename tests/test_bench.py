@@ -1,0 +1,73 @@
+"""The benchmark harness runs and reports its fields (tiny shapes, CPU); no test asserts a speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rnnkit import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = (
+    bench.BenchRow("tiny-lstm", "lstm", 2, 3, 4, 5),
+    bench.BenchRow("tiny-gru", "gru", 3, 2, 4, 6, num_layers=2),
+)
+
+
+def test_run_bench_fields_and_ratios():
+    results = bench.run_bench(TINY, device="cpu", warmup=0, repeats=2)
+    assert len(results) == len(TINY) * len(bench.PROVIDERS) * len(bench.MODES)
+    for r in results:
+        if r.provider == "rnnkit-triton":
+            assert r.skipped == "needs CUDA" and r.median_ms is None
+            continue
+        assert r.skipped is None
+        assert r.median_ms > 0 and r.p20_ms <= r.p80_ms
+        assert r.seq_per_s > 0 and r.ratio_to_torch > 0
+        if r.provider == "torch.nn":
+            assert r.ratio_to_torch == 1.0
+    md = bench.to_markdown(results, bench.machine())
+    assert "| tiny-gru | B3 T2 I4 H6 L2 | float32 | rnnkit-reference | fwd+bwd |" in md
+    data = bench.to_json(results, bench.machine())
+    assert {"device", "torch", "triton", "date"} <= set(data["machine"])
+    assert {"median_ms", "p20_ms", "p80_ms", "ratio_to_torch", "seq_per_s", "peak_mem_mb"} <= set(
+        data["results"][0]
+    )
+
+
+def test_targets_are_judged_from_the_results():
+    fake = [
+        bench.BenchResult(
+            "mnist-rowwise", "lstm", "", "float32", "rnnkit-reference", "fwd+bwd", 3, 3, 3, 1.2, 1, None
+        ),
+        bench.BenchResult(
+            "imdb-rnn", "rnn", "", "float32", "rnnkit-reference", "fwd+bwd", 6, 6, 6, 3.0, 1, None
+        ),
+    ]
+    lines = bench.check_targets(fake, "cpu")
+    assert lines == [
+        "rnnkit-reference fwd+bwd on mnist-rowwise: 1.20× torch.nn (target ≤ 1.5×): met",
+        "rnnkit-reference fwd+bwd on imdb-rnn: 3.00× torch.nn (target ≤ 1.5×): missed by 2.00×",
+    ]
+
+
+def test_bad_provider_is_named():
+    with pytest.raises(ValueError, match=r"providers: expected names among .* got 'cudnn'"):
+        bench.run_bench(TINY, providers=("cudnn",), device="cpu")
+
+
+def test_cli_bench_writes_json_and_markdown(tmp_path):
+    md = tmp_path / "B.md"
+    cmd = [sys.executable, str(ROOT / "cli.py"), "bench", "--config", "mnist-rowwise", "--device", "cpu",
+           "--providers", "torch.nn,rnnkit-reference", "--modes", "fwd", "--warmup", "0", "--repeats", "1",
+           "--json", str(tmp_path / "b.json"), "--markdown", str(md)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert [r["provider"] for r in data["results"]] == ["torch.nn", "rnnkit-reference"]
+    text = md.read_text()
+    assert text.startswith("# Benchmarks") and "| mnist-rowwise |" in text
