@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from contextlib import nullcontext
 
 from rich.console import Console
 from rich.table import Table
@@ -148,6 +149,191 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _train_table(title: str, rows: list[dict], metric: str) -> Table:
+    table = Table(title=title)
+    keys = [k for k in ("epoch", "train_loss", f"train_{metric}", "val_loss", f"val_{metric}", "test_loss",
+                        f"test_{metric}", "seconds") if any(k in r for r in rows)]  # fmt: skip
+    keys = list(dict.fromkeys(keys))
+    for k in keys:
+        table.add_column(k.replace("_", " "), justify="right")
+    for r in rows:
+        table.add_row(
+            *("" if k not in r else f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys)
+        )
+    return table
+
+
+def _train_sine(args: argparse.Namespace, console: Console, out, resume: bool) -> int:
+    from rnnkit.train import Run, SineConfig, train_sine
+    from rnnkit.train.sine import compare_plot
+
+    cells = args.compare.split(",") if args.compare else [args.cell]
+    results, runs = {}, {}
+    for cell in cells:
+        settings = {
+            k: getattr(args, k)
+            for k in ("epochs", "lr", "hidden", "window", "noise", "seed", "backend", "device")
+        }
+        cfg = SineConfig(cell=cell, **settings)
+        run = Run(out / cell if len(cells) > 1 else out, {"task": "sine", **vars(cfg)})
+        console.print(f"[bold]sine[/] {cell}: {run.out}")
+        rows = []
+
+        def on_epoch(record, rows=rows, cell=cell):
+            rows.append(record)
+            if args.quiet:
+                console.print(f"{cell} epoch {record['epoch']}: train {record['train_loss']:.4g} "
+                              f"test {record['test_loss']:.4g}")  # fmt: skip
+
+        with (
+            console.status(f"training {cell} with LBFGS (one step per epoch)...", spinner="dots")
+            if not args.quiet
+            else nullcontext()
+        ):
+            results[cell] = train_sine(cfg, run, resume=resume, on_epoch=on_epoch)
+        runs[cell] = run
+        console.print(_train_table(f"sine, {cell}", run.records("epoch"), "loss"))
+        if results[cell]["status"] == "interrupted":
+            console.print(f"[yellow]interrupted[/]; resume with: python cli.py train --resume {run.out}")
+            return 130
+    if len(cells) > 1:
+        path = compare_plot(out / "compare.png", results, runs, 999)
+        console.print(f"wrote {path}")
+    final = Table(title="sine: final")
+    for col in ("cell", "train MSE", "test MSE"):
+        final.add_column(col, justify="right")
+    for cell, r in results.items():
+        final.add_row(cell, f"{r['train_loss']:.4g}", f"{r['test_loss']:.4g}")
+    console.print(final)
+    return 0
+
+
+def _train(args: argparse.Namespace, console: Console) -> int:
+    import json
+    import time as _time
+    from dataclasses import fields
+    from pathlib import Path
+
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rnnkit.datasets import DatasetError
+    from rnnkit.train import TASK_DEFAULTS, Run, TrainConfig, TrainingDivergedError, fit, make_task
+    from rnnkit.train import Progress as LoopProgress
+
+    resume = args.resume is not None
+    if resume:
+        out = Path(args.resume)
+        saved = Run(out).config()
+        task_name = saved["task"]
+        if args.epochs is not None:
+            saved["epochs"] = args.epochs
+    else:
+        task_name = args.task
+        stamp = _time.strftime("%Y%m%d-%H%M%S")
+        out = Path(args.out or f"runs/{task_name}-{stamp}")
+    defaults = TASK_DEFAULTS[task_name]
+    for key, value in defaults.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    try:
+        if task_name == "sine":
+            if resume:
+                for key in ("cell", "epochs", "lr", "hidden", "window", "noise", "seed", "backend", "device"):
+                    setattr(args, key, saved.get(key, getattr(args, key)))
+            return _train_sine(args, console, out, resume)
+        if resume:
+            cfg = TrainConfig(**{f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved})
+        else:
+            given = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
+            cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None})
+            cfg.task = task_name
+        task = make_task(cfg.task)
+        facts = task.prepare(cfg, console.print)
+        run = Run(out, {k: v for k, v in vars(cfg).items()})
+        console.print(f"[bold]{cfg.task}[/] {cfg.cell} hidden {cfg.hidden} × {cfg.layers} layers, "
+                      f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr} → {run.out}")  # fmt: skip
+        console.print("  ".join(f"{k}: {v}" for k, v in facts.items()))
+        if getattr(task, "permutation", None) is not None:
+            (run.out / "permutation.json").write_text(json.dumps(task.permutation.tolist()))
+        epochs_done = []
+        columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn())  # fmt: skip
+        with Progress(*columns, console=console, transient=True, disable=args.quiet) as bars:
+            epoch_bar = bars.add_task("epochs", total=cfg.epochs, stats="")
+            batch_bar = bars.add_task("batches", total=1, stats="")
+            clock = {"t": _time.perf_counter(), "n": 0}
+
+            def on_epoch_start(epoch, batches):
+                bars.update(epoch_bar, completed=epoch, description=f"epoch {epoch + 1}/{cfg.epochs}")
+                bars.reset(batch_bar, total=batches)
+                clock.update(t=_time.perf_counter(), n=0)
+
+            def on_step(record):
+                clock["n"] += 1
+                rate = clock["n"] / max(_time.perf_counter() - clock["t"], 1e-9)
+                metric = record.get(task.metric)
+                stats = f"loss {record['loss']:.4f}  {task.metric} {metric:.4f}  {rate:.1f} steps/s"
+                bars.update(batch_bar, advance=1, stats=stats)
+
+            def on_epoch_end(record):
+                epochs_done.append(record)
+                bars.update(epoch_bar, completed=record["epoch"] + 1)
+                line = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
+                console.print(f"epoch {record['epoch']}: {line}")
+
+            result = fit(
+                task, cfg, run, resume=resume, progress=LoopProgress(on_epoch_start, on_step, on_epoch_end)
+            )
+        _plot_curves(run, task.metric)
+        console.print(_train_table(f"{cfg.task}: epochs", run.records("epoch"), task.metric))
+        if result["status"] == "interrupted":
+            console.print(f"[yellow]interrupted at step {result['step']}[/]; checkpoint saved. Resume: "
+                          f"python cli.py train --resume {run.out}")  # fmt: skip
+            return 130
+        console.print(_train_table(f"{cfg.task}: test", [result], task.metric))
+        return 0
+    except DatasetError as err:
+        console.print(f"[red]data:[/] {err}")
+        return 2
+    except TrainingDivergedError as err:
+        console.print(f"[red]diverged:[/] {err}")
+        return 1
+
+
+def _plot_curves(run, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, epochs = run.records("step"), run.records("epoch")
+    if not steps and not epochs:
+        return
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    if steps:
+        ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps], alpha=0.5, label="train (step)")
+    if epochs and "val_loss" in epochs[0]:
+        ax_loss.plot([r["step"] for r in epochs], [r["val_loss"] for r in epochs], "o-", label="validation")
+        ax_metric.plot(
+            [r["epoch"] + 1 for r in epochs], [r[f"val_{metric}"] for r in epochs], "o-", label="validation"
+        )
+    if epochs:
+        ax_metric.plot(
+            [r["epoch"] + 1 for r in epochs], [r[f"train_{metric}"] for r in epochs], "s--", label="train"
+        )
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_yscale("log")
+    ax_metric.set_xlabel("epoch")
+    ax_metric.set_ylabel(metric)
+    for ax in (ax_loss, ax_metric):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(run.out / "curves.png")
+    plt.close(fig)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +358,41 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--seed", type=int, default=0)
     flow.add_argument("--out", default="runs/gradflow", help="folder for gradflow.json and gradflow.png")
     flow.set_defaults(run=_gradflow)
+    t = sub.add_parser("train", help="train on sine, mnist, imdb, adding or copy; checkpoints, resume")
+    t.add_argument("--task", default="sine", choices=("sine", "mnist", "imdb", "adding", "copy"))
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
+    t.add_argument("--out", help="the run directory (default runs/<task>-<time>)")
+    t.add_argument("--cell", default="lstm", choices=("rnn", "rnn_relu", "lstm", "gru"))
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--batch-size", dest="batch_size", type=int)
+    t.add_argument("--lr", type=float)
+    t.add_argument("--optimizer", default="adam", choices=("adam", "sgd", "lbfgs"))
+    t.add_argument("--clip", type=float, help="clip the gradient norm to this")
+    t.add_argument("--hidden", type=int)
+    t.add_argument("--layers", type=int)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="cpu")
+    t.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"))
+    t.add_argument("--data-dir", dest="data_dir", help="where the dataset files are (default: the cache)")
+    t.add_argument("--no-download", dest="download", action="store_false", help="never fetch data")
+    t.add_argument("--limit", type=int, help="at most this many examples per split (quick runs)")
+    t.add_argument(
+        "--checkpoint-every", dest="checkpoint_every", type=int, default=0, help="steps (0: epochs)"
+    )
+    t.add_argument("--log-every", dest="log_every", type=int, default=10)
+    t.add_argument("--diagnose", type=int, default=0, help="record the gradient-flow profile every N steps")
+    t.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
+    t.add_argument("--val-fraction", dest="val_fraction", type=float)
+    t.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"), help="mnist task")
+    t.add_argument("--pixel", action="store_true", help="mnist: 784 steps of one pixel")
+    t.add_argument("--permuted", action="store_true", help="mnist: pixels in a fixed random order")
+    t.add_argument("--max-len", dest="max_len", type=int, default=200, help="imdb: tokens per review")
+    t.add_argument("--seq-len", dest="seq_len", type=int, help="adding, copy: the sequence length")
+    t.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int, default=100, help="adding, copy")
+    t.add_argument("--compare", help="sine: comma-separated cells trained on the same data, e.g. rnn,lstm")
+    t.add_argument("--window", type=int, default=0, help="sine: train on windows of this many steps")
+    t.add_argument("--noise", type=float, default=0.0, help="sine: Gaussian noise on the waves")
+    t.set_defaults(run=_train)
     b = sub.add_parser("bench", help="time torch.nn, rnnkit and a naive cell loop side by side")
     b.add_argument("--config", default="all", help="comma-separated row names, or all")
     b.add_argument("--providers", default="torch.nn,rnnkit-triton,rnnkit-reference,naive-cell-loop")

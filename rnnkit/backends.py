@@ -63,12 +63,18 @@ def triton_available() -> bool:
     return True
 
 
-def resolve_backend(backend: str, device: torch.device) -> types.SimpleNamespace:
-    """The backend namespace that runs tensors on ``device``.
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def resolve_backend(
+    backend: str, device: torch.device, dtype: torch.dtype = torch.float32
+) -> types.SimpleNamespace:
+    """The backend namespace that runs tensors of ``dtype`` on ``device``.
 
     Args:
         backend: "auto", "triton" or "reference".
-        device: where the input lives.
+        device: where the input lives. dtype: the input's dtype (the kernels compute in fp32, so
+            float64 runs on the reference; asking for "triton" with it is an error).
 
     Returns:
         A namespace with ``name`` and the six ``*_fwd`` / ``*_bwd`` functions.
@@ -83,9 +89,15 @@ def resolve_backend(backend: str, device: torch.device) -> types.SimpleNamespace
         if env:
             backend = check_backend_name(env, source=ENV_VAR)
     if backend == "auto":
-        backend = "triton" if device.type == "cuda" and triton_available() else "reference"
+        on_gpu = device.type == "cuda" and dtype in TRITON_DTYPES
+        backend = "triton" if on_gpu and triton_available() else "reference"
     if backend == "reference":
         return _reference_ops()
+    if dtype not in TRITON_DTYPES:
+        raise BackendUnavailableError(
+            f"backend 'triton' computes in float32 and stores {', '.join(map(str, TRITON_DTYPES))}; got "
+            f"{dtype}: use backend='reference' for it"
+        )
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         raise BackendUnavailableError(
             f"backend 'triton' needs CUDA tensors (got tensors on {device}), or TRITON_INTERPRET=1 "

@@ -95,7 +95,7 @@ def rnn(
     B, D, H, _, lengths = _check_common(gx, w_hh, "rnn", None, lengths)
     if h0 is not None:
         check_tensor("h0", h0, (D, B, H), "[D, B, H]", dtype=gx.dtype, device=gx.device)
-    ops = resolve_backend(backend, gx.device)
+    ops = resolve_backend(backend, gx.device, gx.dtype)
     if not _needs_graph(gx, w_hh, h0):
         return tuple(ops.rnn_fwd(gx, w_hh, h0, lengths, nonlinearity=nonlinearity, training=False))
     return RNNFunction.apply(gx, w_hh, h0, lengths, ops, nonlinearity, record)
@@ -144,7 +144,7 @@ def lstm(
         check_tensor("h0", h0, (D, B, P), "[D, B, P]", **like)
     if c0 is not None:
         check_tensor("c0", c0, (D, B, H), "[D, B, H]", **like)
-    ops = resolve_backend(backend, gx.device)
+    ops = resolve_backend(backend, gx.device, gx.dtype)
     if not _needs_graph(gx, w_hh, h0, c0, w_hr):
         out = ops.lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training=False)
         return out.y, out.h_n, out.c_n
@@ -183,7 +183,7 @@ def gru(
         check_tensor("b_hn", b_hn, (D, H), "[D, H]", **like)
     if h0 is not None:
         check_tensor("h0", h0, (D, B, H), "[D, B, H]", **like)
-    ops = resolve_backend(backend, gx.device)
+    ops = resolve_backend(backend, gx.device, gx.dtype)
     if not _needs_graph(gx, w_hh, b_hn, h0):
         out = ops.gru_fwd(gx, w_hh, b_hn, h0, lengths, training=False)
         return out.y, out.h_n

@@ -69,6 +69,8 @@ class SequenceClassifier(nn.Module):
         cell: "rnn", "rnn_relu", "lstm" or "gru".
         input_size, hidden_size, num_classes: sizes; num_layers, bidirectional, backend: as the
             layer's.
+        vocab_size: when given, inputs are token ids [T, B] and an embedding (index 0: padding)
+            of width ``input_size`` comes first.
 
     Example:
         >>> model = SequenceClassifier("lstm", 28, 256, 10, num_layers=2)   # row-wise MNIST
@@ -86,16 +88,20 @@ class SequenceClassifier(nn.Module):
         num_layers: int = 1,
         bidirectional: bool = False,
         backend: str = "auto",
+        vocab_size: int | None = None,
     ) -> None:
         super().__init__()
         self.cell = cell
+        self.embedding = None if vocab_size is None else nn.Embedding(vocab_size, input_size, padding_idx=0)
         self.recurrent = make_layer(
             cell, input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional, backend=backend
         )
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """x [T, B, I] -> logits [B, num_classes]."""
+        """x [T, B, I] (token ids [T, B] with an embedding) -> logits [B, num_classes]."""
+        if self.embedding is not None:
+            x = self.embedding(x)
         _, state = self.recurrent(x, lengths=lengths)
         h_n = state[0] if isinstance(state, tuple) else state  # [num_layers * D, B, H]
         D = 2 if self.recurrent.bidirectional else 1

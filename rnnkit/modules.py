@@ -239,7 +239,7 @@ class _RecurrentLayer:
         x, h0, c0, lengths, _ = self._prepare(input, hx, lengths)
         T, B, _ = x.shape
         D = self._directions
-        ops = resolve_backend(self.backend, x.device)
+        ops = resolve_backend(self.backend, x.device, x.dtype)
         result = []
         layer_input = x
         for layer in range(self.num_layers):

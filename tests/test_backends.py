@@ -42,3 +42,12 @@ def test_reference_backend_has_every_function():
     ops = resolve_backend("reference", cpu)
     for name in ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd"):
         assert callable(getattr(ops, name))
+
+
+def test_float64_never_runs_on_triton(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    with pytest.raises(
+        BackendUnavailableError, match=r"backend 'triton' computes in float32.*got torch.float64"
+    ):
+        resolve_backend("triton", cpu, torch.float64)
+    assert resolve_backend("auto", torch.device("cuda"), torch.float64).name == "reference"

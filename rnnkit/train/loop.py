@@ -1,0 +1,270 @@
+"""The minibatch training loop: resumable to the step, interruptible, loud about divergence.
+
+Determinism: epoch e visits the training batches in an order drawn from (seed, e); the global RNG
+(dropout) is saved in every checkpoint. So a run resumed from a checkpoint produces the same
+following losses as an uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from rnnkit.train.run import (
+    Run,
+    StopRequest,
+    TrainingDivergedError,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from rnnkit.train.tasks import Batch, Task
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run (saved as config.json; --resume reads it back)."""
+
+    task: str = "mnist"
+    cell: str = "lstm"
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    clip: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+    backend: str = "auto"
+    hidden: int = 256
+    layers: int = 2
+    data_dir: str | None = None
+    download: bool = True
+    val_fraction: float = 0.1
+    limit: int | None = None  # at most this many examples per split (quick runs, tests)
+    checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
+    log_every: int = 10
+    diagnose: int = 0  # record the gradient-flow profile every N steps (0: off)
+    # mnist
+    dataset: str = "mnist"
+    pixel: bool = False
+    permuted: bool = False
+    # imdb
+    max_len: int = 200
+    vocab_size: int = 10_000
+    min_freq: int = 10
+    embedding_dim: int = 128
+    # adding, copy
+    seq_len: int = 100
+    steps_per_epoch: int = 100
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "hidden", "layers", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected at least 1, got {getattr(self, name)}")
+        if self.optimizer not in ("adam", "sgd", "lbfgs"):
+            raise ValueError(f"optimizer: expected adam, sgd or lbfgs, got {self.optimizer!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction: expected a fraction in [0, 1), got {self.val_fraction}")
+        if self.clip is not None and self.clip <= 0:
+            raise ValueError(f"clip: expected a positive gradient norm, got {self.clip}")
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9)
+    return torch.optim.LBFGS(params, lr=cfg.lr)
+
+
+@dataclass
+class Progress:
+    """What the loop reports to whoever displays it (the CLI renders; tests ignore)."""
+
+    on_epoch_start: Callable[[int, int], None] = lambda epoch, batches: None
+    on_step: Callable[[dict[str, Any]], None] = lambda record: None
+    on_epoch_end: Callable[[dict[str, Any]], None] = lambda record: None
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _shard(batch: Batch, rank: int, world: int) -> Batch:
+    # torchrun: each process takes every world-th sequence of the batch (inputs are time-major)
+    if world == 1:
+        return batch
+    rows = slice(rank, None, world)
+    target = batch.target[rows] if batch.target.dim() == 1 else batch.target[:, rows]
+    return Batch(batch.inputs[:, rows], target, None if batch.lengths is None else batch.lengths[rows])
+
+
+def evaluate(
+    task: Task, model: nn.Module, split: str, cfg: TrainConfig, device: torch.device
+) -> dict[str, float]:
+    """Mean loss and metric of ``split`` (eval mode, no gradients)."""
+    model.eval()
+    total_loss = total_metric = count = examples = 0.0
+    with torch.no_grad():
+        for key in task.eval_keys(split, cfg.batch_size):
+            batch = task.load(split, key, device)
+            loss, metric, n = task.score(model(batch.inputs, batch.lengths), batch)
+            b = batch.inputs.shape[1]
+            total_loss += float(loss) * b
+            examples += b
+            total_metric += metric
+            count += n
+    model.train()
+    if not examples:
+        return {f"{split}_loss": math.nan, f"{split}_{task.metric}": math.nan}
+    return {f"{split}_loss": total_loss / examples, f"{split}_{task.metric}": total_metric / count}
+
+
+def _diagnose(model: nn.Module, step: int, run: Run, loss_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    from diagnostics import GradientFlowRecorder, summarize
+
+    with GradientFlowRecorder(model, capture_inputs=False) as rec:
+        loss = loss_fn()
+        loss.backward()
+    lines = []
+    for s in rec.records:
+        summary = summarize(s.mean_by_lag())
+        lines.append(
+            {"line": s.label(), "horizon": summary.horizon, "tau": summary.tau, "gain": summary.gain,
+             "verdict": summary.verdict, "norms_by_lag": s.mean_by_lag().tolist()}
+        )  # fmt: skip
+    run.log({"kind": "diagnostics", "step": step, "lines": lines})
+    return loss
+
+
+def fit(
+    task: Task, cfg: TrainConfig, run: Run, *, resume: bool = False, progress: Progress | None = None
+) -> dict[str, Any]:
+    """Train ``task`` as ``cfg`` says, writing to ``run``.
+
+    Returns:
+        {"status": "finished" | "interrupted", "epoch": ..., "step": ..., and the test metrics
+        when finished}. Raises `TrainingDivergedError` on a NaN or infinite loss.
+    """
+    cfg.validate()
+    progress = progress or Progress()
+    device = torch.device(cfg.device)
+    rank, world = _distributed()
+    seed_everything(cfg.seed)
+    model = task.build_model(cfg).to(device)
+    trained = model
+    if world > 1:
+        trained = nn.parallel.DistributedDataParallel(model)
+    optimizer = make_optimizer(cfg, model.parameters())
+    start_epoch, start_batch, step = 0, 0, 0
+    checkpoint = run.load_checkpoint(device) if resume else None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        set_rng_state(checkpoint["rng"])
+        start_epoch, start_batch, step = checkpoint["epoch"], checkpoint["batch"], checkpoint["step"]
+        run.truncate_log(step)
+    elif resume:
+        run.truncate_log(0)
+
+    def save(epoch: int, batch: int) -> None:
+        run.save_checkpoint(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
+             "epoch": epoch, "batch": batch, "step": step, "config": asdict(cfg)}
+        )  # fmt: skip
+
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            keys = task.train_keys(epoch, cfg.batch_size, cfg.seed)
+            first = start_batch if epoch == start_epoch else 0
+            progress.on_epoch_start(epoch, len(keys) - first)
+            started = time.perf_counter()
+            running_loss = running_metric = running_count = 0.0
+            for b in range(first, len(keys)):
+                batch = _shard(task.load("train", keys[b], device), rank, world)
+                stats: dict[str, float] = {}
+
+                def loss_fn(batch=batch, stats=stats) -> torch.Tensor:
+                    loss, metric, n = task.score(trained(batch.inputs, batch.lengths), batch)
+                    stats.update(metric=metric, count=n)
+                    return loss
+
+                optimizer.zero_grad(set_to_none=True)
+                if cfg.optimizer == "lbfgs":
+
+                    def closure(loss_fn=loss_fn):
+                        optimizer.zero_grad(set_to_none=True)
+                        loss = loss_fn()
+                        loss.backward()
+                        return loss
+
+                    loss = optimizer.step(closure)
+                else:
+                    if cfg.diagnose and step % cfg.diagnose == 0:
+                        loss = _diagnose(trained, step, run, loss_fn)
+                    else:
+                        loss = loss_fn()
+                        loss.backward()
+                    if not math.isfinite(loss.item()):
+                        raise TrainingDivergedError(_diverged_message(loss.item(), epoch, b, step, run))
+                    grad_norm = None
+                    if cfg.clip is not None:
+                        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
+                    optimizer.step()
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise TrainingDivergedError(_diverged_message(value, epoch, b, step, run))
+                step += 1
+                running_loss += value
+                running_metric += stats["metric"]
+                running_count += stats["count"]
+                record = {"kind": "step", "step": step, "epoch": epoch, "loss": value,
+                          task.metric: stats["metric"] / max(stats["count"], 1)}  # fmt: skip
+                if cfg.optimizer != "lbfgs" and cfg.clip is not None:
+                    record["grad_norm"] = grad_norm
+                if step % cfg.log_every == 0:
+                    run.log(record)
+                progress.on_step(record)
+                if stop.requested:
+                    save(epoch, b + 1)
+                    run.log({"kind": "interrupted", "step": step, "epoch": epoch})
+                    return {"status": "interrupted", "epoch": epoch, "step": step}
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    save(epoch, b + 1)
+            n_batches = max(len(keys) - first, 1)
+            summary = {"kind": "epoch", "step": step, "epoch": epoch, "train_loss": running_loss / n_batches,
+                       f"train_{task.metric}": running_metric / max(running_count, 1),
+                       "seconds": time.perf_counter() - started}  # fmt: skip
+            if task.eval_keys("val", cfg.batch_size):
+                summary.update(evaluate(task, model, "val", cfg, device))
+            run.log(summary)
+            save(epoch + 1, 0)
+            progress.on_epoch_end(summary)
+    result = {"kind": "test", "step": step, **evaluate(task, model, "test", cfg, device)}
+    run.log(result)
+    return {"status": "finished", "epoch": cfg.epochs, **result}
+
+
+def _diverged_message(value: float, epoch: int, batch: int, step: int, run: Run) -> str:
+    kept = (
+        f"the last good checkpoint is {run.checkpoint_path}"
+        if run.checkpoint_path.exists()
+        else "no checkpoint was written yet"
+    )
+    return (
+        f"the loss became {value} at step {step + 1} (epoch {epoch}, batch {batch}); training stopped and "
+        f"{kept}. Try a lower --lr or --clip 1.0"
+    )

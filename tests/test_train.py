@@ -1,0 +1,315 @@
+"""Training: every task on tiny data the tests make, loss goes down, exact resume (after an
+interruption and after SIGKILL), divergence stops the run, bad data files are reported."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rnnkit import datasets
+from rnnkit.train import (
+    Progress,
+    Run,
+    SineConfig,
+    TrainConfig,
+    TrainingDivergedError,
+    fit,
+    make_task,
+    train_sine,
+)
+from rnnkit.train.run import StopRequest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    code = {np.uint8: 0x08}[array.dtype.type]
+    header = bytes([0, 0, code, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path, monkeypatch):
+    """96 training and 32 test 'digits': class k lights up columns 2k + 4 and 2k + 5 of every row."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for prefix, n in (("train", 96), ("t10k", 32)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = (rng.random((n, 28, 28)) * 60).astype(np.uint8)
+        for i, k in enumerate(labels):
+            images[i, :, 2 * k + 4 : 2 * k + 6] = 255
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    md5 = {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in datasets.MNIST_FILES}
+    monkeypatch.setitem(datasets.IDX_DATASETS, "mnist", (md5, ()))
+    return folder
+
+
+def mnist_config(folder: Path, **kw) -> TrainConfig:
+    base = {"task": "mnist", "data_dir": str(folder), "download": False, "epochs": 3, "batch_size": 16,
+            "hidden": 16, "layers": 1, "lr": 1e-2, "log_every": 1, "val_fraction": 0.25}  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: Progress | None = None):
+    task = make_task(cfg.task)
+    task.prepare(cfg, print)
+    return fit(task, cfg, Run(out, vars(cfg)), resume=resume, progress=progress)
+
+
+def step_losses(out: Path) -> list[float]:
+    return [r["loss"] for r in Run(out).records("step")]
+
+
+def test_mnist_loss_goes_down_and_run_dir_is_complete(tiny_mnist, tmp_path):
+    result = train(mnist_config(tiny_mnist, epochs=4), tmp_path / "run")
+    assert result["status"] == "finished"
+    epochs = Run(tmp_path / "run").records("epoch")
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"] * 0.8
+    assert result["test_acc"] > 0.3, result  # 10 classes: chance is 0.1
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt"):
+        assert (tmp_path / "run" / name).is_file()
+
+
+@pytest.mark.parametrize("variant", [{"pixel": True}, {"permuted": True}, {"cell": "gru"}])
+def test_mnist_variants_run(tiny_mnist, tmp_path, variant):
+    cfg = mnist_config(tiny_mnist, epochs=1, limit=32, **variant)
+    assert train(cfg, tmp_path / "run")["status"] == "finished"
+
+
+def test_resume_after_epochs_reproduces_the_uninterrupted_run(tiny_mnist, tmp_path):
+    train(mnist_config(tiny_mnist, epochs=3), tmp_path / "straight")
+    train(mnist_config(tiny_mnist, epochs=2), tmp_path / "split")
+    train(mnist_config(tiny_mnist, epochs=3), tmp_path / "split", resume=True)
+    assert step_losses(tmp_path / "split") == step_losses(tmp_path / "straight")
+
+
+def test_ctrl_c_saves_and_resume_continues_exactly(tiny_mnist, tmp_path):
+    train(mnist_config(tiny_mnist), tmp_path / "straight")
+
+    def interrupt_at_step_7(record):  # 5 batches an epoch: step 7 is batch 1 of epoch 1
+        if record["step"] == 7:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
+
+    result = train(mnist_config(tiny_mnist), tmp_path / "cut", progress=Progress(on_step=interrupt_at_step_7))
+    assert result == {"status": "interrupted", "epoch": 1, "step": 7}
+    assert Run(tmp_path / "cut").load_checkpoint()["batch"] == 2  # mid-epoch: batch 2 of epoch 1 is next
+    train(mnist_config(tiny_mnist), tmp_path / "cut", resume=True)
+    assert step_losses(tmp_path / "cut") == step_losses(tmp_path / "straight")
+
+
+def test_stop_request_turns_sigint_into_a_flag():
+    with StopRequest() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+
+
+def test_nan_loss_stops_with_the_step_named_and_keeps_the_checkpoint(tiny_mnist, tmp_path, monkeypatch):
+    cfg = mnist_config(tiny_mnist, epochs=3)
+    task = make_task("mnist")
+    task.prepare(cfg, print)
+    original = task.score
+    calls = {"n": 0}
+
+    def poisoned_score(output, batch):  # the 6th training batch (evaluation runs without grad)
+        calls["n"] += torch.is_grad_enabled()
+        loss, metric, n = original(output, batch)
+        return (loss * float("nan") if calls["n"] == 6 and torch.is_grad_enabled() else loss), metric, n
+
+    monkeypatch.setattr(task, "score", poisoned_score)
+    run = Run(tmp_path / "run", vars(cfg))
+    with pytest.raises(TrainingDivergedError, match=r"the loss became nan at step 6 \(epoch 1, batch 0\)"):
+        fit(task, cfg, run)
+    assert run.load_checkpoint()["epoch"] == 1, "the checkpoint of the last finished epoch stays"
+
+
+def test_missing_and_corrupt_files_are_reported(tiny_mnist, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(
+        datasets.DatasetError,
+        match=r"mnist: train-images-idx3-ubyte.gz, .* not in .*empty .*downloading is off.*Put the four",
+    ):
+        datasets.load_idx_dataset("mnist", "train", empty, download_missing=False)
+    path = tiny_mnist / "train-labels-idx1-ubyte.gz"
+    data = bytearray(path.read_bytes())
+    path.write_bytes(bytes(data[: len(data) // 2]))  # truncated
+    with pytest.raises(
+        datasets.DatasetError, match=r"train-labels-idx1-ubyte.gz: MD5 .* expected .*corrupt or truncated"
+    ):
+        datasets.load_idx_dataset("mnist", "train", tiny_mnist, download_missing=False)
+
+
+def test_read_idx_rejects_truncated_and_foreign_files(tmp_path):
+    write_idx(tmp_path / "a.gz", np.zeros((3, 2), dtype=np.uint8))
+    raw = gzip.decompress((tmp_path / "a.gz").read_bytes())
+    (tmp_path / "short").write_bytes(raw[:-1])
+    with pytest.raises(datasets.DatasetError, match="truncated or padded: 17 bytes, the header promises 18"):
+        datasets.read_idx(tmp_path / "short")
+    (tmp_path / "text").write_bytes(b"hello world")
+    with pytest.raises(datasets.DatasetError, match="not an IDX file"):
+        datasets.read_idx(tmp_path / "text")
+
+
+REVIEWS = {
+    "pos": [
+        "A wonderful, moving film.<br />Great acting!",
+        "great story and great cast",
+        "Loved it: wonderful.",
+    ],
+    "neg": ["A dull, boring mess.", "terrible acting; boring story", "Awful. Boring! Dull."],
+}
+
+
+def make_imdb_tree(root: Path, per_folder: int) -> Path:
+    for split in ("train", "test"):
+        for label, texts in REVIEWS.items():
+            folder = root / "aclImdb" / split / label
+            folder.mkdir(parents=True)
+            for i in range(per_folder):
+                (folder / f"{i}_{8 if label == 'pos' else 2}.txt").write_text(
+                    texts[i % len(texts)] + f" number {i}"
+                )
+    return root
+
+
+def imdb_config(folder: Path, **kw) -> TrainConfig:
+    base = {"task": "imdb", "data_dir": str(folder), "download": False, "epochs": 6, "batch_size": 8,
+            "hidden": 16, "layers": 1, "lr": 2e-2, "log_every": 1, "val_fraction": 0.2, "min_freq": 1,
+            "embedding_dim": 8, "max_len": 12}  # fmt: skip
+    return TrainConfig(**{**base, **kw})
+
+
+def test_imdb_tree_trains(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "IMDB_REVIEWS_PER_FOLDER", 12)
+    folder = make_imdb_tree(tmp_path / "imdb", 12)
+    result = train(imdb_config(folder), tmp_path / "run")
+    epochs = Run(tmp_path / "run").records("epoch")
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert result["test_acc"] >= 0.75, result
+
+
+def test_imdb_archive_is_checked_and_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "IMDB_REVIEWS_PER_FOLDER", 3)
+    source = make_imdb_tree(tmp_path / "src", 3)
+    folder = tmp_path / "imdb"
+    folder.mkdir()
+    archive = folder / "aclImdb_v1.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / "aclImdb", arcname="aclImdb")
+    monkeypatch.setitem(
+        datasets.IMDB_ARCHIVES, "aclImdb_v1.tar.gz", hashlib.md5(archive.read_bytes()).hexdigest()
+    )
+    reviews = datasets.load_imdb_reviews(folder, download_missing=False)
+    assert len(reviews["train"][0]) == 6 and reviews["train"][1] == [0, 0, 0, 1, 1, 1]
+    archive.write_bytes(archive.read_bytes()[:-10])
+    with pytest.raises(datasets.DatasetError, match=r"aclImdb_v1.tar.gz: MD5 .* corrupt or truncated"):
+        datasets.load_imdb_reviews(folder, download_missing=False)
+
+
+def test_imdb_incomplete_tree_and_nothing_there(tmp_path):
+    make_imdb_tree(tmp_path / "imdb", 3)
+    with pytest.raises(datasets.DatasetError, match=r"3 reviews, expected 12500: the tree is incomplete"):
+        datasets.load_imdb_reviews(tmp_path / "imdb", download_missing=False)
+    with pytest.raises(datasets.DatasetError, match=r"IMDB: no aclImdb_v1\.tar\.gz, aclImdb_v1_labelled"):
+        datasets.load_imdb_reviews(tmp_path / "nothing", download_missing=False)
+
+
+def test_classifier_reads_the_true_last_token():
+    """Padding after a review changes nothing: the head reads h_n at each review's own length."""
+    from rnnkit.models import SequenceClassifier
+
+    model = SequenceClassifier("lstm", 8, 16, 2, vocab_size=50)
+    tokens = torch.randint(2, 50, (6, 1))
+    short = model(tokens, torch.tensor([6]))
+    padded = model(torch.cat((tokens, torch.zeros(9, 1, dtype=torch.long))), torch.tensor([6]))
+    assert torch.allclose(short, padded)
+
+
+@pytest.mark.parametrize("task", ["adding", "copy"])
+def test_synthetic_tasks_train(tmp_path, task):
+    cfg = TrainConfig(
+        task=task, epochs=2, batch_size=8, hidden=16, layers=1, seq_len=12, steps_per_epoch=4, limit=16
+    )
+    result = train(cfg, tmp_path / "run")
+    assert result["status"] == "finished"
+    metric = "test_mse" if task == "adding" else "test_acc"
+    assert np.isfinite(result[metric])
+
+
+def test_sine_trains_plots_and_resumes(tmp_path):
+    cfg = SineConfig(epochs=2, hidden=8, waves=5, length=30, future=10)
+    straight = train_sine(cfg, Run(tmp_path / "straight", vars(cfg)))
+    epochs = Run(tmp_path / "straight").records("epoch")
+    assert epochs[1]["train_loss"] < epochs[0]["train_loss"]
+    assert (tmp_path / "straight" / "predict_001.png").is_file()
+    train_sine(replace(cfg, epochs=1), Run(tmp_path / "split", vars(cfg)))
+    resumed = train_sine(cfg, Run(tmp_path / "split"), resume=True)
+    assert resumed["test_loss"] == straight["test_loss"]
+
+
+def test_sine_window_variant(tmp_path):
+    cfg = SineConfig(epochs=1, hidden=8, waves=5, length=31, future=5, window=10, noise=0.1)
+    assert train_sine(cfg, Run(tmp_path / "run", vars(cfg)))["status"] == "finished"
+
+
+def cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(ROOT / "cli.py"), *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600, **kw)
+
+
+def test_cli_train_writes_the_run_directory(tmp_path):
+    done = cli("train", "--task", "adding", "--seq-len", "10", "--epochs", "2", "--steps-per-epoch", "3",
+               "--hidden", "8", "--limit", "16", "--out", str(tmp_path / "run"))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "baseline loss: 0.1667" in done.stdout and "adding: test" in done.stdout
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "curves.png"):
+        assert (tmp_path / "run" / name).is_file(), name
+
+
+def test_cli_missing_data_fails_at_once(tmp_path):
+    done = cli(
+        "train", "--task", "mnist", "--data-dir", str(tmp_path), "--no-download", "--out", str(tmp_path / "r")
+    )
+    assert done.returncode == 2
+    text = " ".join(done.stdout.split())  # rich wraps long lines
+    assert "train-images-idx3-ubyte.gz" in text and "could not be fetched (downloading is off)" in text
+
+
+def test_sigkill_mid_epoch_then_resume(tmp_path):
+    """A run killed with SIGKILL resumes from its last checkpoint, nothing corrupted, and ends with
+    the same step losses as a run that was never killed."""
+    common = ["train", "--task", "copy", "--seq-len", "8", "--epochs", "3", "--steps-per-epoch", "40",
+              "--hidden", "32", "--limit", "8", "--log-every", "1", "--quiet"]  # fmt: skip
+    assert cli(*common, "--out", str(tmp_path / "straight")).returncode == 0
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *common, "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until epoch 0 is checkpointed and epoch 1 has begun
+        steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] if (
+            out / "metrics.jsonl").exists() else []  # fmt: skip
+        if (out / "checkpoint.pt").exists() and steps and max(steps) > 45:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert Run(out).load_checkpoint()["epoch"] >= 1
+    done = cli("train", "--resume", str(out), "--quiet")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert step_losses(out) == step_losses(tmp_path / "straight")
