@@ -334,6 +334,24 @@ def _plot_curves(run, metric: str) -> None:
     plt.close(fig)
 
 
+def _results(args: argparse.Namespace, console: Console) -> int:
+    from pathlib import Path
+
+    from rnnkit.bench import machine
+    from rnnkit.train.results import results_markdown
+
+    section = results_markdown([Path(p) for p in args.runs], machine())
+    if args.markdown:
+        path = Path(args.markdown)
+        head = "# Results\n\nWritten by `python cli.py results RUN_DIR ...` from the runs' own files.\n"
+        existing = path.read_text() if path.exists() else head
+        path.write_text(existing.rstrip("\n") + "\n\n" + section)
+        console.print(f"appended to {path}")
+    else:
+        console.print(section)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -393,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--window", type=int, default=0, help="sine: train on windows of this many steps")
     t.add_argument("--noise", type=float, default=0.0, help="sine: Gaussian noise on the waves")
     t.set_defaults(run=_train)
+    res = sub.add_parser("results", help="summarize finished training runs as Markdown")
+    res.add_argument("runs", nargs="+", help="run directories")
+    res.add_argument("--markdown", help="append the section to this file (e.g. RESULTS.md)")
+    res.set_defaults(run=_results)
     b = sub.add_parser("bench", help="time torch.nn, rnnkit and a naive cell loop side by side")
     b.add_argument("--config", default="all", help="comma-separated row names, or all")
     b.add_argument("--providers", default="torch.nn,rnnkit-triton,rnnkit-reference,naive-cell-loop")
@@ -422,8 +444,10 @@ def _cuda() -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = Console(quiet=int(os.environ.get("RANK", "0")) > 0)  # under torchrun, rank 0 speaks
     try:
         return args.run(args, console)
     except ValueError as err:  # bad arguments: the library's message names them

@@ -313,3 +313,28 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     done = cli("train", "--resume", str(out), "--quiet")
     assert done.returncode == 0, done.stdout + done.stderr
     assert step_losses(out) == step_losses(tmp_path / "straight")
+
+
+def test_results_markdown_reads_the_runs(tiny_mnist, tmp_path):
+    from rnnkit.train.results import results_markdown
+
+    train(mnist_config(tiny_mnist, epochs=1), tmp_path / "mnist-run")
+    md = results_markdown([tmp_path / "mnist-run"], {"device": "test machine", "date": "today"})
+    test_acc = Run(tmp_path / "mnist-run").records("test")[0]["test_acc"]
+    assert f"test acc {test_acc:.2%}" in md
+    assert "`python cli.py train --task mnist --cell lstm --dataset mnist --epochs 1 --batch-size 16" in md
+
+
+def test_torchrun_data_parallel_matches_one_process(tmp_path):
+    """torchrun with 2 CPU processes (gloo): each takes half of every batch, DDP averages the
+    gradients, so the weights, and the test loss rank 0 reports, match a single process."""
+    common = ["--task", "adding", "--seq-len", "10", "--epochs", "1", "--steps-per-epoch", "5",
+              "--hidden", "8", "--limit", "32", "--batch-size", "16", "--quiet"]  # fmt: skip
+    assert cli("train", *common, "--out", str(tmp_path / "one")).returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(ROOT / "cli.py"), "train", *common, "--out", str(tmp_path / "two")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    one, two = (Run(tmp_path / name).records("test")[0]["test_loss"] for name in ("one", "two"))
+    assert two == pytest.approx(one, rel=1e-4)

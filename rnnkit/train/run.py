@@ -12,6 +12,7 @@ import json
 import os
 import random
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +34,17 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 class Run:
-    """One run directory. ``rank`` > 0 (torchrun workers) writes nothing.
+    """One run directory. Under torchrun only rank 0 writes (``rank`` defaults to $RANK).
 
     Example:
         >>> run = Run(Path("runs/mnist-1"), config={"task": "mnist"})
         >>> run.log({"kind": "epoch", "epoch": 0, "val_acc": 0.97})
     """
 
-    def __init__(self, out: Path, config: dict[str, Any] | None = None, *, rank: int = 0) -> None:
+    def __init__(self, out: Path, config: dict[str, Any] | None = None, *, rank: int | None = None) -> None:
         self.out = Path(out)
-        self.rank = rank
-        if rank == 0:
+        self.rank = int(os.environ.get("RANK", "0")) if rank is None else rank
+        if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             if config is not None:
                 atomic_write_bytes(self.out / "config.json", json.dumps(config, indent=1).encode())
@@ -62,6 +63,7 @@ class Run:
         """Append one JSON line to metrics.jsonl (flushed and synced: a crash keeps it)."""
         if self.rank != 0:
             return
+        record = {**record, "time": round(time.time(), 3)}
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
