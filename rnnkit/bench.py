@@ -258,13 +258,16 @@ def _fmt(x: float | None, spec: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
+def markdown_header(header: dict[str, str]) -> list[str]:
+    """The first lines of a Markdown section: the machine and the date, then the versions."""
+    versions = ", ".join(f"{k} {v}" for k, v in header.items() if k not in ("device", "date"))
+    return [f"### {header.get('device', '?')} — {header.get('date', '')}", "", versions, ""]
+
+
 def to_markdown(results: list[BenchResult], header: dict[str, str]) -> str:
     """A Markdown section: the machine header and one table row per measurement."""
     lines = [
-        f"### {header.get('device', '?')} — {header.get('date', '')}",
-        "",
-        ", ".join(f"{k} {v}" for k, v in header.items() if k not in ("device", "date")),
-        "",
+        *markdown_header(header),
         "| row | shape | dtype | provider | mode | median ms | p20–p80 ms | × torch.nn | seq/s | peak MiB |",
         "|---|---|---|---|---|---:|---:|---:|---:|---:|",
     ]

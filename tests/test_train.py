@@ -338,3 +338,25 @@ def test_torchrun_data_parallel_matches_one_process(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     one, two = (Run(tmp_path / name).records("test")[0]["test_loss"] for name in ("one", "two"))
     assert two == pytest.approx(one, rel=1e-4)
+
+
+def test_download_checks_the_md5_and_keeps_nothing_bad(tmp_path):
+    source = tmp_path / "source.gz"
+    source.write_bytes(b"the canonical bytes")
+    good = hashlib.md5(source.read_bytes()).hexdigest()
+    dest = datasets.download(source.as_uri(), tmp_path / "cache" / "file.gz", good)
+    assert dest.read_bytes() == b"the canonical bytes"
+    with pytest.raises(datasets.DatasetError, match=r"downloaded MD5 .* expected 0+; nothing was kept"):
+        datasets.download(source.as_uri(), tmp_path / "cache" / "other.gz", "0" * 32)
+    assert (
+        not (tmp_path / "cache" / "other.gz").exists() and not (tmp_path / "cache" / "other.gz.part").exists()
+    )
+    with pytest.raises(datasets.DatasetError, match="cannot download"):
+        datasets.download((tmp_path / "absent").as_uri(), tmp_path / "cache" / "x.gz", good)
+
+
+def test_missing_files_are_downloaded_from_the_mirrors(tiny_mnist, tmp_path, monkeypatch):
+    md5, _ = datasets.IDX_DATASETS["mnist"]
+    monkeypatch.setitem(datasets.IDX_DATASETS, "mnist", (md5, (tiny_mnist.as_uri() + "/",)))
+    folder = datasets.ensure_idx_files("mnist", tmp_path / "cache")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(md5)

@@ -23,7 +23,6 @@ from rnnkit.train.run import (
     TrainingDivergedError,
     rng_state,
     seed_everything,
-    set_rng_state,
 )
 from rnnkit.train.tasks import Batch, Task
 
@@ -170,15 +169,9 @@ def fit(
         trained = nn.parallel.DistributedDataParallel(model)
     optimizer = make_optimizer(cfg, model.parameters())
     start_epoch, start_batch, step = 0, 0, 0
-    checkpoint = run.load_checkpoint(device) if resume else None
+    checkpoint = run.resume(model, optimizer, device) if resume else None
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        set_rng_state(checkpoint["rng"])
         start_epoch, start_batch, step = checkpoint["epoch"], checkpoint["batch"], checkpoint["step"]
-        run.truncate_log(step)
-    elif resume:
-        run.truncate_log(0)
 
     def save(epoch: int, batch: int) -> None:
         run.save_checkpoint(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rnnkit.bench import markdown_header
 from rnnkit.train.run import Run
 
 _FLAGS = {  # config key -> command-line flag
@@ -94,10 +95,7 @@ def summarize_run(out: Path) -> dict[str, Any]:
 def results_markdown(run_dirs: list[Path], machine: dict[str, str]) -> str:
     """A Markdown section: the machine, then one row per run."""
     lines = [
-        f"### {machine.get('device', '?')} — {machine.get('date', '')}",
-        "",
-        ", ".join(f"{k} {v}" for k, v in machine.items() if k not in ("device", "date")),
-        "",
+        *markdown_header(machine),
         "| run | task | cell | result | epochs | time | command |",
         "|---|---|---|---|---:|---:|---|",
     ]

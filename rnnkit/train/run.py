@@ -99,6 +99,19 @@ class Run:
             return None
         return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
 
+    def resume(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+    ) -> dict | None:
+        """Restore model, optimizer and RNG states from the checkpoint; drop log lines written
+        after it (by a run killed later). Returns the checkpoint, or None to start afresh."""
+        checkpoint = self.load_checkpoint(device)
+        if checkpoint is not None:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            set_rng_state(checkpoint["rng"])
+        self.truncate_log(0 if checkpoint is None else checkpoint["step"])
+        return checkpoint
+
 
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}

@@ -24,7 +24,6 @@ from rnnkit.train.run import (
     TrainingDivergedError,
     rng_state,
     seed_everything,
-    set_rng_state,
 )
 
 CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
@@ -136,15 +135,8 @@ def train_sine(cfg: SineConfig, run: Run, *, resume: bool = False, on_epoch=None
     model = SineModel(cfg.cell, cfg.hidden, cfg.backend).to(device)
     optimizer = torch.optim.LBFGS(model.parameters(), lr=cfg.lr)
     start = 0
-    checkpoint = run.load_checkpoint(device) if resume else None
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        set_rng_state(checkpoint["rng"])
-        start = checkpoint["epoch"]
-        run.truncate_log(start)
-    elif resume:
-        run.truncate_log(0)
+    checkpoint = run.resume(model, optimizer, device) if resume else None
+    start = 0 if checkpoint is None else checkpoint["epoch"]
     result: dict[str, Any] = {"status": "finished", "epochs": cfg.epochs}
     with StopRequest() as stop:
         for epoch in range(start, cfg.epochs):
@@ -173,8 +165,8 @@ def train_sine(cfg: SineConfig, run: Run, *, resume: bool = False, on_epoch=None
                 plot_predictions(
                     run.out / f"predict_{epoch:03d}.png", {cfg.cell: pred}, test_x.shape[1], title
                 )
-            run.save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "rng": rng_state(), "epoch": epoch + 1, "config": asdict(cfg)})  # fmt: skip
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()}
+            run.save_checkpoint({**state, "epoch": epoch + 1, "step": epoch + 1, "config": asdict(cfg)})
             result.update(train_loss=train_loss, test_loss=test_loss, prediction=pred.cpu())
             if on_epoch:
                 on_epoch(record)
