@@ -22,17 +22,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+# file -> (MD5 of the canonical .gz, MD5 of its decompressed IDX content). A file is accepted if either
+# matches: a re-compressed copy (Debian's dataset-fashion-mnist) holds the same bytes once unpacked.
 MNIST_FILES = {
-    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    "train-images-idx3-ubyte.gz": ("f68b3c2dcbeaaa9fbdd348bbdeb94873", "6bbc9ace898e44ae57da46a324031adb"),
+    "train-labels-idx1-ubyte.gz": ("d53e105ee54ea40749a09fcbcd1e9432", "a25bea736e30d166cdddb491f175f624"),
+    "t10k-images-idx3-ubyte.gz": ("9fb629c4189551a2d022fa330f9573f3", "2646ac647ad5339dbf082846283269ea"),
+    "t10k-labels-idx1-ubyte.gz": ("ec29112dd5afa0611ce80d1b7f02629c", "27ae3e4e09519cfbb04c329615203637"),
 }
 FASHION_MNIST_FILES = {
-    "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-    "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
-    "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
-    "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    "train-images-idx3-ubyte.gz": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d", "f4a8712d7a061bf5bd6d2ca38dc4d50a"),
+    "train-labels-idx1-ubyte.gz": ("25c81989df183df01b3e8a0aad5dffbe", "9018921c3c673c538a1fc5bad174d6f9"),
+    "t10k-images-idx3-ubyte.gz": ("bef4ecab320f06d8554ea6380940ec79", "8181f5470baa50b63fa0f6fddb340f0a"),
+    "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310", "15d484375f8d13e6eb1aabb0c3f46965"),
 }
 IDX_DATASETS = {
     "mnist": (
@@ -126,25 +128,53 @@ def _verified(path: Path, md5: str) -> Path:
     return path
 
 
-def ensure_idx_files(name: str, data_dir: str | Path | None = None, *, download_missing: bool = True) -> Path:
-    """The folder holding the four verified IDX files of ``name`` ("mnist" or "fashion-mnist").
+def _verified_idx(path: Path, gz_md5: str, raw_md5: str) -> Path:
+    # the canonical .gz, a re-compressed copy of it, or the decompressed file
+    if path.suffix == ".gz" and md5sum(path) == gz_md5:
+        return path
+    opener = gzip.open if path.suffix == ".gz" else open
+    digest = hashlib.md5()
+    try:
+        with opener(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except (OSError, EOFError) as err:
+        raise DatasetError(
+            f"{path}: cannot be read ({err}): the file is corrupt or truncated; delete it"
+        ) from err
+    if digest.hexdigest() != raw_md5:
+        raise DatasetError(
+            f"{path}: MD5 {md5sum(path)}, expected {gz_md5} (or {raw_md5} unpacked): the file is corrupt or "
+            "truncated; delete it and download it again, or put the canonical file there"
+        )
+    return path
 
-    Looks in ``data_dir`` (default `default_data_dir()`/<name>), downloads what is missing from the
-    canonical URLs unless ``download_missing`` is False, and checks every file's MD5.
+
+def ensure_idx_files(
+    name: str, data_dir: str | Path | None = None, *, download_missing: bool = True
+) -> dict[str, Path]:
+    """The four verified IDX files of ``name`` ("mnist" or "fashion-mnist"), by canonical name.
+
+    Looks in ``data_dir`` (default `default_data_dir()`/<name>) for each file, gzipped or not,
+    downloads what is missing from the canonical URLs unless ``download_missing`` is False, and
+    checks every file's MD5 (of the .gz, or of its content).
     """
     if name not in IDX_DATASETS:
         raise ValueError(f"dataset: expected one of {', '.join(IDX_DATASETS)}, got {name!r}")
     files, mirrors = IDX_DATASETS[name]
     folder = Path(data_dir) if data_dir is not None else default_data_dir() / name
-    missing = [file for file in files if not (folder / file).is_file()]
+    found = {}
     for file in files:
-        if file not in missing:
-            _verified(folder / file, files[file])
+        for candidate in (folder / file, folder / file.removesuffix(".gz")):
+            if candidate.is_file():
+                found[file] = candidate
+                break
+    missing = [file for file in files if file not in found]
     errors = []
     for file in missing:
         for mirror in mirrors if download_missing else ():
             try:
-                download(mirror + file, folder / file, files[file])
+                found[file] = download(mirror + file, folder / file, files[file][0])
                 break
             except DatasetError as err:
                 errors.append(str(err))
@@ -154,7 +184,7 @@ def ensure_idx_files(name: str, data_dir: str | Path | None = None, *, download_
                 f"{name}: {', '.join(missing)} not in {folder} and could not be fetched ({why}). Put the "
                 f"four files {', '.join(files)} in {folder} (or pass --data-dir with them)"
             )
-    return folder
+    return {file: _verified_idx(path, *files[file]) for file, path in found.items()}
 
 
 def load_idx_dataset(
@@ -174,13 +204,13 @@ def load_idx_dataset(
     """
     if split not in ("train", "test"):
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
-    folder = ensure_idx_files(name, data_dir, download_missing=download_missing)
+    paths = ensure_idx_files(name, data_dir, download_missing=download_missing)
     prefix = "train" if split == "train" else "t10k"
-    images = read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")
-    labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")
+    images = read_idx(paths[f"{prefix}-images-idx3-ubyte.gz"])
+    labels = read_idx(paths[f"{prefix}-labels-idx1-ubyte.gz"])
     if images.shape[1:] != (28, 28) or images.shape[0] != labels.shape[0]:
         raise DatasetError(
-            f"{folder}: images {list(images.shape)} and labels {list(labels.shape)} do not match"
+            f"{name}: images {list(images.shape)} and labels {list(labels.shape)} do not match"
         )
     return images, labels.long()
 

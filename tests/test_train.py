@@ -55,7 +55,11 @@ def tiny_mnist(tmp_path, monkeypatch):
             images[i, :, 2 * k + 4 : 2 * k + 6] = 255
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    md5 = {name: hashlib.md5((folder / name).read_bytes()).hexdigest() for name in datasets.MNIST_FILES}
+    md5 = {
+        name: (hashlib.md5((folder / name).read_bytes()).hexdigest(),
+               hashlib.md5(gzip.decompress((folder / name).read_bytes())).hexdigest())
+        for name in datasets.MNIST_FILES
+    }  # fmt: skip
     monkeypatch.setitem(datasets.IDX_DATASETS, "mnist", (md5, ()))
     return folder
 
@@ -150,9 +154,39 @@ def test_missing_and_corrupt_files_are_reported(tiny_mnist, tmp_path):
     data = bytearray(path.read_bytes())
     path.write_bytes(bytes(data[: len(data) // 2]))  # truncated
     with pytest.raises(
-        datasets.DatasetError, match=r"train-labels-idx1-ubyte.gz: MD5 .* expected .*corrupt or truncated"
+        datasets.DatasetError, match=r"train-labels-idx1-ubyte.gz: cannot be read .* corrupt or truncated"
     ):
         datasets.load_idx_dataset("mnist", "train", tiny_mnist, download_missing=False)
+
+
+def test_recompressed_and_unpacked_copies_are_accepted_by_content(tiny_mnist, tmp_path):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in datasets.MNIST_FILES:
+        raw = gzip.decompress((tiny_mnist / name).read_bytes())
+        if "labels" in name:
+            (copy / name.removesuffix(".gz")).write_bytes(raw)  # unpacked
+        else:
+            (copy / name).write_bytes(gzip.compress(raw, compresslevel=1, mtime=0))  # another gzip
+    images, labels = datasets.load_idx_dataset("mnist", "train", copy, download_missing=False)
+    expected_images, expected_labels = datasets.load_idx_dataset(
+        "mnist", "train", tiny_mnist, download_missing=False
+    )
+    assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
+    (copy / "train-labels-idx1-ubyte").write_bytes(raw[:-1] + b"x")  # one byte changed
+    with pytest.raises(
+        datasets.DatasetError, match=r"train-labels-idx1-ubyte: MD5 .* unpacked\): the file is corrupt"
+    ):
+        datasets.load_idx_dataset("mnist", "train", copy, download_missing=False)
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_debian_fashion_mnist_is_accepted():
+    images, labels = datasets.load_idx_dataset("fashion-mnist", "test", FASHION, download_missing=False)
+    assert images.shape == (10000, 28, 28) and labels.bincount().tolist() == [1000] * 10
 
 
 def test_read_idx_rejects_truncated_and_foreign_files(tmp_path):
@@ -358,5 +392,5 @@ def test_download_checks_the_md5_and_keeps_nothing_bad(tmp_path):
 def test_missing_files_are_downloaded_from_the_mirrors(tiny_mnist, tmp_path, monkeypatch):
     md5, _ = datasets.IDX_DATASETS["mnist"]
     monkeypatch.setitem(datasets.IDX_DATASETS, "mnist", (md5, (tiny_mnist.as_uri() + "/",)))
-    folder = datasets.ensure_idx_files("mnist", tmp_path / "cache")
-    assert sorted(p.name for p in folder.iterdir()) == sorted(md5)
+    paths = datasets.ensure_idx_files("mnist", tmp_path / "cache")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(md5) == sorted(paths)
