@@ -62,13 +62,18 @@ class RNNFunction(torch.autograd.Function):
     def forward(ctx, gx, w_hh, h0, lengths, ops: types.SimpleNamespace, nonlinearity: str, record):
         y, h_n = ops.rnn_fwd(gx, w_hh, h0, lengths, nonlinearity=nonlinearity, training=True)
         ctx.save_for_backward(w_hh, h0, lengths, y)
-        ctx.ops, ctx.nonlinearity, ctx.record = ops, nonlinearity, record
+        ctx.ops, ctx.nonlinearity, ctx.record, ctx.device_type = ops, nonlinearity, record, gx.device.type
         ctx.set_materialize_grads(False)
         return y, h_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_n):
+        with torch.autocast(device_type=ctx.device_type, enabled=False):
+            return RNNFunction._backward(ctx, dy, dh_n)
+
+    @staticmethod
+    def _backward(ctx, dy, dh_n):
         w_hh, h0, lengths, y = ctx.saved_tensors
         record = _recording(ctx)
         grads = ctx.ops.rnn_bwd(
@@ -87,13 +92,18 @@ class LSTMFunction(torch.autograd.Function):
     def forward(ctx, gx, w_hh, h0, c0, w_hr, lengths, ops: types.SimpleNamespace, record):
         out = ops.lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training=True)
         ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, out.y, out.gates, out.c_steps)
-        ctx.ops, ctx.record = ops, record
+        ctx.ops, ctx.record, ctx.device_type = ops, record, gx.device.type
         ctx.set_materialize_grads(False)
         return out.y, out.h_n, out.c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_n, dc_n):
+        with torch.autocast(device_type=ctx.device_type, enabled=False):
+            return LSTMFunction._backward(ctx, dy, dh_n, dc_n)
+
+    @staticmethod
+    def _backward(ctx, dy, dh_n, dc_n):
         w_hh, w_hr, h0, c0, lengths, y, gates, c_steps = ctx.saved_tensors
         record = _recording(ctx)
         grads = ctx.ops.lstm_bwd(
@@ -117,13 +127,18 @@ class GRUFunction(torch.autograd.Function):
     def forward(ctx, gx, w_hh, b_hn, h0, lengths, ops: types.SimpleNamespace, record):
         out = ops.gru_fwd(gx, w_hh, b_hn, h0, lengths, training=True)
         ctx.save_for_backward(w_hh, h0, lengths, out.y, out.gates, out.ghn)
-        ctx.ops, ctx.record = ops, record
+        ctx.ops, ctx.record, ctx.device_type = ops, record, gx.device.type
         ctx.set_materialize_grads(False)
         return out.y, out.h_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_n):
+        with torch.autocast(device_type=ctx.device_type, enabled=False):
+            return GRUFunction._backward(ctx, dy, dh_n)
+
+    @staticmethod
+    def _backward(ctx, dy, dh_n):
         w_hh, h0, lengths, y, gates, ghn = ctx.saved_tensors
         record = _recording(ctx)
         grads = ctx.ops.gru_bwd(dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record=record is not None)

@@ -63,6 +63,11 @@ def _needs_graph(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def no_autocast(device: torch.device) -> torch.autocast:
+    """The backends do their own fp32 math on the dtype they are given: autocast stays out."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def rnn(
     gx: torch.Tensor,
     w_hh: torch.Tensor,
@@ -96,9 +101,10 @@ def rnn(
     if h0 is not None:
         check_tensor("h0", h0, (D, B, H), "[D, B, H]", dtype=gx.dtype, device=gx.device)
     ops = resolve_backend(backend, gx.device, gx.dtype)
-    if not _needs_graph(gx, w_hh, h0):
-        return tuple(ops.rnn_fwd(gx, w_hh, h0, lengths, nonlinearity=nonlinearity, training=False))
-    return RNNFunction.apply(gx, w_hh, h0, lengths, ops, nonlinearity, record)
+    with no_autocast(gx.device):
+        if not _needs_graph(gx, w_hh, h0):
+            return tuple(ops.rnn_fwd(gx, w_hh, h0, lengths, nonlinearity=nonlinearity, training=False))
+        return RNNFunction.apply(gx, w_hh, h0, lengths, ops, nonlinearity, record)
 
 
 def lstm(
@@ -145,10 +151,11 @@ def lstm(
     if c0 is not None:
         check_tensor("c0", c0, (D, B, H), "[D, B, H]", **like)
     ops = resolve_backend(backend, gx.device, gx.dtype)
-    if not _needs_graph(gx, w_hh, h0, c0, w_hr):
-        out = ops.lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training=False)
-        return out.y, out.h_n, out.c_n
-    return LSTMFunction.apply(gx, w_hh, h0, c0, w_hr, lengths, ops, record)
+    with no_autocast(gx.device):
+        if not _needs_graph(gx, w_hh, h0, c0, w_hr):
+            out = ops.lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training=False)
+            return out.y, out.h_n, out.c_n
+        return LSTMFunction.apply(gx, w_hh, h0, c0, w_hr, lengths, ops, record)
 
 
 def gru(
@@ -184,7 +191,8 @@ def gru(
     if h0 is not None:
         check_tensor("h0", h0, (D, B, H), "[D, B, H]", **like)
     ops = resolve_backend(backend, gx.device, gx.dtype)
-    if not _needs_graph(gx, w_hh, b_hn, h0):
-        out = ops.gru_fwd(gx, w_hh, b_hn, h0, lengths, training=False)
-        return out.y, out.h_n
-    return GRUFunction.apply(gx, w_hh, b_hn, h0, lengths, ops, record)
+    with no_autocast(gx.device):
+        if not _needs_graph(gx, w_hh, b_hn, h0):
+            out = ops.gru_fwd(gx, w_hh, b_hn, h0, lengths, training=False)
+            return out.y, out.h_n
+        return GRUFunction.apply(gx, w_hh, b_hn, h0, lengths, ops, record)

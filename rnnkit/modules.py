@@ -49,6 +49,14 @@ def _fold_biases(
     return b_ih + torch.cat((b_hh[: 2 * H], torch.zeros_like(b_hh[2 * H :]))), b_hh[2 * H :]
 
 
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    # the dtype autocast asks for on x's device, or None outside an autocast region
+    device = x.device.type
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return None
+    return torch.get_autocast_dtype(device)
+
+
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
 
@@ -148,27 +156,32 @@ class _RecurrentLayer:
         # the recurrent width P: what h is (proj_size for a projected LSTM)
         return self.proj_size if getattr(self, "proj_size", 0) > 0 else self.hidden_size
 
-    def _params(self, layer: int, kind: str) -> list[torch.Tensor]:
-        return [getattr(self, f"{kind}_l{layer}{s}") for s in ("", "_reverse")[: self._directions]]
+    def _params(self, layer: int, kind: str, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
+        params = [getattr(self, f"{kind}_l{layer}{s}") for s in ("", "_reverse")[: self._directions]]
+        return params if dtype is None else [p.to(dtype) for p in params]
 
     def _input_projection(self, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        # x [T, B, I] -> gx [T, B, D, G*H] in one matrix product for every step and direction
+        # x [T, B, I] -> gx [T, B, D, G*H] in one matrix product for every step and direction;
+        # the parameters in x's dtype (they differ only under autocast)
         T, B, _ = x.shape
+        dtype = x.dtype
         folded = [(None, None)] * self._directions
         if self.bias:
-            pairs = zip(self._params(layer, "bias_ih"), self._params(layer, "bias_hh"), strict=True)
+            pairs = zip(
+                self._params(layer, "bias_ih", dtype), self._params(layer, "bias_hh", dtype), strict=True
+            )
             folded = [_fold_biases(self.mode, b_ih, b_hh) for b_ih, b_hh in pairs]
         b_gx = None if folded[0][0] is None else _cat([b for b, _ in folded])
         b_hn = None if folded[0][1] is None else _stack([b for _, b in folded])
-        gx = F.linear(x, _cat(self._params(layer, "weight_ih")), b_gx)
+        gx = F.linear(x, _cat(self._params(layer, "weight_ih", dtype)), b_gx)
         return gx.view(T, B, self._directions, -1), b_hn
 
     def _recurrence(self, layer, x, h0, c0, lengths, record):
         gx, b_hn = self._input_projection(layer, x)
-        w_hh = _stack(self._params(layer, "weight_hh"))
+        w_hh = _stack(self._params(layer, "weight_hh", x.dtype))
         kw = {"lengths": lengths, "backend": self.backend, "record": record}
         if self.mode == "LSTM":
-            w_hr = _stack(self._params(layer, "weight_hr")) if self.proj_size > 0 else None
+            w_hr = _stack(self._params(layer, "weight_hr", x.dtype)) if self.proj_size > 0 else None
             return functional.lstm(gx, w_hh, h0, c0, w_hr=w_hr, **kw)
         if self.mode == "GRU":
             return (*functional.gru(gx, w_hh, b_hn, h0, **kw), None)
@@ -212,6 +225,9 @@ class _RecurrentLayer:
         if B == 0:
             raise ValueError(f"input: the batch is empty (B = 0), got shape {list(x.shape)}")
         h0, c0 = self._initial_states(hx, batched, B, x)
+        cast = _autocast_dtype(x)  # as torch.nn: under autocast the layer computes in its dtype
+        if cast is not None and cast != x.dtype:
+            x, h0, c0 = (None if t is None else t.to(cast) for t in (x, h0, c0))
         return x, h0, c0, check_lengths(lengths, B, T, x.device), batched
 
     @torch.no_grad()
@@ -246,9 +262,13 @@ class _RecurrentLayer:
             states = slice(layer * D, (layer + 1) * D)
             h0_l = None if h0 is None else h0[states]
             gx, b_hn = self._input_projection(layer, layer_input)
-            w_hh = _stack(self._params(layer, "weight_hh"))
+            w_hh = _stack(self._params(layer, "weight_hh", layer_input.dtype))
             if self.mode == "LSTM":
-                w_hr = _stack(self._params(layer, "weight_hr")) if self.proj_size > 0 else None
+                w_hr = (
+                    _stack(self._params(layer, "weight_hr", layer_input.dtype))
+                    if self.proj_size > 0
+                    else None
+                )
                 c0_l = None if c0 is None else c0[states]
                 out = ops.lstm_fwd(gx, w_hh, h0_l, c0_l, w_hr, lengths, training=True)
                 acts = LayerActivations(layer, out.gates, out.c_steps, out.y, lengths)
@@ -379,9 +399,15 @@ class _RecurrentCell:
         else:
             states = [] if hx is None else [check_tensor("hx", hx, shape, legend, **like)]
         h0, c0 = [s.reshape(1, B, H) for s in states] + [None] * (2 - len(states))
-        b_gx, b_hn = _fold_biases(self.mode, self.bias_ih, self.bias_hh)
-        gx = F.linear(x, self.weight_ih, b_gx).view(1, B, 1, -1)  # [T=1, B, D=1, G*H]
-        w_hh = self.weight_hh.unsqueeze(0)
+        dtype = _autocast_dtype(x) or x.dtype  # as torch.nn: under autocast, compute in its dtype
+
+        def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(dtype)
+
+        x, h0, c0 = cast(x), cast(h0), cast(c0)
+        b_gx, b_hn = _fold_biases(self.mode, cast(self.bias_ih), cast(self.bias_hh))
+        gx = F.linear(x, cast(self.weight_ih), b_gx).view(1, B, 1, -1)  # [T=1, B, D=1, G*H]
+        w_hh = cast(self.weight_hh).unsqueeze(0)
         if self.mode == "LSTM":
             _, h, c = functional.lstm(gx, w_hh, h0, c0, backend=self.backend)
             out = (h[0], c[0])
