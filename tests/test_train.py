@@ -394,3 +394,15 @@ def test_missing_files_are_downloaded_from_the_mirrors(tiny_mnist, tmp_path, mon
     monkeypatch.setitem(datasets.IDX_DATASETS, "mnist", (md5, (tiny_mnist.as_uri() + "/",)))
     paths = datasets.ensure_idx_files("mnist", tmp_path / "cache")
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(md5) == sorted(paths)
+
+
+def test_diagnose_and_clip_are_recorded(tiny_mnist, tmp_path):
+    train(mnist_config(tiny_mnist, epochs=1, diagnose=2, clip=0.5), tmp_path / "run")
+    run = Run(tmp_path / "run")
+    diagnostics = run.records("diagnostics")
+    assert [r["step"] for r in diagnostics] == [0, 2, 4]
+    lines = diagnostics[0]["lines"]
+    assert [line["line"] for line in lines] == ["l0.h", "l0.c"]  # the LSTM's two paths
+    assert all(len(line["norms_by_lag"]) == 28 and line["verdict"] for line in lines)
+    norms = [r["grad_norm"] for r in run.records("step")]
+    assert len(norms) == 5 and all(n > 0 for n in norms)
