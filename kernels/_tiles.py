@@ -89,6 +89,16 @@ def copy_rows(dst_ptr, src_ptr, row_off, row_mask, N, HAS_SRC: tl.constexpr, BN:
 
 
 @triton.jit
+def program_rows(len_ptr, B, T, HAS_LENGTHS: tl.constexpr, BB: tl.constexpr):
+    # this program's direction d (of D), its batch rows [BB] (int64), their mask and lengths
+    d = tl.program_id(1)
+    D = tl.num_programs(1)
+    rows = (tl.program_id(0) * BB + tl.arange(0, BB)).to(tl.int64)
+    row_mask = rows < B
+    return d, D, rows, row_mask, step_lengths(len_ptr, rows, row_mask, T, HAS_LENGTHS)
+
+
+@triton.jit
 def step_lengths(len_ptr, rows, row_mask, T, HAS_LENGTHS: tl.constexpr):
     # [BB] int64 valid steps of each row (T without lengths)
     if HAS_LENGTHS:

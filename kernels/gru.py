@@ -20,10 +20,10 @@ from kernels._tiles import (
     dot_rows_wt,
     load_previous,
     load_tile,
+    program_rows,
     seq_offset,
     sigmoid,
     state_offset,
-    step_lengths,
     store_tile,
     tanh,
     total_step_grad,
@@ -63,11 +63,7 @@ def _gru_fwd_kernel(
     BH: tl.constexpr,
     BK: tl.constexpr,
 ):
-    d = tl.program_id(1)
-    D = tl.num_programs(1)
-    rows = (tl.program_id(0) * BB + tl.arange(0, BB)).to(tl.int64)
-    row_mask = rows < B
-    length = step_lengths(len_ptr, rows, row_mask, T, HAS_LENGTHS)
+    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
     w_hh = w_hh_ptr + d.to(tl.int64) * 3 * H * H
     st_h = state_offset(rows, B, d, H)
     buf_stride = D.to(tl.int64) * B * H
@@ -135,11 +131,7 @@ def _gru_bwd_kernel(
     BH: tl.constexpr,
     BK: tl.constexpr,
 ):
-    d = tl.program_id(1)
-    D = tl.num_programs(1)
-    rows = (tl.program_id(0) * BB + tl.arange(0, BB)).to(tl.int64)
-    row_mask = rows < B
-    length = step_lengths(len_ptr, rows, row_mask, T, HAS_LENGTHS)
+    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
     first = tl.where(d == 0, 0, T - length)  # [BB] the loop step where each sequence starts
     w_hh = w_hh_ptr + d.to(tl.int64) * 3 * H * H
     st_h = state_offset(rows, B, d, H)

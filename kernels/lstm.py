@@ -23,10 +23,10 @@ from kernels._tiles import (
     dot_rows_wt,
     load_previous,
     load_tile,
+    program_rows,
     seq_offset,
     sigmoid,
     state_offset,
-    step_lengths,
     store_tile,
     tanh,
     total_step_grad,
@@ -92,11 +92,7 @@ def _lstm_fwd_kernel(
     BH: tl.constexpr,
     BK: tl.constexpr,
 ):
-    d = tl.program_id(1)
-    D = tl.num_programs(1)
-    rows = (tl.program_id(0) * BB + tl.arange(0, BB)).to(tl.int64)  # [BB]
-    row_mask = rows < B
-    length = step_lengths(len_ptr, rows, row_mask, T, HAS_LENGTHS)
+    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
     w_hh = w_hh_ptr + d.to(tl.int64) * 4 * H * P
     w_hr = w_hr_ptr + d.to(tl.int64) * P * H
     st_h = state_offset(rows, B, d, P)
@@ -207,11 +203,7 @@ def _lstm_bwd_kernel(
     BH: tl.constexpr,
     BK: tl.constexpr,
 ):
-    d = tl.program_id(1)
-    D = tl.num_programs(1)
-    rows = (tl.program_id(0) * BB + tl.arange(0, BB)).to(tl.int64)
-    row_mask = rows < B
-    length = step_lengths(len_ptr, rows, row_mask, T, HAS_LENGTHS)
+    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
     first = tl.where(d == 0, 0, T - length)  # [BB] the loop step where each sequence starts
     w_hh = w_hh_ptr + d.to(tl.int64) * 4 * H * P
     w_hr = w_hr_ptr + d.to(tl.int64) * P * H

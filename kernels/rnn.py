@@ -18,9 +18,9 @@ from kernels._tiles import (
     copy_rows,
     dot_rows_wt,
     load_tile,
+    program_rows,
     seq_offset,
     state_offset,
-    step_lengths,
     store_tile,
     tanh,
     total_step_grad,
@@ -48,11 +48,7 @@ def _rnn_fwd_kernel(
     BH: tl.constexpr,
     BK: tl.constexpr,
 ):
-    d = tl.program_id(1)
-    D = tl.num_programs(1)
-    rows = (tl.program_id(0) * BB + tl.arange(0, BB)).to(tl.int64)
-    row_mask = rows < B
-    length = step_lengths(len_ptr, rows, row_mask, T, HAS_LENGTHS)
+    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
     w_hh = w_hh_ptr + d.to(tl.int64) * H * H
     st_h = state_offset(rows, B, d, H)
     buf_stride = D.to(tl.int64) * B * H
@@ -105,11 +101,7 @@ def _rnn_bwd_kernel(
     BH: tl.constexpr,
     BK: tl.constexpr,
 ):
-    d = tl.program_id(1)
-    D = tl.num_programs(1)
-    rows = (tl.program_id(0) * BB + tl.arange(0, BB)).to(tl.int64)
-    row_mask = rows < B
-    length = step_lengths(len_ptr, rows, row_mask, T, HAS_LENGTHS)
+    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
     w_hh = w_hh_ptr + d.to(tl.int64) * H * H
     st_h = state_offset(rows, B, d, H)
     copy_rows(dh_buf_ptr, dhn_ptr, st_h, row_mask, H, HAS_DHN, BK)
