@@ -40,11 +40,16 @@ def build_vocab(
 def encode(
     token_lists: list[list[str]], vocab: dict[str, int], max_len: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids [N, max_len] (the first ``max_len`` tokens, padded with 0) and lengths [N] (at least 1)."""
+    """Token ids [N, max_len] and lengths [N] (at least 1).
+
+    A longer review keeps its last ``max_len`` tokens (where a review's verdict usually is; Keras's
+    ``pad_sequences`` cuts the same end); a shorter one is padded with 0 after its end, and its
+    length marks the true last token.
+    """
     ids = torch.full((len(token_lists), max_len), PAD, dtype=torch.long)
     lengths = torch.ones(len(token_lists), dtype=torch.long)
     for row, tokens in enumerate(token_lists):
-        kept = [vocab.get(w, UNK) for w in tokens[:max_len]] or [UNK]
+        kept = [vocab.get(w, UNK) for w in tokens[-max_len:]] or [UNK]
         ids[row, : len(kept)] = torch.tensor(kept)
         lengths[row] = len(kept)
     return ids, lengths

@@ -75,3 +75,14 @@ def test_sequence_model_shapes():
     assert model(torch.randn(7, 4, 2)).shape == (7, 4, 3)
     with pytest.raises(ValueError, match="cell: expected one of rnn, rnn_relu, lstm, gru, got 'tcn'"):
         SequenceModel("tcn", 2, 8, 3)
+
+
+def test_text_pipeline():
+    from rnnkit.text import PAD, UNK, build_vocab, encode, tokenize
+
+    assert tokenize("A <br />Great, GREAT film!") == ["a", "great", "great", "film"]
+    vocab = build_vocab([["b", "a", "a"], ["c", "a", "b"]], max_size=2, min_freq=2)
+    assert vocab == {"a": 2, "b": 3}  # most frequent first; "c" is too rare
+    ids, lengths = encode([["a", "b", "c", "a"], ["b"], []], vocab, max_len=3)
+    assert ids.tolist() == [[3, UNK, 2], [3, PAD, PAD], [UNK, PAD, PAD]]  # the last 3 tokens kept
+    assert lengths.tolist() == [3, 1, 1]
