@@ -74,7 +74,7 @@ def summarize_run(out: Path) -> dict[str, Any]:
         seconds, how = times[-1] - times[0] + (epochs[0].get("seconds", 0) if epochs else 0), "wall"
     else:
         seconds, how = sum(r.get("seconds", 0.0) for r in epochs), "training epochs"
-    row: dict[str, Any] = {"run": out.name, "task": config["task"], "cell": config.get("cell")}
+    row: dict[str, Any] = {"run": str(out), "task": config["task"], "cell": config.get("cell")}
     row.update(epochs=len(epochs), seconds=seconds, time_kind=how, command=command(config))
     if config["task"] == "sine":
         row["result"] = f"test MSE {epochs[-1]['test_loss']:.3g} (train MSE {epochs[-1]['train_loss']:.3g})"
