@@ -210,7 +210,7 @@ class SyntheticTask(Task):
         if not self.spec.classification:  # adding: the answer at the last step
             pred = output[-1:]
             loss = F.mse_loss(pred, batch.target)
-            return loss, float((pred - batch.target).square().sum()), batch.target.numel()
+            return loss, (pred.detach() - batch.target).square().sum().item(), batch.target.numel()
         loss = F.cross_entropy(output.flatten(0, 1), batch.target.flatten())  # copy: every step
         recall = output[-10:].argmax(-1) == batch.target[-10:]
         return loss, float(recall.sum()), recall.numel()
