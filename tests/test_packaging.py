@@ -1,0 +1,28 @@
+"""The distribution ships every package of the source tree (a wheel, not only an editable install)."""
+
+from __future__ import annotations
+
+import fnmatch
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib is in the standard library from Python 3.11")
+def test_every_package_is_included():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = config["packages"]["find"]["include"]
+    packages = sorted(
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("rnnkit", "kernels", "diagnostics")
+        for init in (ROOT / top).rglob("__init__.py")
+    )
+    assert "rnnkit.train" in packages
+    for package in packages:
+        assert any(fnmatch.fnmatch(package, p) for p in patterns), f"{package} is not shipped by {patterns}"
+    assert config["py-modules"] == ["cli"]
