@@ -6,7 +6,6 @@ Batches are time-major: inputs [T, B, ...], as rnnkit's layers take them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,10 +223,3 @@ def make_task(name: str) -> Task:
     if name in ("adding", "copy"):
         return SyntheticTask(name)
     raise ValueError(f"task: expected one of sine, mnist, imdb, adding, copy, got {name!r}")
-
-
-def baseline_note(task: Task, cfg) -> str | None:
-    if isinstance(task, SyntheticTask):
-        b = task.spec.baseline(cfg.seq_len)
-        return None if b is None or math.isnan(b) else f"baseline loss {b:.4g}"
-    return None
