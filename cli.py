@@ -219,6 +219,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     from rnnkit.datasets import DatasetError
     from rnnkit.train import TASK_DEFAULTS, Run, TrainConfig, TrainingDivergedError, fit, make_task
     from rnnkit.train import Progress as LoopProgress
+    from rnnkit.train.run import plot_curves
 
     resume = args.resume is not None
     if resume:
@@ -284,7 +285,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             result = fit(
                 task, cfg, run, resume=resume, progress=LoopProgress(on_epoch_start, on_step, on_epoch_end)
             )
-        _plot_curves(run, task.metric)
+        plot_curves(run, task.metric)
         console.print(_train_table(f"{cfg.task}: epochs", run.records("epoch"), task.metric))
         if result["status"] == "interrupted":
             console.print(f"[yellow]interrupted at step {result['step']}[/]; checkpoint saved. Resume: "
@@ -298,40 +299,6 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     except TrainingDivergedError as err:
         console.print(f"[red]diverged:[/] {err}")
         return 1
-
-
-def _plot_curves(run, metric: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps, epochs = run.records("step"), run.records("epoch")
-    if not steps and not epochs:
-        return
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
-    if steps:
-        ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps], alpha=0.5, label="train (step)")
-    if epochs and "val_loss" in epochs[0]:
-        ax_loss.plot([r["step"] for r in epochs], [r["val_loss"] for r in epochs], "o-", label="validation")
-        ax_metric.plot(
-            [r["epoch"] + 1 for r in epochs], [r[f"val_{metric}"] for r in epochs], "o-", label="validation"
-        )
-    if epochs:
-        ax_metric.plot(
-            [r["epoch"] + 1 for r in epochs], [r[f"train_{metric}"] for r in epochs], "s--", label="train"
-        )
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("loss")
-    ax_loss.set_yscale("log")
-    ax_metric.set_xlabel("epoch")
-    ax_metric.set_ylabel(metric)
-    for ax in (ax_loss, ax_metric):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(run.out / "curves.png")
-    plt.close(fig)
 
 
 def _results(args: argparse.Namespace, console: Console) -> int:

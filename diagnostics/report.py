@@ -16,6 +16,7 @@ from diagnostics.gates import GateStats
 from diagnostics.recorder import StepNorms
 from diagnostics.summary import HORIZON_THRESHOLD, ProfileSummary, summarize
 from diagnostics.weights import WeightStats
+from rnnkit.plotting import pyplot
 
 SPARK = "▁▂▃▄▅▆▇█"
 SPARK_FLOOR = -12.0  # log10 r: the bottom of every sparkline
@@ -159,10 +160,7 @@ def plot(reports: list[GradientFlowReport], path: str | Path, *, title: str | No
     steps back from the loss, on a log axis, so that short and long horizons both show. The
     memory horizon (r < 1e-3) is a dot; LSTM cell-state lines (||dL/dc_t||) are dashed.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -65,3 +65,17 @@ def alloc(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None 
     if POISON_OUTPUTS:
         return torch.full(shape, float("nan"), dtype=dtype, device=like.device)
     return torch.empty(shape, dtype=dtype, device=like.device)
+
+
+def optional(t: torch.Tensor | None, absent: torch.Tensor) -> torch.Tensor:
+    """A kernel argument: ``t`` made contiguous, or ``absent`` (any tensor: its pointer is never
+    read when the matching HAS_* flag is off)."""
+    return absent if t is None else t.contiguous()
+
+
+def step_gradients(
+    keep: bool, T: int, B: int, D: int, X: int, like: torch.Tensor
+) -> tuple[torch.Tensor, int]:
+    """The δh_t buffer of a backward kernel and its time stride: [T, B, D, X] fp32 when kept (the
+    record), else a one-step scratch [1, B, D, X] that every step reuses (stride 0)."""
+    return alloc((T if keep else 1, B, D, X), like, torch.float32), B * D * X if keep else 0

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._config import alloc, launch_config
+from kernels._config import alloc, launch_config, optional, step_gradients
 from kernels._tiles import (
     carry_back,
     copy_rows,
@@ -207,11 +207,11 @@ def gru_fwd(
     y, h_n = alloc((T, B, D, H), gx), alloc((D, B, H), gx)
     gates = alloc((T, B, D, G), gx) if training else None
     ghn = alloc((T, B, D, H), gx) if training else None
-    absent = gx  # any tensor: its pointer is never read when the matching flag is off
+    absent = gx
     _gru_fwd_kernel[(triton.cdiv(B, cfg.BB), D)](
-        gx.contiguous(), w_hh.contiguous(), absent if b_hn is None else b_hn.contiguous(),
-        absent if h0 is None else h0.contiguous(), absent if lengths is None else lengths,
-        y, h_n, absent if gates is None else gates, absent if ghn is None else ghn,
+        gx.contiguous(), w_hh.contiguous(), optional(b_hn, absent),
+        optional(h0, absent), optional(lengths, absent),
+        y, h_n, optional(gates, absent), optional(ghn, absent),
         alloc((2, D, B, H), gx, torch.float32),
         T, B, H,
         HAS_BHN=b_hn is not None, HAS_H0=h0 is not None, HAS_LENGTHS=lengths is not None,
@@ -238,15 +238,15 @@ def gru_bwd(
     cfg = launch_config(B, H, H, gates.dtype)
     f32 = torch.float32
     dgx, dghn, dh0 = alloc((T, B, D, G), gates), alloc((T, B, D, H), gates), alloc((D, B, H), gates)
-    dh_steps = alloc((T if record else 1, B, D, H), gates, f32)
+    dh_steps, dh_step_stride = step_gradients(record, T, B, D, H, gates)
     absent = gates
     _gru_bwd_kernel[(triton.cdiv(B, cfg.BB), D)](
-        absent if dy is None else dy.contiguous(), absent if dh_n is None else dh_n.contiguous(),
-        w_hh.contiguous(), absent if h0 is None else h0.contiguous(), y.contiguous(),
-        gates.contiguous(), ghn.contiguous(), absent if lengths is None else lengths,
+        optional(dy, absent), optional(dh_n, absent),
+        w_hh.contiguous(), optional(h0, absent), y.contiguous(),
+        gates.contiguous(), ghn.contiguous(), optional(lengths, absent),
         dgx, dghn, dh0, dh_steps,
         alloc((D, B, H), gates, f32), alloc((D, B, G), gates, f32), alloc((D, B, H), gates, f32),
-        T, B, H, B * D * H if record else 0,
+        T, B, H, dh_step_stride,
         HAS_DY=dy is not None, HAS_DHN=dh_n is not None, HAS_H0=h0 is not None,
         HAS_LENGTHS=lengths is not None, PRECISION=cfg.PRECISION,
         BB=cfg.BB, BH=cfg.BH, BK=cfg.BK, num_warps=cfg.num_warps,

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._config import alloc, launch_config
+from kernels._config import alloc, launch_config, optional, step_gradients
 from kernels._tiles import (
     carry_back,
     copy_rows,
@@ -310,12 +310,12 @@ def lstm_fwd(
     h_buf = alloc((2, D, B, P), gx, torch.float32)
     c_buf = alloc((D, B, H), gx, torch.float32)
     m_buf = alloc((D, B, H), gx, torch.float32) if w_hr is not None else c_buf
-    absent = gx  # any tensor: its pointer is never read when the matching flag is off
+    absent = gx
     _lstm_fwd_kernel[(triton.cdiv(B, cfg.BB), D)](
-        gx, w_hh, absent if w_hr is None else w_hr.contiguous(),
-        absent if h0 is None else h0.contiguous(), absent if c0 is None else c0.contiguous(),
-        absent if lengths is None else lengths,
-        y, h_n, c_n, absent if gates is None else gates, absent if c_steps is None else c_steps,
+        gx, w_hh, optional(w_hr, absent),
+        optional(h0, absent), optional(c0, absent),
+        optional(lengths, absent),
+        y, h_n, c_n, optional(gates, absent), optional(c_steps, absent),
         h_buf, c_buf, m_buf,
         T, B, H, P,
         HAS_H0=h0 is not None, HAS_C0=c0 is not None, HAS_LENGTHS=lengths is not None,
@@ -346,18 +346,18 @@ def lstm_bwd(
     dgx = alloc((T, B, D, G), gates)
     dh0, dc0 = alloc((D, B, P), gates), alloc((D, B, H), gates)
     keep_dh = record or w_hr is not None
-    dh_steps = alloc((T if keep_dh else 1, B, D, P), gates, f32)
+    dh_steps, dh_step_stride = step_gradients(keep_dh, T, B, D, P, gates)
     dc_steps = alloc((T, B, D, H), gates, f32) if record else None
     absent = gates
     _lstm_bwd_kernel[(triton.cdiv(B, cfg.BB), D)](
-        absent if dy is None else dy.contiguous(),
-        absent if dh_n is None else dh_n.contiguous(), absent if dc_n is None else dc_n.contiguous(),
-        w_hh.contiguous(), absent if w_hr is None else w_hr.contiguous(),
-        absent if c0 is None else c0.contiguous(),
-        gates.contiguous(), c_steps.contiguous(), absent if lengths is None else lengths,
-        dgx, dh0, dc0, dh_steps, absent if dc_steps is None else dc_steps,
+        optional(dy, absent),
+        optional(dh_n, absent), optional(dc_n, absent),
+        w_hh.contiguous(), optional(w_hr, absent),
+        optional(c0, absent),
+        gates.contiguous(), c_steps.contiguous(), optional(lengths, absent),
+        dgx, dh0, dc0, dh_steps, optional(dc_steps, absent),
         alloc((D, B, P), gates, f32), alloc((D, B, H), gates, f32), alloc((D, B, G), gates, f32),
-        T, B, H, P, B * D * P if keep_dh else 0,
+        T, B, H, P, dh_step_stride,
         HAS_DY=dy is not None, HAS_DHN=dh_n is not None, HAS_DCN=dc_n is not None,
         HAS_C0=c0 is not None, HAS_LENGTHS=lengths is not None, PROJ=w_hr is not None,
         RECORD=record, PRECISION=cfg.PRECISION, BB=cfg.BB, BH=cfg.BH, BK=cfg.BK, num_warps=cfg.num_warps,

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._config import alloc, launch_config
+from kernels._config import alloc, launch_config, optional, step_gradients
 from kernels._tiles import (
     carry_back,
     copy_rows,
@@ -162,10 +162,10 @@ def rnn_fwd(
     T, B, D, H = gx.shape
     cfg = launch_config(B, H, H, gx.dtype)
     y, h_n = alloc((T, B, D, H), gx), alloc((D, B, H), gx)
-    absent = gx  # any tensor: its pointer is never read when the matching flag is off
+    absent = gx
     _rnn_fwd_kernel[(triton.cdiv(B, cfg.BB), D)](
-        gx.contiguous(), w_hh.contiguous(), absent if h0 is None else h0.contiguous(),
-        absent if lengths is None else lengths, y, h_n, alloc((2, D, B, H), gx, torch.float32),
+        gx.contiguous(), w_hh.contiguous(), optional(h0, absent),
+        optional(lengths, absent), y, h_n, alloc((2, D, B, H), gx, torch.float32),
         T, B, H,
         RELU=nonlinearity == "relu", HAS_H0=h0 is not None, HAS_LENGTHS=lengths is not None,
         PRECISION=cfg.PRECISION, BB=cfg.BB, BH=cfg.BH, BK=cfg.BK, num_warps=cfg.num_warps,
@@ -188,13 +188,13 @@ def rnn_bwd(
     cfg = launch_config(B, H, H, y.dtype)
     f32 = torch.float32
     dgx, dh0 = alloc((T, B, D, H), y), alloc((D, B, H), y)
-    dh_steps = alloc((T if record else 1, B, D, H), y, f32)
+    dh_steps, dh_step_stride = step_gradients(record, T, B, D, H, y)
     absent = y
     _rnn_bwd_kernel[(triton.cdiv(B, cfg.BB), D)](
-        absent if dy is None else dy.contiguous(), absent if dh_n is None else dh_n.contiguous(),
-        y.contiguous(), w_hh.contiguous(), absent if lengths is None else lengths,
+        optional(dy, absent), optional(dh_n, absent),
+        y.contiguous(), w_hh.contiguous(), optional(lengths, absent),
         dgx, dh0, dh_steps, alloc((D, B, H), y, f32), alloc((D, B, H), y, f32),
-        T, B, H, B * D * H if record else 0,
+        T, B, H, dh_step_stride,
         RELU=nonlinearity == "relu", HAS_DY=dy is not None, HAS_DHN=dh_n is not None,
         HAS_LENGTHS=lengths is not None, PRECISION=cfg.PRECISION,
         BB=cfg.BB, BH=cfg.BH, BK=cfg.BK, num_warps=cfg.num_warps,

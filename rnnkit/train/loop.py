@@ -204,29 +204,28 @@ def fit(
                         loss.backward()
                         return loss
 
-                    loss = optimizer.step(closure)
+                    value = optimizer.step(closure).item()
                 else:
                     if cfg.diagnose and step % cfg.diagnose == 0:
                         loss = _diagnose(trained, step, run, loss_fn)
                     else:
                         loss = loss_fn()
                         loss.backward()
-                    if not math.isfinite(loss.item()):
-                        raise TrainingDivergedError(_diverged_message(loss.item(), epoch, b, step, run))
-                    grad_norm = None
+                    value = loss.item()
+                if not math.isfinite(value):  # before a first-order step could spread it to the weights
+                    raise TrainingDivergedError(_diverged_message(value, epoch, b, step, run))
+                grad_norm = None
+                if cfg.optimizer != "lbfgs":
                     if cfg.clip is not None:
                         grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
                     optimizer.step()
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise TrainingDivergedError(_diverged_message(value, epoch, b, step, run))
                 step += 1
                 running_loss += value
                 running_metric += stats["metric"]
                 running_count += stats["count"]
                 record = {"kind": "step", "step": step, "epoch": epoch, "loss": value,
                           task.metric: stats["metric"] / max(stats["count"], 1)}  # fmt: skip
-                if cfg.optimizer != "lbfgs" and cfg.clip is not None:
+                if grad_norm is not None:
                     record["grad_norm"] = grad_norm
                 if step % cfg.log_every == 0:
                     run.log(record)

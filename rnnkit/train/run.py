@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from rnnkit.plotting import pyplot
+
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the message names the step. The last checkpoint stays."""
@@ -154,3 +156,35 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def plot_curves(run: Run, metric: str) -> None:
+    """curves.png in the run directory: the loss by step and by epoch, the metric by epoch."""
+    plt = pyplot()
+
+    steps, epochs = run.records("step"), run.records("epoch")
+    if not steps and not epochs:
+        return
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
+    if steps:
+        ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps], alpha=0.5, label="train (step)")
+    if epochs and "val_loss" in epochs[0]:
+        ax_loss.plot([r["step"] for r in epochs], [r["val_loss"] for r in epochs], "o-", label="validation")
+        ax_metric.plot(
+            [r["epoch"] + 1 for r in epochs], [r[f"val_{metric}"] for r in epochs], "o-", label="validation"
+        )
+    if epochs:
+        ax_metric.plot(
+            [r["epoch"] + 1 for r in epochs], [r[f"train_{metric}"] for r in epochs], "s--", label="train"
+        )
+    ax_loss.set_xlabel("step")
+    ax_loss.set_ylabel("loss")
+    ax_loss.set_yscale("log")
+    ax_metric.set_xlabel("epoch")
+    ax_metric.set_ylabel(metric)
+    for ax in (ax_loss, ax_metric):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(run.out / "curves.png")
+    plt.close(fig)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnkit.modules import GRUCell, LSTMCell, RNNCell
+from rnnkit.plotting import pyplot
 from rnnkit.train.run import (
     Run,
     StopRequest,
@@ -96,10 +97,7 @@ def training_pairs(data: torch.Tensor, window: int) -> tuple[torch.Tensor, torch
 
 def plot_predictions(path: Path, curves: dict[str, torch.Tensor], n_input: int, title: str) -> Path:
     """The three test waves: solid up to the end of the input, dotted for the model's own future."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(14, 5), dpi=100)
     colors = ("r", "g", "b")
@@ -178,10 +176,7 @@ def train_sine(cfg: SineConfig, run: Run, *, resume: bool = False, on_epoch=None
 
 def compare_plot(path: Path, results: dict[str, dict[str, Any]], runs: dict[str, Run], n_input: int) -> Path:
     """One figure for --compare: the test loss per epoch of each cell, and each cell's predictions."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (losses, waves) = plt.subplots(1, 2, figsize=(16, 5), dpi=100, gridspec_kw={"width_ratios": [1, 2]})
     for name, run in runs.items():
