@@ -115,20 +115,26 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         results = bench.run_bench(
             rows, providers=providers, modes=modes, device=args.device,
             warmup=args.warmup, repeats=args.repeats, on_result=on_result,
+            compile_max_steps=(
+                bench.COMPILE_MAX_STEPS if args.compile_max_steps is None else args.compile_max_steps
+            ),
         )  # fmt: skip
     for row in rows:
         table = Table(title=f"{row.name}: {row.cell.upper()} B={row.B} T={row.T} I={row.I} H={row.H} "
                       f"layers={row.num_layers} {row.dtype}")  # fmt: skip
-        for col in ("provider", "mode", "median ms", "p20–p80", "× torch.nn", "seq/s", "peak MiB"):
+        for col in ("provider", "mode", "median ms", "p20–p80", "× torch.nn", "seq/s", "peak MiB", "first s"):
             table.add_column(col, justify="left" if col in ("provider", "mode") else "right")
         for r in (r for r in results if r.row == row.name):
             if r.skipped:
-                table.add_row(r.provider, r.mode, f"[dim]{r.skipped}[/]", "", "", "", "")
+                table.add_row(r.provider, r.mode, f"[dim]{r.skipped}[/]", "", "", "", "", "")
                 continue
             ratio = "-" if r.ratio_to_torch is None else f"{r.ratio_to_torch:.2f}"
             peak = "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.4g}"
             spread = f"{r.p20_ms:.3g}–{r.p80_ms:.3g}"
-            table.add_row(r.provider, r.mode, f"{r.median_ms:.4g}", spread, ratio, f"{r.seq_per_s:.4g}", peak)
+            first = f"{r.first_call_s:.3g}"
+            table.add_row(
+                r.provider, r.mode, f"{r.median_ms:.4g}", spread, ratio, f"{r.seq_per_s:.4g}", peak, first
+            )
         console.print(table)
     targets = bench.check_targets(results, args.device)
     for line in targets:
@@ -238,6 +244,12 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             setattr(args, key, value)
     try:
         if task_name == "sine":
+            if args.compile:
+                raise ValueError(
+                    "compile: the sine model steps its cells one at a time (its future is fed back), "
+                    "which torch.compile would unroll for every step; use --compile with mnist, imdb, "
+                    "adding or copy"
+                )
             if resume:
                 for key in ("cell", "epochs", "lr", "hidden", "window", "noise", "seed", "backend", "device"):
                     setattr(args, key, saved.get(key, getattr(args, key)))
@@ -366,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--log-every", dest="log_every", type=int, default=10)
     t.add_argument("--diagnose", type=int, default=0, help="record the gradient-flow profile every N steps")
+    t.add_argument("--compile", action="store_true", help="train through torch.compile(model) (not for sine)")
     t.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
     t.add_argument("--val-fraction", dest="val_fraction", type=float)
     t.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"), help="mnist task")
@@ -382,13 +395,24 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("runs", nargs="+", help="run directories")
     res.add_argument("--markdown", help="append the section to this file (e.g. RESULTS.md)")
     res.set_defaults(run=_results)
-    b = sub.add_parser("bench", help="time torch.nn, rnnkit and a naive cell loop side by side")
+    b = sub.add_parser(
+        "bench", help="time torch.nn, rnnkit and a naive cell loop (eager, compiled) side by side"
+    )
     b.add_argument("--config", default="all", help="comma-separated row names, or all")
-    b.add_argument("--providers", default="torch.nn,rnnkit-triton,rnnkit-reference,naive-cell-loop")
+    b.add_argument(
+        "--providers", default="torch.nn,rnnkit-triton,rnnkit-reference,naive-cell-loop,compiled-cell-loop"
+    )
     b.add_argument("--modes", default="fwd,fwd+bwd")
     b.add_argument("--device", default="cuda" if _cuda() else "cpu")
     b.add_argument("--warmup", type=int, default=1, help="CPU: untimed runs first")
     b.add_argument("--repeats", type=int, default=5, help="CPU: timed runs")
+    b.add_argument(
+        "--compile-max-steps",
+        type=int,
+        default=None,
+        help="the compiled cell loop runs on rows of at most this many T*layers steps, as torch.compile "
+        "unrolls them (default: rnnkit.bench.COMPILE_MAX_STEPS)",
+    )
     b.add_argument("--json", help="write the results as JSON here")
     b.add_argument("--markdown", help="append a Markdown section (machine header, table, targets) here")
     b.set_defaults(run=_bench)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from kernels._config import alloc, launch_config, optional, step_gradients
 from kernels._tiles import (
@@ -208,7 +209,7 @@ def gru_fwd(
     gates = alloc((T, B, D, G), gx) if training else None
     ghn = alloc((T, B, D, H), gx) if training else None
     absent = gx
-    _gru_fwd_kernel[(triton.cdiv(B, cfg.BB), D)](
+    wrap_triton(_gru_fwd_kernel)[(triton.cdiv(B, cfg.BB), D)](
         gx.contiguous(), w_hh.contiguous(), optional(b_hn, absent),
         optional(h0, absent), optional(lengths, absent),
         y, h_n, optional(gates, absent), optional(ghn, absent),
@@ -240,7 +241,7 @@ def gru_bwd(
     dgx, dghn, dh0 = alloc((T, B, D, G), gates), alloc((T, B, D, H), gates), alloc((D, B, H), gates)
     dh_steps, dh_step_stride = step_gradients(record, T, B, D, H, gates)
     absent = gates
-    _gru_bwd_kernel[(triton.cdiv(B, cfg.BB), D)](
+    wrap_triton(_gru_bwd_kernel)[(triton.cdiv(B, cfg.BB), D)](
         optional(dy, absent), optional(dh_n, absent),
         w_hh.contiguous(), optional(h0, absent), y.contiguous(),
         gates.contiguous(), ghn.contiguous(), optional(lengths, absent),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from kernels._config import alloc, launch_config, optional, step_gradients
 from kernels._tiles import (
@@ -311,7 +312,7 @@ def lstm_fwd(
     c_buf = alloc((D, B, H), gx, torch.float32)
     m_buf = alloc((D, B, H), gx, torch.float32) if w_hr is not None else c_buf
     absent = gx
-    _lstm_fwd_kernel[(triton.cdiv(B, cfg.BB), D)](
+    wrap_triton(_lstm_fwd_kernel)[(triton.cdiv(B, cfg.BB), D)](
         gx, w_hh, optional(w_hr, absent),
         optional(h0, absent), optional(c0, absent),
         optional(lengths, absent),
@@ -349,7 +350,7 @@ def lstm_bwd(
     dh_steps, dh_step_stride = step_gradients(keep_dh, T, B, D, P, gates)
     dc_steps = alloc((T, B, D, H), gates, f32) if record else None
     absent = gates
-    _lstm_bwd_kernel[(triton.cdiv(B, cfg.BB), D)](
+    wrap_triton(_lstm_bwd_kernel)[(triton.cdiv(B, cfg.BB), D)](
         optional(dy, absent),
         optional(dh_n, absent), optional(dc_n, absent),
         w_hh.contiguous(), optional(w_hr, absent),

@@ -2,7 +2,8 @@
 
 Each cell has a forward and an explicit backward (BPTT written out with tensor ops, no autograd
 through the time loop). The math runs in float32 (float64 when the inputs are float64) and the
-results are cast back to the storage dtype, exactly as the kernels do. The derivations are in
+results are cast back to the storage dtype, exactly as the kernels do. No output aliases an input
+or another output (final states are copies), as the operators of `rnnkit.ops` require. The derivations are in
 `kernels/README.md`.
 
 Layout shared by every function (time-major, both directions side by side):
@@ -184,7 +185,7 @@ def rnn_fwd(
         h_new = act(torch.baddbmm(gxp[s], h, w_t))
         yp[s] = _keep(h_new, 0.0, v)
         h = _keep(h_new, h, v)
-    return RNNForward(_time_order(yp), h.to(gx.dtype))
+    return RNNForward(_time_order(yp), h.to(gx.dtype, copy=True))
 
 
 def rnn_bwd(
@@ -226,7 +227,7 @@ def rnn_bwd(
             recp[s] = _keep(dh_total, 0.0, v)
         dh = _keep(torch.bmm(dpre, w), dh, v)
     dh_steps = None if recp is None else _time_order(recp)
-    return RNNBackward(_time_order(dgp), dh.to(y.dtype), dh_steps)
+    return RNNBackward(_time_order(dgp), dh.to(y.dtype, copy=True), dh_steps)
 
 
 def lstm_fwd(
@@ -289,8 +290,8 @@ def lstm_fwd(
     dtype = gx.dtype
     return LSTMForward(
         _time_order(yp).to(dtype),
-        h.to(dtype),
-        c.to(dtype),
+        h.to(dtype, copy=True),
+        c.to(dtype, copy=True),
         _time_order(gates_p).to(dtype) if training else None,
         _time_order(c_p).to(dtype) if training else None,
     )
@@ -364,8 +365,8 @@ def lstm_bwd(
         dc = _keep(dc_total * f[s], dc, v)
     return LSTMBackward(
         _time_order(dgp).to(gates.dtype),
-        dh.to(gates.dtype),
-        dc.to(gates.dtype),
+        dh.to(gates.dtype, copy=True),
+        dc.to(gates.dtype, copy=True),
         None if rec_h is None else _time_order(rec_h),
         None if rec_c is None else _time_order(rec_c),
     )
@@ -423,7 +424,7 @@ def gru_fwd(
         h = _keep(h_new, h, v)
     return GRUForward(
         _time_order(yp),
-        h.to(gx.dtype),
+        h.to(gx.dtype, copy=True),
         None if gates_p is None else _time_order(gates_p),
         None if ghn_p is None else _time_order(ghn_p),
     )
@@ -484,6 +485,6 @@ def gru_bwd(
     return GRUBackward(
         _time_order(dgx_p),
         _time_order(dghn_p),
-        dh.to(y.dtype),
+        dh.to(y.dtype, copy=True),
         None if recp is None else _time_order(recp),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from kernels._config import alloc, launch_config, optional, step_gradients
 from kernels._tiles import (
@@ -163,7 +164,7 @@ def rnn_fwd(
     cfg = launch_config(B, H, H, gx.dtype)
     y, h_n = alloc((T, B, D, H), gx), alloc((D, B, H), gx)
     absent = gx
-    _rnn_fwd_kernel[(triton.cdiv(B, cfg.BB), D)](
+    wrap_triton(_rnn_fwd_kernel)[(triton.cdiv(B, cfg.BB), D)](
         gx.contiguous(), w_hh.contiguous(), optional(h0, absent),
         optional(lengths, absent), y, h_n, alloc((2, D, B, H), gx, torch.float32),
         T, B, H,
@@ -190,7 +191,7 @@ def rnn_bwd(
     dgx, dh0 = alloc((T, B, D, H), y), alloc((D, B, H), y)
     dh_steps, dh_step_stride = step_gradients(record, T, B, D, H, y)
     absent = y
-    _rnn_bwd_kernel[(triton.cdiv(B, cfg.BB), D)](
+    wrap_triton(_rnn_bwd_kernel)[(triton.cdiv(B, cfg.BB), D)](
         optional(dy, absent), optional(dh_n, absent),
         y.contiguous(), w_hh.contiguous(), optional(lengths, absent),
         dgx, dh0, dh_steps, alloc((D, B, H), y, f32), alloc((D, B, H), y, f32),

@@ -44,11 +44,12 @@ def check_floating(name: str, t: torch.Tensor) -> None:
 
 
 def check_lengths(
-    lengths: torch.Tensor | Sequence[int] | None, batch: int, steps: int, device: torch.device
+    lengths: torch.Tensor | Sequence[int] | None, batch: int, device: torch.device
 ) -> torch.Tensor | None:
-    """Validate per-sequence lengths and return them as int64 on ``device``.
+    """Check the type and shape of per-sequence lengths; return them as int64 on ``device``.
 
-    Every length must lie in [1, steps]: a sequence cannot be empty or longer than the input.
+    Their values (each in [1, T]) are checked by the operator that uses them
+    (`rnnkit.ops.check_length_values`), where the values exist even under `torch.compile`.
     """
     if lengths is None:
         return None
@@ -60,9 +61,4 @@ def check_lengths(
         raise ValueError(
             f"lengths: expected shape [B] = [{batch}] (one length per sequence), got {list(lengths.shape)}"
         )
-    lo, hi = int(lengths.min()), int(lengths.max())
-    if lo < 1:
-        raise ValueError(f"lengths: every length must be at least 1, got a length of {lo}")
-    if hi > steps:
-        raise ValueError(f"lengths: every length must be at most the number of steps T = {steps}, got {hi}")
     return lengths.to(device=device, dtype=torch.int64)

@@ -1,19 +1,24 @@
-"""Autograd Functions of the recurrence: the backend runs the time loop both ways; the weight
+"""Autograd of the recurrence ops: the backend's backward op walks time in reverse; the weight
 gradients are large matrix products over all steps at once (deterministic, no atomics).
 
     # T steps, B batch, D directions, H hidden, P recurrent width, G gates
     dW_hh[d] = Σ_{t,b} dgates[t, b, d]ᵀ h_prev[t, b, d]      one [G·H, T·B] @ [T·B, P] per direction
     dW_hr[d] = Σ_{t,b} dh[t, b, d]ᵀ (o ⊙ tanh c)[t, b, d]      (LSTM with proj_size)
+
+The formulas are registered on the forward ops (`torch.library.register_autograd`), so eager
+autograd, `torch.compile` and `torch.export` all use them. Recording the per-step gradients
+(`StepGradients`) is eager-only: the hook of the op call in progress is picked up by
+`setup_context` (see `recording_into`) and called during backward.
 """
 
 from __future__ import annotations
 
-import types
-from collections.abc import Callable
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from kernels.reference import compute_dtype, previous_states
 
@@ -36,6 +41,18 @@ class StepGradients:
 
 StepGradientsHook = Callable[[StepGradients], None]
 
+_pending = threading.local()
+
+
+@contextlib.contextmanager
+def recording_into(hook: StepGradientsHook | None) -> Iterator[None]:
+    """The forward op called inside this block hands its backward's `StepGradients` to ``hook``."""
+    _pending.hook = hook
+    try:
+        yield
+    finally:
+        _pending.hook = None
+
 
 def _recording(ctx) -> StepGradientsHook | None:
     # the hook to call in this backward, if any: a hook with an ``active`` attribute is asked at
@@ -57,98 +74,110 @@ def _sum_over_steps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([a[:, :, d].reshape(T * B, M).T @ b[:, :, d].reshape(T * B, -1) for d in range(D)])
 
 
-class RNNFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, gx, w_hh, h0, lengths, ops: types.SimpleNamespace, nonlinearity: str, record):
-        y, h_n = ops.rnn_fwd(gx, w_hh, h0, lengths, nonlinearity=nonlinearity, training=True)
-        ctx.save_for_backward(w_hh, h0, lengths, y)
-        ctx.ops, ctx.nonlinearity, ctx.record, ctx.device_type = ops, nonlinearity, record, gx.device.type
-        ctx.set_materialize_grads(False)
-        return y, h_n
+def _setup(ctx, training: bool, saved, saved_only) -> None:
+    ctx.training = training
+    ctx.save_for_backward(*saved)
+    ctx.mark_non_differentiable(*saved_only)
+    ctx.set_materialize_grads(False)
+    ctx.record = getattr(_pending, "hook", None)
+    ctx.device_type = saved[0].device.type
 
-    @staticmethod
-    @once_differentiable
+
+def _check_saved(ctx, cell: str) -> None:
+    if not ctx.training:
+        raise RuntimeError(
+            f"{cell}_fwd: called with training=False, so it kept nothing for backward; "
+            "call it with training=True where gradients are needed"
+        )
+
+
+def _no_autocast(ctx) -> torch.autocast:
+    # the backward ops do their own fp32 math on the dtypes they are given
+    return torch.autocast(device_type=ctx.device_type, enabled=False)
+
+
+def _rnn_autograd(bwd):
+    def setup_context(ctx, inputs, output):
+        _, w_hh, h0, lengths, nonlinearity, training = inputs
+        y, _ = output
+        _setup(ctx, training, (w_hh, h0, lengths, y), ())
+        ctx.nonlinearity = nonlinearity
+
     def backward(ctx, dy, dh_n):
-        with torch.autocast(device_type=ctx.device_type, enabled=False):
-            return RNNFunction._backward(ctx, dy, dh_n)
-
-    @staticmethod
-    def _backward(ctx, dy, dh_n):
+        _check_saved(ctx, "rnn")
         w_hh, h0, lengths, y = ctx.saved_tensors
         record = _recording(ctx)
-        grads = ctx.ops.rnn_bwd(
-            dy, dh_n, y, w_hh, lengths, nonlinearity=ctx.nonlinearity, record=record is not None
-        )
-        if record is not None:
-            record(StepGradients(grads.dh_steps, None, lengths))
-        dw_hh = None
-        if ctx.needs_input_grad[1]:
-            dw_hh = _sum_over_steps(grads.dgx, previous_states(y, h0, lengths))
-        return _only_needed(ctx, grads.dgx, dw_hh, grads.dh0, None, None, None, None)
+        with _no_autocast(ctx):
+            dgx, dh0, dh_steps = bwd(dy, dh_n, y, w_hh, lengths, ctx.nonlinearity, record is not None)
+            if record is not None:
+                record(StepGradients(dh_steps, None, lengths))
+            dw_hh = None
+            if ctx.needs_input_grad[1]:
+                dw_hh = _sum_over_steps(dgx, previous_states(y, h0, lengths))
+        return _only_needed(ctx, dgx, dw_hh, dh0, None, None, None)
+
+    return setup_context, backward
 
 
-class LSTMFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, gx, w_hh, h0, c0, w_hr, lengths, ops: types.SimpleNamespace, record):
-        out = ops.lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training=True)
-        ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, out.y, out.gates, out.c_steps)
-        ctx.ops, ctx.record, ctx.device_type = ops, record, gx.device.type
-        ctx.set_materialize_grads(False)
-        return out.y, out.h_n, out.c_n
+def _lstm_autograd(bwd):
+    def setup_context(ctx, inputs, output):
+        _, w_hh, h0, c0, w_hr, lengths, training = inputs
+        y, _, _, gates, c_steps = output
+        _setup(ctx, training, (w_hh, w_hr, h0, c0, lengths, y, gates, c_steps), (gates, c_steps))
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dh_n, dc_n):
-        with torch.autocast(device_type=ctx.device_type, enabled=False):
-            return LSTMFunction._backward(ctx, dy, dh_n, dc_n)
-
-    @staticmethod
-    def _backward(ctx, dy, dh_n, dc_n):
+    def backward(ctx, dy, dh_n, dc_n, _gates, _c_steps):
+        _check_saved(ctx, "lstm")
         w_hh, w_hr, h0, c0, lengths, y, gates, c_steps = ctx.saved_tensors
         record = _recording(ctx)
-        grads = ctx.ops.lstm_bwd(
-            dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record=record is not None
-        )
-        if record is not None:
-            record(StepGradients(grads.dh_steps, grads.dc_steps, lengths))
-        dw_hh = dw_hr = None
-        if ctx.needs_input_grad[1]:
-            dw_hh = _sum_over_steps(grads.dgx, previous_states(y, h0, lengths))
-        if w_hr is not None and ctx.needs_input_grad[4]:
-            H = c_steps.shape[-1]
-            ct = compute_dtype(gates)
-            m = gates[..., 3 * H :].to(ct) * torch.tanh(c_steps.to(ct))  # projection input o ⊙ tanh c
-            dw_hr = _sum_over_steps(grads.dh_steps, m).to(w_hr.dtype)
-        return _only_needed(ctx, grads.dgx, dw_hh, grads.dh0, grads.dc0, dw_hr, None, None, None)
+        with _no_autocast(ctx):
+            dgx, dh0, dc0, dh_steps, dc_steps = bwd(
+                dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record is not None
+            )
+            if record is not None:
+                record(StepGradients(dh_steps, dc_steps, lengths))
+            dw_hh = dw_hr = None
+            if ctx.needs_input_grad[1]:
+                dw_hh = _sum_over_steps(dgx, previous_states(y, h0, lengths))
+            if w_hr is not None and ctx.needs_input_grad[4]:
+                H = c_steps.shape[-1]
+                ct = compute_dtype(gates)
+                m = gates[..., 3 * H :].to(ct) * torch.tanh(c_steps.to(ct))  # projection input o ⊙ tanh c
+                dw_hr = _sum_over_steps(dh_steps, m).to(w_hr.dtype)
+        return _only_needed(ctx, dgx, dw_hh, dh0, dc0, dw_hr, None, None)
+
+    return setup_context, backward
 
 
-class GRUFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, gx, w_hh, b_hn, h0, lengths, ops: types.SimpleNamespace, record):
-        out = ops.gru_fwd(gx, w_hh, b_hn, h0, lengths, training=True)
-        ctx.save_for_backward(w_hh, h0, lengths, out.y, out.gates, out.ghn)
-        ctx.ops, ctx.record, ctx.device_type = ops, record, gx.device.type
-        ctx.set_materialize_grads(False)
-        return out.y, out.h_n
+def _gru_autograd(bwd):
+    def setup_context(ctx, inputs, output):
+        _, w_hh, _, h0, lengths, training = inputs
+        y, _, gates, ghn = output
+        _setup(ctx, training, (w_hh, h0, lengths, y, gates, ghn), (gates, ghn))
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dh_n):
-        with torch.autocast(device_type=ctx.device_type, enabled=False):
-            return GRUFunction._backward(ctx, dy, dh_n)
-
-    @staticmethod
-    def _backward(ctx, dy, dh_n):
+    def backward(ctx, dy, dh_n, _gates, _ghn):
+        _check_saved(ctx, "gru")
         w_hh, h0, lengths, y, gates, ghn = ctx.saved_tensors
         record = _recording(ctx)
-        grads = ctx.ops.gru_bwd(dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record=record is not None)
-        if record is not None:
-            record(StepGradients(grads.dh_steps, None, lengths))
-        H = ghn.shape[-1]
-        dw_hh = db_hn = None
-        if ctx.needs_input_grad[1]:
-            dgh = torch.cat((grads.dgx[..., : 2 * H], grads.dghn), dim=-1)  # hidden-side gates
-            dw_hh = _sum_over_steps(dgh, previous_states(y, h0, lengths))
-        if ctx.needs_input_grad[2]:
-            db_hn = grads.dghn.sum(dim=(0, 1))
-        return _only_needed(ctx, grads.dgx, dw_hh, db_hn, grads.dh0, None, None, None)
+        with _no_autocast(ctx):
+            dgx, dghn, dh0, dh_steps = bwd(dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record is not None)
+            if record is not None:
+                record(StepGradients(dh_steps, None, lengths))
+            H = ghn.shape[-1]
+            dw_hh = db_hn = None
+            if ctx.needs_input_grad[1]:
+                dgh = torch.cat((dgx[..., : 2 * H], dghn), dim=-1)  # hidden-side gates
+                dw_hh = _sum_over_steps(dgh, previous_states(y, h0, lengths))
+            if ctx.needs_input_grad[2]:
+                db_hn = dghn.sum(dim=(0, 1))
+        return _only_needed(ctx, dgx, dw_hh, db_hn, dh0, None, None)
+
+    return setup_context, backward
+
+
+_FORMULAS = {"rnn": _rnn_autograd, "lstm": _lstm_autograd, "gru": _gru_autograd}
+
+
+def register(fwd, bwd, cell: str) -> None:
+    """Register the autograd of forward op ``fwd`` of ``cell``, whose backward calls op ``bwd``."""
+    setup_context, backward = _FORMULAS[cell](bwd)
+    fwd.register_autograd(backward, setup_context=setup_context)

@@ -37,7 +37,9 @@ def check_backend_name(backend: str, *, source: str = "backend") -> str:
 _OPS = ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd")
 
 
-def _triton_ops() -> types.SimpleNamespace:
+def triton_functions() -> types.SimpleNamespace:
+    """The six Triton launchers (`kernels.rnn`, `lstm`, `gru`) and ``name``; raises
+    `BackendUnavailableError` where they do not import."""
     try:
         modules = {name: importlib.import_module(name) for name in _TRITON_MODULES}
     except ImportError as err:
@@ -48,7 +50,8 @@ def _triton_ops() -> types.SimpleNamespace:
     return types.SimpleNamespace(name="triton", **ops)
 
 
-def _reference_ops() -> types.SimpleNamespace:
+def reference_functions() -> types.SimpleNamespace:
+    """The six functions of `kernels.reference` and ``name``."""
     from kernels import reference
 
     return types.SimpleNamespace(name="reference", **{op: getattr(reference, op) for op in _OPS})
@@ -57,7 +60,7 @@ def _reference_ops() -> types.SimpleNamespace:
 def triton_available() -> bool:
     """True when the Triton kernels import (they exist, and triton is installed)."""
     try:
-        _triton_ops()
+        triton_functions()
     except BackendUnavailableError:
         return False
     return True
@@ -66,21 +69,19 @@ def triton_available() -> bool:
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def resolve_backend(
-    backend: str, device: torch.device, dtype: torch.dtype = torch.float32
-) -> types.SimpleNamespace:
-    """The backend namespace that runs tensors of ``dtype`` on ``device``.
+def backend_name(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:
+    """The backend ("reference" or "triton") that runs tensors of ``dtype`` on ``device``.
 
     Args:
         backend: "auto", "triton" or "reference".
         device: where the input lives. dtype: the input's dtype (the kernels compute in fp32, so
             float64 runs on the reference; asking for "triton" with it is an error).
 
-    Returns:
-        A namespace with ``name`` and the six ``*_fwd`` / ``*_bwd`` functions.
+    Raises:
+        BackendUnavailableError: "triton" was asked for where it cannot run.
 
     Example:
-        >>> resolve_backend("auto", torch.device("cpu")).name
+        >>> backend_name("auto", torch.device("cpu"))
         'reference'
     """
     check_backend_name(backend)
@@ -92,7 +93,7 @@ def resolve_backend(
         on_gpu = device.type == "cuda" and dtype in TRITON_DTYPES
         backend = "triton" if on_gpu and triton_available() else "reference"
     if backend == "reference":
-        return _reference_ops()
+        return backend
     if dtype not in TRITON_DTYPES:
         raise BackendUnavailableError(
             f"backend 'triton' computes in float32 and stores {', '.join(map(str, TRITON_DTYPES))}; got "
@@ -103,4 +104,36 @@ def resolve_backend(
             f"backend 'triton' needs CUDA tensors (got tensors on {device}), or TRITON_INTERPRET=1 "
             "set before triton is imported to run the kernels on the CPU"
         )
-    return _triton_ops()
+    triton_functions()  # a clear error where the kernels do not import
+    return backend
+
+
+def resolve_backend(
+    backend: str, device: torch.device, dtype: torch.dtype = torch.float32
+) -> types.SimpleNamespace:
+    """The kernel functions that run tensors of ``dtype`` on ``device`` (see `backend_name`).
+
+    Returns:
+        A namespace with ``name`` and the six ``*_fwd`` / ``*_bwd`` functions of `kernels`
+        (plain functions, no autograd; `rnnkit.ops` wraps them as operators).
+
+    Example:
+        >>> resolve_backend("auto", torch.device("cpu")).name
+        'reference'
+    """
+    name = backend_name(backend, device, dtype)
+    return reference_functions() if name == "reference" else triton_functions()
+
+
+@torch.compiler.assume_constant_result
+def prepared_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """`backend_name`, with that backend's operators registered (`rnnkit.ops`).
+
+    A compiler calls it once while tracing and keeps the answer: a graph compiled for one backend
+    stays on it, whatever ``RNNKIT_BACKEND`` says later.
+    """
+    from rnnkit import ops
+
+    name = backend_name(backend, device, dtype)
+    ops.backend_ops(name)
+    return name

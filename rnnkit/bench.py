@@ -1,5 +1,6 @@
-"""Side-by-side timing of recurrent layers: torch.nn (cuDNN / oneDNN), rnnkit-triton, rnnkit-reference
-and a naive loop over torch.nn cells, in one run on one machine. Every number is measured here.
+"""Side-by-side timing of recurrent layers: torch.nn (cuDNN / oneDNN), rnnkit-triton, rnnkit-reference,
+a naive loop over torch.nn cells, and that loop under torch.compile (what a user would try instead),
+in one run on one machine. Every number is measured here.
 
 GPU timing: `triton.testing.do_bench` (warm-up, then the median and the 20th/80th percentiles).
 CPU timing: warm-up runs, then ``repeats`` timed runs with `time.perf_counter`.
@@ -21,7 +22,9 @@ from torch import nn
 
 import rnnkit
 
-PROVIDERS = ("torch.nn", "rnnkit-triton", "rnnkit-reference", "naive-cell-loop")
+PROVIDERS = ("torch.nn", "rnnkit-triton", "rnnkit-reference", "naive-cell-loop", "compiled-cell-loop")
+# torch.compile unrolls the cell loop: compiling T·layers = 100 LSTM steps took ~90 s on a 2-core CPU
+COMPILE_MAX_STEPS = 256
 MODES = ("fwd", "fwd+bwd")
 
 
@@ -70,6 +73,7 @@ class BenchResult:
     seq_per_s: float | None
     peak_mem_mb: float | None
     skipped: str | None = None
+    first_call_s: float | None = None  # the first run alone: includes torch.compile's compilation
 
 
 def machine() -> dict[str, str]:
@@ -128,8 +132,12 @@ class _CellLoop(nn.Module):
 def build_model(row: BenchRow, provider: str, device: torch.device) -> nn.Module:
     """The model a provider times for a row (same sizes, the provider's own implementation)."""
     factory = {"device": device, "dtype": getattr(torch, row.dtype)}
-    if provider == "naive-cell-loop":
-        return _CellLoop(row.cell, row.I, row.H, row.num_layers, **factory)
+    if provider in ("naive-cell-loop", "compiled-cell-loop"):
+        loop = _CellLoop(row.cell, row.I, row.H, row.num_layers, **factory)
+        if provider == "naive-cell-loop":
+            return loop
+        torch._dynamo.reset()  # a fresh cache: no recompile limit, no graph of an earlier row
+        return torch.compile(loop)
     name = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}[row.cell]
     if provider == "torch.nn":
         return getattr(nn, name)(row.I, row.H, num_layers=row.num_layers, **factory)
@@ -187,6 +195,7 @@ def run_bench(
     device: str = "cuda" if torch.cuda.is_available() else "cpu",
     warmup: int = 1,
     repeats: int = 5,
+    compile_max_steps: int = COMPILE_MAX_STEPS,
     on_result: Callable[[BenchResult], None] | None = None,
 ) -> list[BenchResult]:
     """Time every (row, provider, mode) on ``device``; torch.nn first, for the ratios.
@@ -194,6 +203,8 @@ def run_bench(
     Args:
         rows, providers, modes: what to time (see `DEFAULT_ROWS`, `PROVIDERS`, `MODES`).
         device: "cuda" or "cpu". warmup, repeats: for CPU timing (the GPU uses do_bench's own).
+        compile_max_steps: the compiled cell loop runs on rows of at most this many T·layers
+            steps (compiling unrolls the loop; its time is the first call's, reported apart).
         on_result: called with each result as it is measured, for progress display.
 
     Returns:
@@ -219,8 +230,11 @@ def run_bench(
         for provider in ordered:
             for mode in modes:
                 skipped = None
+                steps = row.T * row.num_layers
                 if provider == "rnnkit-triton" and not gpu:
                     skipped = "needs CUDA"
+                if provider == "compiled-cell-loop" and steps > compile_max_steps:
+                    skipped = f"{steps} steps to unroll > {compile_max_steps}"
                 if skipped is None:
                     torch.manual_seed(0)
                     model = build_model(row, provider, dev)
@@ -229,8 +243,12 @@ def run_bench(
                     if gpu:
                         torch.cuda.synchronize()
                         torch.cuda.reset_peak_memory_stats()
-                        fn()
+                    start = time.perf_counter()
+                    fn()
+                    if gpu:
                         torch.cuda.synchronize()
+                    first = time.perf_counter() - start
+                    if gpu:
                         peak = torch.cuda.max_memory_allocated() / 2**20
                         median, p20, p80 = _time_gpu(fn)
                     else:
@@ -241,7 +259,7 @@ def run_bench(
                     ratio = median / torch_ms[mode] if mode in torch_ms else None
                     result = BenchResult(
                         row.name, row.cell, shape, row.dtype, provider, mode,
-                        median, p20, p80, ratio, row.B / (median / 1e3), peak,
+                        median, p20, p80, ratio, row.B / (median / 1e3), peak, None, first,
                     )  # fmt: skip
                 else:
                     result = BenchResult(
@@ -268,15 +286,17 @@ def to_markdown(results: list[BenchResult], header: dict[str, str]) -> str:
     """A Markdown section: the machine header and one table row per measurement."""
     lines = [
         *markdown_header(header),
-        "| row | shape | dtype | provider | mode | median ms | p20–p80 ms | × torch.nn | seq/s | peak MiB |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|",
+        "| row | shape | dtype | provider | mode | median ms | p20–p80 ms | × torch.nn | seq/s | peak MiB "
+        "| first call s |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         spread = "-" if r.p20_ms is None else f"{r.p20_ms:.3g}–{r.p80_ms:.3g}"
         median = r.skipped if r.skipped else _fmt(r.median_ms, ".4g")
         lines.append(
             f"| {r.row} | {r.shape} | {r.dtype} | {r.provider} | {r.mode} | {median} | {spread} | "
-            f"{_fmt(r.ratio_to_torch, '.2f')} | {_fmt(r.seq_per_s, '.4g')} | {_fmt(r.peak_mem_mb, '.4g')} |"
+            f"{_fmt(r.ratio_to_torch, '.2f')} | {_fmt(r.seq_per_s, '.4g')} | {_fmt(r.peak_mem_mb, '.4g')} | "
+            f"{_fmt(r.first_call_s, '.3g')} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -13,13 +13,15 @@ each sequence's own last step, as `torch.nn` does with a `PackedSequence`.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
 
+from rnnkit import ops as _ops
 from rnnkit._checks import check_floating, check_lengths, check_tensor
-from rnnkit.autograd import GRUFunction, LSTMFunction, RNNFunction, StepGradientsHook
-from rnnkit.backends import resolve_backend
+from rnnkit.autograd import StepGradientsHook, recording_into
+from rnnkit.backends import prepared_backend
 
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
@@ -50,22 +52,38 @@ def _check_common(
     P: int | None,
     lengths: torch.Tensor | Sequence[int] | None,
 ) -> tuple[int, int, int, int, torch.Tensor | None]:
-    T, B, D, H = _check_gx(gx, cell)
+    _, B, D, H = _check_gx(gx, cell)
     G = _GATES[cell]
     if P is None:
         P = H
     like = {"dtype": gx.dtype, "device": gx.device}
     check_tensor("w_hh", w_hh, (D, G * H, P), "[D, G*H, P]", **like)
-    return B, D, H, P, check_lengths(lengths, B, T, gx.device)
+    return B, D, H, P, check_lengths(lengths, B, gx.device)
 
 
 def _needs_graph(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def no_autocast(device: torch.device) -> torch.autocast:
-    """The backends do their own fp32 math on the dtype they are given: autocast stays out."""
-    return torch.autocast(device_type=device.type, enabled=False)
+def backend_ops(backend: str, device: torch.device, dtype: torch.dtype):
+    """The operators (`rnnkit.ops`) of the backend that runs ``dtype`` on ``device``."""
+    return _ops.backend_ops(prepared_backend(backend, device, dtype))
+
+
+def _call(record: StepGradientsHook | None, op, *args):
+    # the per-step record is eager-only: a compiled graph has no Python to call in its backward
+    if record is None or torch.compiler.is_compiling():
+        return op(*args)
+    with recording_into(record):
+        return op(*args)
+
+
+def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """The backends do their own fp32 math on the dtype they are given: autocast stays out
+    (and where it is off, no context at all: exported graphs stay flat)."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def rnn(
@@ -100,11 +118,10 @@ def rnn(
     B, D, H, _, lengths = _check_common(gx, w_hh, "rnn", None, lengths)
     if h0 is not None:
         check_tensor("h0", h0, (D, B, H), "[D, B, H]", dtype=gx.dtype, device=gx.device)
-    ops = resolve_backend(backend, gx.device, gx.dtype)
+    ops = backend_ops(backend, gx.device, gx.dtype)
     with no_autocast(gx.device):
-        if not _needs_graph(gx, w_hh, h0):
-            return tuple(ops.rnn_fwd(gx, w_hh, h0, lengths, nonlinearity=nonlinearity, training=False))
-        return RNNFunction.apply(gx, w_hh, h0, lengths, ops, nonlinearity, record)
+        training = _needs_graph(gx, w_hh, h0)
+        return _call(record if training else None, ops.rnn_fwd, gx, w_hh, h0, lengths, nonlinearity, training)
 
 
 def lstm(
@@ -150,12 +167,13 @@ def lstm(
         check_tensor("h0", h0, (D, B, P), "[D, B, P]", **like)
     if c0 is not None:
         check_tensor("c0", c0, (D, B, H), "[D, B, H]", **like)
-    ops = resolve_backend(backend, gx.device, gx.dtype)
+    ops = backend_ops(backend, gx.device, gx.dtype)
     with no_autocast(gx.device):
-        if not _needs_graph(gx, w_hh, h0, c0, w_hr):
-            out = ops.lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training=False)
-            return out.y, out.h_n, out.c_n
-        return LSTMFunction.apply(gx, w_hh, h0, c0, w_hr, lengths, ops, record)
+        training = _needs_graph(gx, w_hh, h0, c0, w_hr)
+        y, h_n, c_n, _, _ = _call(
+            record if training else None, ops.lstm_fwd, gx, w_hh, h0, c0, w_hr, lengths, training
+        )
+        return y, h_n, c_n
 
 
 def gru(
@@ -190,9 +208,8 @@ def gru(
         check_tensor("b_hn", b_hn, (D, H), "[D, H]", **like)
     if h0 is not None:
         check_tensor("h0", h0, (D, B, H), "[D, B, H]", **like)
-    ops = resolve_backend(backend, gx.device, gx.dtype)
+    ops = backend_ops(backend, gx.device, gx.dtype)
     with no_autocast(gx.device):
-        if not _needs_graph(gx, w_hh, b_hn, h0):
-            out = ops.gru_fwd(gx, w_hh, b_hn, h0, lengths, training=False)
-            return out.y, out.h_n
-        return GRUFunction.apply(gx, w_hh, b_hn, h0, lengths, ops, record)
+        training = _needs_graph(gx, w_hh, b_hn, h0)
+        y, h_n, _, _ = _call(record if training else None, ops.gru_fwd, gx, w_hh, b_hn, h0, lengths, training)
+        return y, h_n

@@ -1,9 +1,12 @@
 """Drop-in twins of torch.nn's recurrent layers and cells, running on rnnkit's backends.
 
-Each class subclasses its torch.nn twin, so the constructor, the parameter names and shapes, the
-initialisation and the ``state_dict`` are torch's own; only ``forward`` is rnnkit's. The extra
-keyword ``backend`` picks the implementation (see `rnnkit.backends`), and the layers take an
-optional ``lengths`` for variable-length batches without packing.
+The layers subclass `torch.nn.RNNBase`, as `torch.nn.RNN`, `LSTM` and `GRU` do, and the cells
+subclass `torch.nn.RNNCell`, `LSTMCell` and `GRUCell`: the constructor, the parameter names and
+shapes, the initialisation and the ``state_dict`` are torch's own; only ``forward`` is rnnkit's.
+(The layers are not subclasses of `torch.nn.LSTM` and co. because `torch.compile` refuses any
+module that is one.) The extra keyword ``backend`` picks the implementation (see
+`rnnkit.backends`), and the layers take an optional ``lengths`` for variable-length batches
+without packing.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch.utils.hooks import RemovableHandle
 from rnnkit import functional
 from rnnkit._checks import check_dtype_device, check_floating, check_lengths, check_tensor
 from rnnkit.autograd import StepGradients
-from rnnkit.backends import check_backend_name, resolve_backend
+from rnnkit.backends import check_backend_name
 
 StepGradHook = Callable[[nn.Module, int, StepGradients], None]
 
@@ -115,11 +118,11 @@ class _LayerRecord:
             hook(self.module, self.layer, grads)
 
 
-class _RecurrentLayer:
-    """The forward of a multi-layer, optionally bidirectional recurrent layer (mixin)."""
+class _RecurrentLayer(nn.RNNBase):
+    """The forward of a multi-layer, optionally bidirectional recurrent layer."""
 
-    def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, mode: str, *args, backend: str = "auto", **kwargs) -> None:
+        super().__init__(mode, *args, **kwargs)
         self.backend = check_backend_name(backend)
         self._step_grad_hooks: OrderedDict[int, StepGradHook] = OrderedDict()
 
@@ -144,8 +147,15 @@ class _RecurrentLayer:
         self._step_grad_hooks[handle.id] = hook
         return handle
 
-    def _record_for(self, layer: int) -> _LayerRecord:
-        return _LayerRecord(self, layer)
+    def _record_for(self, layer: int) -> _LayerRecord | None:
+        if not torch.compiler.is_compiling():
+            return _LayerRecord(self, layer)
+        if self._step_grad_hooks:
+            raise RuntimeError(
+                "register_step_grad_hook: the per-step gradient record runs Python during backward, "
+                "which a compiled graph cannot; remove the hook or run this model eagerly"
+            )
+        return None
 
     @property
     def _directions(self) -> int:
@@ -158,7 +168,7 @@ class _RecurrentLayer:
 
     def _params(self, layer: int, kind: str, dtype: torch.dtype | None = None) -> list[torch.Tensor]:
         params = [getattr(self, f"{kind}_l{layer}{s}") for s in ("", "_reverse")[: self._directions]]
-        return params if dtype is None else [p.to(dtype) for p in params]
+        return [p if dtype in (None, p.dtype) else p.to(dtype) for p in params]
 
     def _input_projection(self, layer: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         # x [T, B, I] -> gx [T, B, D, G*H] in one matrix product for every step and direction;
@@ -228,7 +238,7 @@ class _RecurrentLayer:
         cast = _autocast_dtype(x)  # as torch.nn: under autocast the layer computes in its dtype
         if cast is not None and cast != x.dtype:
             x, h0, c0 = (None if t is None else t.to(cast) for t in (x, h0, c0))
-        return x, h0, c0, check_lengths(lengths, B, T, x.device), batched
+        return x, h0, c0, check_lengths(lengths, B, x.device), batched
 
     @torch.no_grad()
     def gate_activations(
@@ -255,7 +265,7 @@ class _RecurrentLayer:
         x, h0, c0, lengths, _ = self._prepare(input, hx, lengths)
         T, B, _ = x.shape
         D = self._directions
-        ops = resolve_backend(self.backend, x.device, x.dtype)
+        ops = functional.backend_ops(self.backend, x.device, x.dtype)
         result = []
         layer_input = x
         for layer in range(self.num_layers):
@@ -270,15 +280,15 @@ class _RecurrentLayer:
                     else None
                 )
                 c0_l = None if c0 is None else c0[states]
-                out = ops.lstm_fwd(gx, w_hh, h0_l, c0_l, w_hr, lengths, training=True)
-                acts = LayerActivations(layer, out.gates, out.c_steps, out.y, lengths)
+                y, _, _, gates, c_steps = ops.lstm_fwd(gx, w_hh, h0_l, c0_l, w_hr, lengths, True)
+                acts = LayerActivations(layer, gates, c_steps, y, lengths)
             elif self.mode == "GRU":
-                out = ops.gru_fwd(gx, w_hh, b_hn, h0_l, lengths, training=True)
-                acts = LayerActivations(layer, out.gates, None, out.y, lengths)
+                y, _, gates, _ = ops.gru_fwd(gx, w_hh, b_hn, h0_l, lengths, True)
+                acts = LayerActivations(layer, gates, None, y, lengths)
             else:
                 nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
-                out = ops.rnn_fwd(gx, w_hh, h0_l, lengths, nonlinearity=nonlinearity, training=True)
-                acts = LayerActivations(layer, None, None, out.y, lengths)
+                y, _ = ops.rnn_fwd(gx, w_hh, h0_l, lengths, nonlinearity, True)
+                acts = LayerActivations(layer, None, None, y, lengths)
             result.append(acts)
             layer_input = acts.y.reshape(T, B, D * self._width)
         return result
@@ -341,7 +351,7 @@ class _RecurrentLayer:
         return (output, (h_n, c_n)) if self.mode == "LSTM" else (output, h_n)
 
 
-class RNN(_RecurrentLayer, nn.RNN):
+class RNN(_RecurrentLayer):
     """`torch.nn.RNN` (tanh or relu) on rnnkit's backends; extra keyword ``backend``.
 
     Example:
@@ -349,23 +359,70 @@ class RNN(_RecurrentLayer, nn.RNN):
         >>> output, h_n = rnn(torch.randn(5, 3, 10))  # [5, 3, 20], [2, 3, 20]
     """
 
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        backend: str = "auto",
+    ) -> None:
+        modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+        if nonlinearity not in modes:
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(
+            modes[nonlinearity],
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            device=device,
+            dtype=dtype,
+            backend=backend,
+        )
 
-class LSTM(_RecurrentLayer, nn.LSTM):
+
+class LSTM(_RecurrentLayer):
     """`torch.nn.LSTM` (with proj_size) on rnnkit's backends; extra keyword ``backend``.
+
+    Arguments as torch.nn.LSTM's, by position or keyword: input_size, hidden_size, num_layers=1,
+    bias=True, batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device, dtype.
 
     Example:
         >>> lstm = LSTM(6, 200, bidirectional=True)
         >>> output, (h_n, c_n) = lstm(torch.randn(100, 30, 6))  # [100, 30, 400], [2, 30, 200]
     """
 
+    def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
+        super().__init__("LSTM", *args, backend=backend, **kwargs)
 
-class GRU(_RecurrentLayer, nn.GRU):
+
+class GRU(_RecurrentLayer):
     """`torch.nn.GRU` on rnnkit's backends; extra keyword ``backend``.
+
+    Arguments as torch.nn.GRU's, by position or keyword: input_size, hidden_size, num_layers=1,
+    bias=True, batch_first=False, dropout=0.0, bidirectional=False, device, dtype.
 
     Example:
         >>> gru = GRU(10, 20, batch_first=True)
         >>> output, h_n = gru(torch.randn(3, 5, 10))  # [3, 5, 20], [1, 3, 20]
     """
+
+    def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size: only the LSTM has a projection, not the GRU")
+        super().__init__("GRU", *args, backend=backend, **kwargs)
 
 
 class _RecurrentCell:

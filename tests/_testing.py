@@ -1,8 +1,10 @@
-"""One comparison helper for every test: names the tensor, reports max-abs and relative error."""
+"""Helpers for every test: one comparison that names the tensor and reports max-abs and relative
+error, and a spy on the calls of rnnkit's operators."""
 
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # (rtol, atol): the error allowed is atol + rtol * max|expected|, per storage dtype
 TOLERANCES = {
@@ -27,3 +29,18 @@ def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, dtype:
         f"{name}: max abs error {err:.3e}, relative {err / max(scale, 1e-30):.3e} "
         f"(allowed {allowed:.3e} = {atol:g} + {rtol:g} * {scale:.3e}), shape {list(e.shape)}"
     )
+
+
+class OpCalls(TorchDispatchMode):
+    """Inside ``with OpCalls("reference_lstm_bwd") as calls:``, ``calls.args`` lists the
+    arguments of every call of that ``torch.ops.rnnkit`` operator (backward passes included)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.op = getattr(torch.ops.rnnkit, name).default
+        self.args: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is self.op:
+            self.args.append(args)
+        return func(*args, **(kwargs or {}))

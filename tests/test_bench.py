@@ -18,25 +18,39 @@ TINY = (
 )
 
 
+EAGER = tuple(p for p in bench.PROVIDERS if p != "compiled-cell-loop")
+
+
 def test_run_bench_fields_and_ratios():
-    results = bench.run_bench(TINY, device="cpu", warmup=0, repeats=2)
-    assert len(results) == len(TINY) * len(bench.PROVIDERS) * len(bench.MODES)
+    results = bench.run_bench(TINY, providers=EAGER, device="cpu", warmup=0, repeats=2)
+    assert len(results) == len(TINY) * len(EAGER) * len(bench.MODES)
     for r in results:
         if r.provider == "rnnkit-triton":
             assert r.skipped == "needs CUDA" and r.median_ms is None
             continue
         assert r.skipped is None
         assert r.median_ms > 0 and r.p20_ms <= r.p80_ms
-        assert r.seq_per_s > 0 and r.ratio_to_torch > 0
+        assert r.seq_per_s > 0 and r.ratio_to_torch > 0 and r.first_call_s > 0
         if r.provider == "torch.nn":
             assert r.ratio_to_torch == 1.0
     md = bench.to_markdown(results, bench.machine())
     assert "| tiny-gru | B3 T2 I4 H6 L2 | float32 | rnnkit-reference | fwd+bwd |" in md
     data = bench.to_json(results, bench.machine())
     assert {"device", "torch", "triton", "date"} <= set(data["machine"])
-    assert {"median_ms", "p20_ms", "p80_ms", "ratio_to_torch", "seq_per_s", "peak_mem_mb"} <= set(
-        data["results"][0]
-    )
+    fields = {"median_ms", "p20_ms", "p80_ms", "ratio_to_torch", "seq_per_s", "peak_mem_mb", "first_call_s"}
+    assert fields <= set(data["results"][0])
+
+
+def test_compiled_cell_loop_runs_and_reports_its_compile_time():
+    results = bench.run_bench(
+        TINY, providers=("torch.nn", "compiled-cell-loop"), modes=("fwd+bwd",), device="cpu",
+        warmup=0, repeats=2, compile_max_steps=3,
+    )  # fmt: skip
+    compiled = {r.row: r for r in results if r.provider == "compiled-cell-loop"}
+    assert compiled["tiny-gru"].skipped == "4 steps to unroll > 3" and compiled["tiny-gru"].median_ms is None
+    lstm = compiled["tiny-lstm"]
+    assert lstm.skipped is None and lstm.ratio_to_torch > 0
+    assert lstm.first_call_s > lstm.median_ms / 1e3  # the first call compiled the loop
 
 
 def test_targets_are_judged_from_the_results():

@@ -1,7 +1,14 @@
-"""How rnnkit layers work with the rest of PyTorch: autocast, eval-mode backward, determinism,
-activation checkpointing (more in issue #8: torch.compile, torch.export, Captum)."""
+"""How rnnkit layers work with the rest of PyTorch: custom operators, torch.compile, torch.export,
+autocast, eval-mode backward and Captum, determinism, activation checkpointing and memory."""
 
 from __future__ import annotations
+
+import functools
+import io
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -9,9 +16,230 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 import rnnkit
+from rnnkit import ops
 from tests._testing import assert_close
 
 LAYERS = ["RNN", "LSTM", "GRU"]
+KINDS = ["rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd"]
+# where the layers run: the reference on the CPU (CI), the Triton kernels on a GPU
+PLACES = [
+    pytest.param(("cpu", "reference"), id="cpu-reference"),
+    pytest.param(("cuda", "triton"), id="cuda-triton", marks=pytest.mark.cuda),
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32(monkeypatch):
+    # fp32 comparisons on a GPU: no TF32 (torch's default for matmuls, set here to be sure)
+    if torch.cuda.is_available():
+        monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+
+class Classifier(nn.Module):
+    """A stacked, bidirectional rnnkit layer with a linear head, over padded batches."""
+
+    def __init__(self, name: str, backend: str = "auto", vocab: int | None = None, batch_first=False):
+        super().__init__()
+        self.embed = None if vocab is None else nn.Embedding(vocab, 4)
+        self.rnn = getattr(rnnkit, name)(
+            4, 6, num_layers=2, bidirectional=True, batch_first=batch_first, backend=backend
+        )
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            x = self.embed(x)
+        y, _ = self.rnn(x, lengths=lengths)
+        return self.head(y.sum(dim=1 if self.rnn.batch_first else 0))
+
+
+def _loss_and_grads(model: nn.Module, x, lengths, target, run=None):
+    # run: what computes the forward (a compiled model), model's parameters by default
+    model.zero_grad()
+    loss = nn.functional.cross_entropy((model if run is None else run)(x, lengths), target)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _rnnkit_ops_in(graph: torch.fx.Graph) -> list[str]:
+    return [str(n.target) for n in graph.nodes if n.op == "call_function" and "rnnkit" in str(n.target)]
+
+
+# --- custom operators ----------------------------------------------------------------------------
+
+
+def _op_arguments(kind: str, lengths: bool, training: bool = True, device: str = "cpu") -> tuple:
+    # small, odd shapes, both directions; forward inputs require grad when the op is differentiated
+    T, B, D, H = 5, 3, 2, 4
+    g = kind.endswith("fwd") and training
+
+    def r(*shape):
+        return torch.randn(*shape, device=device, requires_grad=g)
+
+    lens = torch.tensor([5, 1, 3], device=device) if lengths else None
+    reference = ops.backend_ops("reference")
+    if kind == "rnn_fwd":
+        return r(T, B, D, H), r(D, H, H), r(D, B, H), lens, "tanh", training
+    if kind == "lstm_fwd":
+        return r(T, B, D, 4 * H), r(D, 4 * H, 3), r(D, B, 3), r(D, B, H), r(D, 3, H), lens, training
+    if kind == "gru_fwd":
+        return r(T, B, D, 3 * H), r(D, 3 * H, H), r(D, H), r(D, B, H), lens, training
+    with torch.no_grad():
+        forward = _op_arguments(kind.replace("bwd", "fwd"), lengths, device=device)
+        forward = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in forward)
+        out = getattr(reference, kind.replace("bwd", "fwd"))(*forward)
+    r = functools.partial(torch.randn, device=device)
+    if kind == "rnn_bwd":
+        return r(T, B, D, H), r(D, B, H), out[0], forward[1], lens, "tanh", True
+    if kind == "lstm_bwd":
+        _, w_hh, _, c0, w_hr, *_ = forward
+        return r(T, B, D, 3), None, r(D, B, H), w_hh, w_hr, c0, out[3], out[4], lens, True
+    _, w_hh, _, h0, *_ = forward
+    return None, r(D, B, H), w_hh, h0, out[0], out[2], out[3], lens, True
+
+
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_reference_ops_pass_opcheck(kind, lengths):
+    """torch.library.opcheck: schema, fake (meta) implementation, registered autograd, and
+    AOTAutograd's tracing of forward and backward against eager."""
+    op = getattr(ops.backend_ops("reference"), kind)
+    result = torch.library.opcheck(op, _op_arguments(kind, lengths))
+    assert set(result.values()) == {"SUCCESS"}, result
+    if kind.endswith("fwd"):  # inference: nothing saved, nothing to differentiate
+        result = torch.library.opcheck(op, _op_arguments(kind, lengths, training=False))
+        assert set(result.values()) == {"SUCCESS"}, result
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("kind", KINDS)
+def test_triton_ops_pass_opcheck_on_gpu(kind):
+    op = getattr(ops.backend_ops("triton"), kind)
+    result = torch.library.opcheck(op, _op_arguments(kind, True, device="cuda"))
+    assert set(result.values()) == {"SUCCESS"}, result
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("kind", KINDS)
+def test_triton_ops_schema_and_autograd_registration(kind):
+    # the fake-tensor checks need compiled kernels: they run in the cuda tests and, traced without
+    # a GPU, in test_triton_ops_trace_into_their_kernels
+    op = getattr(ops.backend_ops("triton"), kind)
+    result = torch.library.opcheck(
+        op, _op_arguments(kind, True), test_utils=("test_schema", "test_autograd_registration")
+    )
+    assert set(result.values()) == {"SUCCESS"}, result
+
+
+def test_triton_ops_trace_into_their_kernels():
+    """For torch.compile, a Triton op is its launcher: allocations and one wrap_triton kernel call,
+    traced with fake tensors. Checked without a GPU (a fresh process where Triton compiles rather
+    than interprets; the compiler's graph is captured before anything runs)."""
+    script = textwrap.dedent(
+        """
+        import torch
+        from torch._dynamo.backends.common import aot_autograd
+        from rnnkit import ops
+        from tests.test_ecosystem import KINDS, _op_arguments
+
+        class Captured(Exception):
+            pass
+
+        for kind in KINDS:
+            graphs = []
+
+            def capture(gm, example_inputs):
+                graphs.append(gm.graph)
+                raise Captured
+
+            op = getattr(ops.backend_ops("triton"), kind)
+            args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in _op_arguments(kind, True))
+            try:
+                torch.compile(op, backend=aot_autograd(fw_compiler=capture), fullgraph=True)(*args)
+            except Exception as err:
+                if not isinstance(getattr(err, "inner_exception", None), Captured):
+                    raise
+            kernels = [n.kwargs["kernel_idx"] for n in graphs[0].nodes
+                       if "triton_kernel_wrapper" in str(n.target)]
+            print(kind, len(kernels))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = dict(line.split() for line in done.stdout.splitlines())
+    assert counts == {kind: "1" for kind in KINDS}, done.stdout
+
+
+def test_inference_op_refuses_backward():
+    *inputs, _ = _op_arguments("lstm_fwd", False)  # inputs that require grad, training=False
+    y = ops.backend_ops("reference").lstm_fwd(*inputs, False)[0]
+    with pytest.raises(RuntimeError, match="lstm_fwd: called with training=False"):
+        y.sum().backward()
+
+
+# --- torch.compile ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("place", PLACES)
+@pytest.mark.parametrize("name", LAYERS)
+def test_compile_fullgraph_matches_eager(name, place):
+    """A stacked, bidirectional layer with a head and a loss compiles (inductor) into one graph
+    with no break, one opaque op per layer, and gives eager's loss and gradients; a second
+    shape recompiles and still matches."""
+    device, backend = place
+    torch._dynamo.reset()
+    model = Classifier(name, backend).to(device)
+    t = functools.partial(torch.tensor, device=device)
+    first = torch.randn(7, 3, 4, device=device), t([7, 2, 5]), t([0, 2, 1])
+
+    explained = torch._dynamo.explain(model)(*first[:2])
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+    assert _rnnkit_ops_in(explained.graphs[0].graph) == [f"rnnkit.{backend}_{name.lower()}_fwd.default"] * 2
+
+    compiled = torch.compile(model, fullgraph=True)
+    for x, lengths, target in [first, (torch.randn(9, 2, 4, device=device), t([4, 9]), t([1, 1]))]:
+        loss, grads = _loss_and_grads(model, x, lengths, target, run=compiled)
+        loss_eager, grads_eager = _loss_and_grads(model, x, lengths, target)
+        assert_close("loss", loss, loss_eager, torch.float32)
+        for key, grad in grads_eager.items():
+            assert_close(f"grad of {key}", grads[key], grad, torch.float32)
+
+
+def test_step_grad_hook_under_compile_is_a_clear_error():
+    torch._dynamo.reset()
+    model = rnnkit.GRU(3, 4)
+    model.register_step_grad_hook(lambda *args: None)
+    with pytest.raises(Exception, match="register_step_grad_hook: the per-step gradient record"):
+        torch.compile(model, fullgraph=True)(torch.randn(5, 2, 3))
+
+
+# --- torch.export ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("place", PLACES)
+@pytest.mark.parametrize("name", LAYERS)
+def test_export_round_trip(name, place):
+    """torch.export with dynamic batch and length, saved and loaded: runs and matches eager on
+    other shapes; bad lengths still get their error at run time."""
+    device, backend = place
+    model = Classifier(name, backend).to(device).eval()
+    t = functools.partial(torch.tensor, device=device)
+    x, lengths = torch.randn(6, 3, 4, device=device), t([6, 2, 4])
+    steps, batch = torch.export.Dim("steps", min=2), torch.export.Dim("batch", min=2)
+    program = torch.export.export(model, (x, lengths), dynamic_shapes=({0: steps, 1: batch}, {0: batch}))
+    assert _rnnkit_ops_in(program.graph) == [f"rnnkit.{backend}_{name.lower()}_fwd.default"] * 2
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    buffer.seek(0)
+    loaded = torch.export.load(buffer).module()
+    x2, lengths2 = torch.randn(11, 5, 4, device=device), t([11, 3, 1, 8, 6])
+    with torch.no_grad():
+        assert_close("exported", loaded(x2, lengths2), model(x2, lengths2), torch.float32)
+    with pytest.raises(ValueError, match="lengths: every length must be at most the number of steps T = 11"):
+        loaded(x2, t([11, 3, 1, 8, 12]))
 
 
 @pytest.mark.parametrize("name", LAYERS)
@@ -34,6 +262,24 @@ def test_cpu_autocast_bf16_like_torch_nn(name):
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in ours.parameters())
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("name", LAYERS)
+def test_cuda_autocast_like_torch_nn(name, dtype):
+    """Under CUDA autocast the Triton layers compute in its dtype (fp32 math inside), as cuDNN's."""
+    ours = getattr(rnnkit, name)(4, 16, num_layers=2, bidirectional=True, backend="triton").cuda()
+    theirs = getattr(nn, name)(4, 16, num_layers=2, bidirectional=True).cuda()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(6, 3, 4, device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        out, _ = ours(x)
+        out_t, _ = theirs(x)
+    assert out.dtype == out_t.dtype == dtype
+    assert_close("output", out.float(), out_t.float(), dtype)
+    out.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in ours.parameters())
+
+
 def test_cpu_autocast_cell():
     cell = rnnkit.GRUCell(4, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -41,23 +287,49 @@ def test_cpu_autocast_cell():
     assert h.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("place", PLACES)
 @pytest.mark.parametrize("name", LAYERS)
-def test_backward_in_eval_mode(name):
-    """cuDNN refuses backward in eval mode; rnnkit computes it (attribution tools need it)."""
-    model = getattr(rnnkit, name)(3, 5, num_layers=2, dropout=0.5).eval()
-    x = torch.randn(4, 2, 3, requires_grad=True)
+def test_backward_in_eval_mode(name, place):
+    """cuDNN refuses backward in eval mode; rnnkit computes it (attribution tools need it), and
+    it is the training-mode gradient without dropout."""
+    device, backend = place
+    model = getattr(rnnkit, name)(3, 5, num_layers=2, dropout=0.5, backend=backend).to(device).eval()
+    x = torch.randn(4, 2, 3, device=device, requires_grad=True)
     model(x)[0].sum().backward()
-    assert x.grad is not None and torch.isfinite(x.grad).all()
+    in_eval = x.grad.clone()
+    model.train().dropout = 0.0
+    x.grad = None
+    model(x)[0].sum().backward()
+    assert_close("grad of the input, eval vs train without dropout", in_eval, x.grad, torch.float32)
 
 
+@pytest.mark.parametrize("place", PLACES)
+def test_captum_integrated_gradients_complete_in_eval_mode(place):
+    """Integrated Gradients on a small text classifier (embedding, bidirectional rnnkit.LSTM,
+    head) in eval mode: the attributions of each input add up to F(x) - F(baseline)."""
+    attr = pytest.importorskip("captum.attr")  # a test-only dependency (".[test]" installs it)
+    device, backend = place
+    model = Classifier("LSTM", backend, vocab=30, batch_first=True).to(device).eval()  # batch first: captum's
+    tokens = torch.randint(1, 30, (4, 9), device=device)  # [B, T]
+    baseline = torch.zeros_like(tokens)  # token 0 everywhere
+    ig = attr.LayerIntegratedGradients(model, model.embed)
+    attributions = ig.attribute(tokens, baselines=baseline, target=2, n_steps=64)  # [B, T, 4]
+    with torch.no_grad():
+        gap = model(tokens)[:, 2] - model(baseline)[:, 2]
+    assert gap.abs().min() > 1e-3  # something to attribute
+    assert_close("sum of attributions", attributions.sum(dim=(1, 2)), gap, torch.float32)
+
+
+@pytest.mark.parametrize("place", PLACES)
 @pytest.mark.parametrize("name", LAYERS)
-def test_gradients_are_bitwise_repeatable(name):
-    model = getattr(rnnkit, name)(5, 7, num_layers=2, bidirectional=True)
-    x = torch.randn(9, 4, 5)
+def test_gradients_are_bitwise_repeatable(name, place):
+    device, backend = place
+    model = getattr(rnnkit, name)(5, 7, num_layers=2, bidirectional=True, backend=backend).to(device)
+    x = torch.randn(9, 4, 5, device=device)
     grads = []
     for _ in range(2):
         model.zero_grad()
-        model(x, lengths=torch.tensor([9, 3, 6, 1]))[0].square().sum().backward()
+        model(x, lengths=torch.tensor([9, 3, 6, 1], device=device))[0].square().sum().backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     for a, b in zip(*grads, strict=True):
         assert torch.equal(a, b)
@@ -74,3 +346,30 @@ def test_activation_checkpointing_gives_the_same_gradients():
         (n for n, _ in model.named_parameters()), (p.grad for p in model.parameters()), expected
     ):
         assert_close(name_p, got, want, torch.float32)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize(("name", "per_direction"), [("RNN", 1), ("LSTM", 6), ("GRU", 5)])
+def test_memory_kept_for_backward(name, per_direction, bidirectional):
+    """What the README says a layer keeps for backward, per step and sequence: its input (for the
+    input projection's weight gradient) and, per direction, H values for the RNN (its output), 6·H
+    for the LSTM (output, four gates, cell state), 5·H for the GRU (output, three gates, W_hn h +
+    b_hn), in the storage dtype. Counted with saved-tensor hooks, as the difference of two lengths."""
+    I, H, B = 3, 8, 2
+    layer = getattr(rnnkit, name)(I, H, bidirectional=bidirectional)
+
+    def saved_bytes(T: int) -> int:
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            layer(torch.randn(T, B, I))
+        return total
+
+    values_per_step = (saved_bytes(20) - saved_bytes(10)) / 10 / B / 4  # float32
+    directions = 2 if bidirectional else 1
+    assert values_per_step == I + directions * per_direction * H

@@ -257,7 +257,26 @@ def test_same_init_and_state_dict_both_ways(cell):
     fresh_ours.load_state_dict(theirs.state_dict())
     x = torch.randn(4, 2, 3)
     assert_close("output", fresh_ours(x)[0], fresh_theirs(x)[0], torch.float32)
-    assert isinstance(ours, getattr(nn, name))
+    # an nn.RNNBase, as torch's layers are, but not a subclass of theirs: torch.compile refuses those
+    assert isinstance(ours, nn.RNNBase) and ours.mode == theirs.mode
+    assert repr(ours) == repr(theirs)
+
+
+@pytest.mark.parametrize(
+    ("name", "args"),
+    [
+        ("RNN", (3, 5, 2, "relu", False, True, 0.0, True)),
+        ("LSTM", (3, 5, 2, False, True, 0.0, True, 4)),
+        ("GRU", (3, 5, 2, False, True, 0.0, True)),
+    ],
+)
+def test_positional_arguments_as_torch(name, args):
+    # torch.nn's constructors take every argument by position too, in this order
+    theirs, ours = getattr(nn, name)(*args), getattr(rnnkit, name)(*args)
+    assert repr(ours) == repr(theirs)
+    assert [(k, v.shape) for k, v in ours.state_dict().items()] == [
+        (k, v.shape) for k, v in theirs.state_dict().items()
+    ]
 
 
 def test_repr_names_backend():

@@ -286,6 +286,26 @@ def test_synthetic_tasks_train(tmp_path, task):
     assert np.isfinite(result[metric])
 
 
+def test_compiled_training_matches_eager(tmp_path):
+    """--compile: the same steps through torch.compile(model) (inductor) give eager's losses."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = TrainConfig(task="copy", epochs=1, batch_size=8, hidden=16, layers=2, seq_len=6, steps_per_epoch=4,
+                      limit=16, log_every=1)  # fmt: skip
+    eager = train(cfg, tmp_path / "eager")
+    assert not counters["stats"]["unique_graphs"]
+    compiled = train(replace(cfg, compile=True), tmp_path / "compiled")
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo did capture the model
+    losses, losses_compiled = step_losses(tmp_path / "eager"), step_losses(tmp_path / "compiled")
+    assert len(losses) == len(losses_compiled) == 4
+    np.testing.assert_allclose(losses_compiled, losses, rtol=1e-5)
+    assert compiled["test_acc"] == eager["test_acc"]
+    with pytest.raises(ValueError, match="diagnose: the per-step gradient record runs Python in backward"):
+        replace(cfg, compile=True, diagnose=2).validate()
+
+
 def test_sine_trains_plots_and_resumes(tmp_path):
     cfg = SineConfig(epochs=2, hidden=8, waves=5, length=30, future=10)
     straight = train_sine(cfg, Run(tmp_path / "straight", vars(cfg)))
@@ -314,6 +334,11 @@ def test_cli_train_writes_the_run_directory(tmp_path):
     assert "baseline loss: 0.1667" in done.stdout and "adding: test" in done.stdout
     for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "curves.png"):
         assert (tmp_path / "run" / name).is_file(), name
+
+
+def test_cli_compile_refuses_the_sine_task(tmp_path):
+    done = cli("train", "--task", "sine", "--compile", "--out", str(tmp_path / "run"))
+    assert done.returncode != 0 and "compile: the sine model steps its cells one at a time" in done.stdout
 
 
 def test_cli_missing_data_fails_at_once(tmp_path):

@@ -50,6 +50,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
     log_every: int = 10
     diagnose: int = 0  # record the gradient-flow profile every N steps (0: off)
+    compile: bool = False  # train through torch.compile(model)
     # mnist
     dataset: str = "mnist"
     pixel: bool = False
@@ -74,6 +75,11 @@ class TrainConfig:
             raise ValueError(f"val_fraction: expected a fraction in [0, 1), got {self.val_fraction}")
         if self.clip is not None and self.clip <= 0:
             raise ValueError(f"clip: expected a positive gradient norm, got {self.clip}")
+        if self.compile and self.diagnose:
+            raise ValueError(
+                f"diagnose: the per-step gradient record runs Python in backward, which a compiled model "
+                f"cannot; got diagnose={self.diagnose} with compile=True: drop one of them"
+            )
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -167,6 +173,8 @@ def fit(
     trained = model
     if world > 1:
         trained = nn.parallel.DistributedDataParallel(model)
+    if cfg.compile:  # the training steps only: evaluation runs the model as it is
+        trained = torch.compile(trained)
     optimizer = make_optimizer(cfg, model.parameters())
     start_epoch, start_batch, step = 0, 0, 0
     checkpoint = run.resume(model, optimizer, device) if resume else None

@@ -1,0 +1,250 @@
+"""The recurrence as PyTorch custom operators, so that compilers see one opaque op per layer.
+
+Each backend's forward and backward of each cell is an operator in the ``rnnkit`` namespace:
+
+    torch.ops.rnnkit.{backend}_{cell}_{fwd|bwd}     backend: reference, triton   cell: rnn, lstm, gru
+
+The reference ops are `torch.library.custom_op`s with fake (meta) implementations; the Triton ops
+are `torch.library.triton_op`s, whose kernels `torch.compile` sees through `wrap_triton`. Every
+forward op has its autograd registered (`rnnkit.autograd`), so ``torch.compile(fullgraph=True)``
+and ``torch.export`` trace a layer as a handful of ops, not as a Python loop over time steps.
+
+The arguments are those of `kernels.reference` in order, keyword ones last. An op cannot return
+None: where a kernel returns None (nothing saved in inference, no record), the op returns an
+empty tensor.
+"""
+
+from types import SimpleNamespace
+
+import torch
+from torch import Tensor
+
+from rnnkit import backends
+
+NAMESPACE = "rnnkit"
+CELLS = ("rnn", "lstm", "gru")
+
+
+def _nothing(like: Tensor) -> Tensor:
+    return like.new_empty(0)
+
+
+def _or_nothing(t: Tensor | None, like: Tensor) -> Tensor:
+    return _nothing(like) if t is None else t
+
+
+def _is_fake(t: Tensor) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(t)
+
+
+def check_length_values(lengths: Tensor | None, steps: int) -> None:
+    """Every length must lie in [1, steps]. Run where the values exist: in the op, at run time
+    (eager or compiled), never while a compiler traces with fake tensors."""
+    if lengths is None or _is_fake(lengths):
+        return
+    lo, hi = int(lengths.min()), int(lengths.max())
+    if lo < 1:
+        raise ValueError(f"lengths: every length must be at least 1, got a length of {lo}")
+    if hi > steps:
+        raise ValueError(f"lengths: every length must be at most the number of steps T = {steps}, got {hi}")
+
+
+# --- implementations: one set of wrappers around a kernels module, for either backend ---------------
+
+
+def _implementations(fns: SimpleNamespace) -> dict[str, object]:
+    # fns: the six functions of `kernels.reference` or of the Triton launchers. The wrappers call
+    # them by plain names: that is how torch.library.triton_op finds the kernels they launch.
+    run_rnn_fwd, run_rnn_bwd = fns.rnn_fwd, fns.rnn_bwd
+    run_lstm_fwd, run_lstm_bwd = fns.lstm_fwd, fns.lstm_bwd
+    run_gru_fwd, run_gru_bwd = fns.gru_fwd, fns.gru_bwd
+
+    def rnn_fwd(
+        gx: Tensor, w_hh: Tensor, h0: Tensor | None, lengths: Tensor | None, nonlinearity: str, training: bool
+    ) -> tuple[Tensor, Tensor]:
+        check_length_values(lengths, gx.shape[0])
+        out = run_rnn_fwd(gx, w_hh, h0, lengths, nonlinearity=nonlinearity, training=training)
+        return out.y, out.h_n
+
+    def rnn_bwd(
+        dy: Tensor | None,
+        dh_n: Tensor | None,
+        y: Tensor,
+        w_hh: Tensor,
+        lengths: Tensor | None,
+        nonlinearity: str,
+        record: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        out = run_rnn_bwd(dy, dh_n, y, w_hh, lengths, nonlinearity=nonlinearity, record=record)
+        return out.dgx, out.dh0, _or_nothing(out.dh_steps, y)
+
+    def lstm_fwd(
+        gx: Tensor,
+        w_hh: Tensor,
+        h0: Tensor | None,
+        c0: Tensor | None,
+        w_hr: Tensor | None,
+        lengths: Tensor | None,
+        training: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        check_length_values(lengths, gx.shape[0])
+        out = run_lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training=training)
+        return out.y, out.h_n, out.c_n, _or_nothing(out.gates, gx), _or_nothing(out.c_steps, gx)
+
+    def lstm_bwd(
+        dy: Tensor | None,
+        dh_n: Tensor | None,
+        dc_n: Tensor | None,
+        w_hh: Tensor,
+        w_hr: Tensor | None,
+        c0: Tensor | None,
+        gates: Tensor,
+        c_steps: Tensor,
+        lengths: Tensor | None,
+        record: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        out = run_lstm_bwd(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record=record)
+        steps = (_or_nothing(out.dh_steps, gates), _or_nothing(out.dc_steps, gates))
+        return out.dgx, out.dh0, out.dc0, *steps
+
+    def gru_fwd(
+        gx: Tensor,
+        w_hh: Tensor,
+        b_hn: Tensor | None,
+        h0: Tensor | None,
+        lengths: Tensor | None,
+        training: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        check_length_values(lengths, gx.shape[0])
+        out = run_gru_fwd(gx, w_hh, b_hn, h0, lengths, training=training)
+        return out.y, out.h_n, _or_nothing(out.gates, gx), _or_nothing(out.ghn, gx)
+
+    def gru_bwd(
+        dy: Tensor | None,
+        dh_n: Tensor | None,
+        w_hh: Tensor,
+        h0: Tensor | None,
+        y: Tensor,
+        gates: Tensor,
+        ghn: Tensor,
+        lengths: Tensor | None,
+        record: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        out = run_gru_bwd(dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record=record)
+        return out.dgx, out.dghn, out.dh0, _or_nothing(out.dh_steps, y)
+
+    return {
+        "rnn_fwd": rnn_fwd,
+        "rnn_bwd": rnn_bwd,
+        "lstm_fwd": lstm_fwd,
+        "lstm_bwd": lstm_bwd,
+        "gru_fwd": gru_fwd,
+        "gru_bwd": gru_bwd,
+    }
+
+
+# --- fake implementations: shapes and dtypes only, for the reference ops ----------------------------
+# (a triton_op is its own fake: its launcher allocates, and wrap_triton makes the launch a no-op)
+
+
+def _steps_or_nothing(keep: bool, like: Tensor, *shape) -> Tensor:
+    return like.new_empty(shape, dtype=torch.float32) if keep else _nothing(like)
+
+
+def _fake_rnn_fwd(gx, w_hh, h0, lengths, nonlinearity, training):
+    T, B, D, H = gx.shape
+    return gx.new_empty(T, B, D, H), gx.new_empty(D, B, H)
+
+
+def _fake_rnn_bwd(dy, dh_n, y, w_hh, lengths, nonlinearity, record):
+    T, B, D, H = y.shape
+    return y.new_empty(T, B, D, H), y.new_empty(D, B, H), _steps_or_nothing(record, y, T, B, D, H)
+
+
+def _fake_lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training):
+    T, B, D, G = gx.shape
+    H, P = G // 4, w_hh.shape[2]
+    saved = (gx.new_empty(T, B, D, G), gx.new_empty(T, B, D, H)) if training else (_nothing(gx), _nothing(gx))
+    return gx.new_empty(T, B, D, P), gx.new_empty(D, B, P), gx.new_empty(D, B, H), *saved
+
+
+def _fake_lstm_bwd(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record):
+    T, B, D, G = gates.shape
+    H, P = G // 4, w_hh.shape[2]
+    return (
+        gates.new_empty(T, B, D, G),
+        gates.new_empty(D, B, P),
+        gates.new_empty(D, B, H),
+        _steps_or_nothing(record or w_hr is not None, gates, T, B, D, P),
+        _steps_or_nothing(record, gates, T, B, D, H),
+    )
+
+
+def _fake_gru_fwd(gx, w_hh, b_hn, h0, lengths, training):
+    T, B, D, G = gx.shape
+    H = G // 3
+    saved = (gx.new_empty(T, B, D, G), gx.new_empty(T, B, D, H)) if training else (_nothing(gx), _nothing(gx))
+    return gx.new_empty(T, B, D, H), gx.new_empty(D, B, H), *saved
+
+
+def _fake_gru_bwd(dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record):
+    T, B, D, H = y.shape
+    return (
+        gates.new_empty(T, B, D, 3 * H),
+        gates.new_empty(T, B, D, H),
+        y.new_empty(D, B, H),
+        _steps_or_nothing(record, y, T, B, D, H),
+    )
+
+
+_FAKES = {
+    "rnn_fwd": _fake_rnn_fwd,
+    "rnn_bwd": _fake_rnn_bwd,
+    "lstm_fwd": _fake_lstm_fwd,
+    "lstm_bwd": _fake_lstm_bwd,
+    "gru_fwd": _fake_gru_fwd,
+    "gru_bwd": _fake_gru_bwd,
+}
+
+
+# --- registration ------------------------------------------------------------------------------------
+
+
+def _register(backend: str, fns: SimpleNamespace) -> SimpleNamespace:
+    from rnnkit import autograd
+
+    ops = {}
+    for kind, fn in _implementations(fns).items():
+        name = f"{NAMESPACE}::{backend}_{kind}"
+        fn.__name__ = fn.__qualname__ = f"{backend}_{kind}"
+        if backend == "triton":
+            op = torch.library.triton_op(name, fn, mutates_args=())
+        else:
+            op = torch.library.custom_op(name, fn, mutates_args=())
+            op.register_fake(_FAKES[kind])
+        ops[kind] = op
+    for cell in CELLS:
+        autograd.register(ops[f"{cell}_fwd"], ops[f"{cell}_bwd"], cell)
+    return SimpleNamespace(name=backend, **ops)
+
+
+_REGISTERED: dict[str, SimpleNamespace] = {}
+
+
+def backend_ops(backend: str) -> SimpleNamespace:
+    """The six operators of a backend ("reference" or "triton"), registered on first use.
+
+    The Triton ops import the kernels (and triton): ``backend_ops("triton")`` raises
+    `rnnkit.BackendUnavailableError` where they cannot load.
+    """
+    if backend not in _REGISTERED:
+        if backend == "reference":
+            fns = backends.reference_functions()
+        elif backend == "triton":
+            fns = backends.triton_functions()  # BackendUnavailableError where they do not import
+        else:
+            raise ValueError(f"backend: expected 'reference' or 'triton', got {backend!r}")
+        _REGISTERED[backend] = _register(backend, fns)
+    return _REGISTERED[backend]
