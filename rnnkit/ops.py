@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor
 
-from rnnkit import backends
+from rnnkit import autograd, backends
 
 NAMESPACE = "rnnkit"
 CELLS = ("rnn", "lstm", "gru")
@@ -44,7 +44,7 @@ def check_length_values(lengths: Tensor | None, steps: int) -> None:
     (eager or compiled), never while a compiler traces with fake tensors."""
     if lengths is None or _is_fake(lengths):
         return
-    lo, hi = int(lengths.min()), int(lengths.max())
+    lo, hi = torch.stack(torch.aminmax(lengths)).tolist()  # one device sync
     if lo < 1:
         raise ValueError(f"lengths: every length must be at least 1, got a length of {lo}")
     if hi > steps:
@@ -213,8 +213,6 @@ _FAKES = {
 
 
 def _register(backend: str, fns: SimpleNamespace) -> SimpleNamespace:
-    from rnnkit import autograd
-
     ops = {}
     for kind, fn in _implementations(fns).items():
         name = f"{NAMESPACE}::{backend}_{kind}"
