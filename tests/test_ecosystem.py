@@ -133,12 +133,14 @@ def test_triton_ops_schema_and_autograd_registration(kind):
 
 def test_triton_ops_trace_into_their_kernels():
     """For torch.compile, a Triton op is its launcher: allocations and one wrap_triton kernel call,
-    traced with fake tensors. Checked without a GPU (a fresh process where Triton compiles rather
-    than interprets; the compiler's graph is captured before anything runs)."""
+    traced with fake tensors; and triton_op found the kernel each op launches (torch keys its
+    compile cache on the kernel's source). Checked without a GPU: a fresh process where Triton
+    compiles rather than interprets, the compiler's graph captured before anything runs."""
     script = textwrap.dedent(
         """
         import torch
         from torch._dynamo.backends.common import aot_autograd
+        from torch._library.triton import get_triton_kernels_for_op
         from rnnkit import ops
         from tests.test_ecosystem import KINDS, _op_arguments
 
@@ -161,7 +163,8 @@ def test_triton_ops_trace_into_their_kernels():
                     raise
             kernels = [n.kwargs["kernel_idx"] for n in graphs[0].nodes
                        if "triton_kernel_wrapper" in str(n.target)]
-            print(kind, len(kernels))
+            found = [k.fn.__name__ for k in get_triton_kernels_for_op(f"rnnkit::triton_{kind}")]
+            print(kind, len(kernels), *found)
         """
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -169,8 +172,8 @@ def test_triton_ops_trace_into_their_kernels():
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    counts = dict(line.split() for line in done.stdout.splitlines())
-    assert counts == {kind: "1" for kind in KINDS}, done.stdout
+    seen = {line.split()[0]: line.split()[1:] for line in done.stdout.splitlines()}
+    assert seen == {kind: ["1", f"_{kind}_kernel"] for kind in KINDS}, done.stdout
 
 
 def test_inference_op_refuses_backward():
