@@ -211,6 +211,33 @@ def test_compile_fullgraph_matches_eager(name, place):
             assert_close(f"grad of {key}", grads[key], grad, torch.float32)
 
 
+@pytest.mark.parametrize("name", ["RNNCell", "LSTMCell", "GRUCell"])
+def test_cells_compile_fullgraph(name):
+    """A Python loop over an rnnkit cell compiles into one graph (AOTAutograd, no inductor: the
+    point is the capture) with eager's outputs and gradients."""
+    torch._dynamo.reset()
+    cell = getattr(rnnkit, name)(3, 5)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        state = None
+        for x_t in x:
+            state = cell(x_t, state)
+        return (state[0] if name == "LSTMCell" else state).square().sum()
+
+    x = torch.randn(4, 2, 3)
+    explained = torch._dynamo.explain(run)(x)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+    results = []
+    for fn in (run, torch.compile(run, fullgraph=True, backend="aot_eager")):
+        cell.zero_grad()
+        loss = fn(x)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in cell.parameters()]))
+    assert_close("loss", results[1][0], results[0][0], torch.float32)
+    for i, (got, want) in enumerate(zip(results[1][1], results[0][1], strict=True)):
+        assert_close(f"grad of parameter {i}", got, want, torch.float32)
+
+
 def test_step_grad_hook_under_compile_is_a_clear_error():
     torch._dynamo.reset()
     model = rnnkit.GRU(3, 4)
