@@ -10,7 +10,7 @@ return values) with an extra ``backend`` keyword:
 
 from rnnkit import functional
 from rnnkit.autograd import StepGradients
-from rnnkit.backends import BackendUnavailableError, resolve_backend, triton_available
+from rnnkit.backends import BackendUnavailableError, backend_name, resolve_backend, triton_available
 from rnnkit.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "LSTMCell",
     "RNNCell",
     "StepGradients",
+    "backend_name",
     "functional",
     "resolve_backend",
     "triton_available",

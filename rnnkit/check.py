@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import rnnkit
-from rnnkit.backends import resolve_backend
+from rnnkit.backends import backend_name
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def compare_with_torch(
         results.append(
             CheckResult(
                 layer=name,
-                backend=resolve_backend(backend, dev).name,
+                backend=backend_name(backend, dev),
                 output_error=max(v for k, v in errors.items() if not k.startswith("grad_")),
                 grad_error=grad_errors[worst],
                 worst_grad=worst.removeprefix("grad_"),

@@ -65,7 +65,7 @@ def _needs_graph(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def backend_ops(backend: str, device: torch.device, dtype: torch.dtype):
+def operators_for(backend: str, device: torch.device, dtype: torch.dtype):
     """The operators (`rnnkit.ops`) of the backend that runs ``dtype`` on ``device``."""
     return _ops.backend_ops(prepared_backend(backend, device, dtype))
 
@@ -118,7 +118,7 @@ def rnn(
     B, D, H, _, lengths = _check_common(gx, w_hh, "rnn", None, lengths)
     if h0 is not None:
         check_tensor("h0", h0, (D, B, H), "[D, B, H]", dtype=gx.dtype, device=gx.device)
-    ops = backend_ops(backend, gx.device, gx.dtype)
+    ops = operators_for(backend, gx.device, gx.dtype)
     with no_autocast(gx.device):
         training = _needs_graph(gx, w_hh, h0)
         return _call(record if training else None, ops.rnn_fwd, gx, w_hh, h0, lengths, nonlinearity, training)
@@ -167,7 +167,7 @@ def lstm(
         check_tensor("h0", h0, (D, B, P), "[D, B, P]", **like)
     if c0 is not None:
         check_tensor("c0", c0, (D, B, H), "[D, B, H]", **like)
-    ops = backend_ops(backend, gx.device, gx.dtype)
+    ops = operators_for(backend, gx.device, gx.dtype)
     with no_autocast(gx.device):
         training = _needs_graph(gx, w_hh, h0, c0, w_hr)
         y, h_n, c_n, _, _ = _call(
@@ -208,7 +208,7 @@ def gru(
         check_tensor("b_hn", b_hn, (D, H), "[D, H]", **like)
     if h0 is not None:
         check_tensor("h0", h0, (D, B, H), "[D, B, H]", **like)
-    ops = backend_ops(backend, gx.device, gx.dtype)
+    ops = operators_for(backend, gx.device, gx.dtype)
     with no_autocast(gx.device):
         training = _needs_graph(gx, w_hh, b_hn, h0)
         y, h_n, _, _ = _call(record if training else None, ops.gru_fwd, gx, w_hh, b_hn, h0, lengths, training)

@@ -265,7 +265,7 @@ class _RecurrentLayer(nn.RNNBase):
         x, h0, c0, lengths, _ = self._prepare(input, hx, lengths)
         T, B, _ = x.shape
         D = self._directions
-        ops = functional.backend_ops(self.backend, x.device, x.dtype)
+        ops = functional.operators_for(self.backend, x.device, x.dtype)
         result = []
         layer_input = x
         for layer in range(self.num_layers):

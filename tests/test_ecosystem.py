@@ -403,3 +403,13 @@ def test_memory_kept_for_backward(name, per_direction, bidirectional):
     values_per_step = (saved_bytes(20) - saved_bytes(10)) / 10 / B / 4  # float32
     directions = 2 if bidirectional else 1
     assert values_per_step == I + directions * per_direction * H
+
+
+def test_double_backward_is_refused_clearly():
+    """The backward ops have no derivative of their own: a second-order gradient stops with
+    torch's message naming the op (instead of a silently wrong number)."""
+    model = rnnkit.LSTM(3, 4)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    (grad,) = torch.autograd.grad(model(x)[0].sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"backward through rnnkit\.reference_lstm_bwd"):
+        grad.sum().backward()
