@@ -352,9 +352,9 @@ def lstm_bwd(
         dm = dh_total if w_r is None else torch.bmm(dh_total, w_r)  # [D, B, H]
         dc_total = torch.addcmul(dc, dm, to_c[s])
         dpre = dgp[s]  # [D, B, 4H]
-        torch.mul(
-            factors[s], torch.stack((dc_total, dc_total, dc_total, dm), dim=2), out=dpre.view(D, B, 4, H)
-        )
+        gates_s = dpre.view(D, B, 4, H)  # δa_{i,f,g} = δc ⊙ factor, δa_o = δm ⊙ factor: no stacked copy
+        torch.mul(factors[s, :, :, :3], dc_total.unsqueeze(2), out=gates_s[:, :, :3])
+        torch.mul(factors[s, :, :, 3], dm, out=gates_s[:, :, 3])
         if rec_h is not None:
             rec_h[s] = _keep(dh_total, 0.0, v)
         if rec_c is not None:
