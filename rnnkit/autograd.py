@@ -91,9 +91,12 @@ def _check_saved(ctx, cell: str) -> None:
         )
 
 
-def _no_autocast(ctx) -> torch.autocast:
-    # the backward ops do their own fp32 math on the dtypes they are given
-    return torch.autocast(device_type=ctx.device_type, enabled=False)
+def no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """The backends do their own fp32 math on the dtype they are given: autocast stays out, forward
+    and backward (and where it is off, no context at all: exported graphs stay flat)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _rnn_autograd(bwd):
@@ -107,7 +110,7 @@ def _rnn_autograd(bwd):
         _check_saved(ctx, "rnn")
         w_hh, h0, lengths, y = ctx.saved_tensors
         record = _recording(ctx)
-        with _no_autocast(ctx):
+        with no_autocast(ctx.device_type):
             dgx, dh0, dh_steps = bwd(dy, dh_n, y, w_hh, lengths, ctx.nonlinearity, record is not None)
             if record is not None:
                 record(StepGradients(dh_steps, None, lengths))
@@ -129,7 +132,7 @@ def _lstm_autograd(bwd):
         _check_saved(ctx, "lstm")
         w_hh, w_hr, h0, c0, lengths, y, gates, c_steps = ctx.saved_tensors
         record = _recording(ctx)
-        with _no_autocast(ctx):
+        with no_autocast(ctx.device_type):
             dgx, dh0, dc0, dh_steps, dc_steps = bwd(
                 dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record is not None
             )
@@ -158,7 +161,7 @@ def _gru_autograd(bwd):
         _check_saved(ctx, "gru")
         w_hh, h0, lengths, y, gates, ghn = ctx.saved_tensors
         record = _recording(ctx)
-        with _no_autocast(ctx):
+        with no_autocast(ctx.device_type):
             dgx, dghn, dh0, dh_steps = bwd(dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record is not None)
             if record is not None:
                 record(StepGradients(dh_steps, None, lengths))

@@ -13,14 +13,13 @@ each sequence's own last step, as `torch.nn` does with a `PackedSequence`.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
 
 from rnnkit import ops as _ops
 from rnnkit._checks import check_floating, check_lengths, check_tensor
-from rnnkit.autograd import StepGradientsHook, recording_into
+from rnnkit.autograd import StepGradientsHook, no_autocast, recording_into
 from rnnkit.backends import prepared_backend
 
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -78,14 +77,6 @@ def _call(record: StepGradientsHook | None, op, *args):
         return op(*args)
 
 
-def no_autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """The backends do their own fp32 math on the dtype they are given: autocast stays out
-    (and where it is off, no context at all: exported graphs stay flat)."""
-    if torch.is_autocast_enabled(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
-
-
 def rnn(
     gx: torch.Tensor,
     w_hh: torch.Tensor,
@@ -119,7 +110,7 @@ def rnn(
     if h0 is not None:
         check_tensor("h0", h0, (D, B, H), "[D, B, H]", dtype=gx.dtype, device=gx.device)
     ops = operators_for(backend, gx.device, gx.dtype)
-    with no_autocast(gx.device):
+    with no_autocast(gx.device.type):
         training = _needs_graph(gx, w_hh, h0)
         return _call(record if training else None, ops.rnn_fwd, gx, w_hh, h0, lengths, nonlinearity, training)
 
@@ -168,7 +159,7 @@ def lstm(
     if c0 is not None:
         check_tensor("c0", c0, (D, B, H), "[D, B, H]", **like)
     ops = operators_for(backend, gx.device, gx.dtype)
-    with no_autocast(gx.device):
+    with no_autocast(gx.device.type):
         training = _needs_graph(gx, w_hh, h0, c0, w_hr)
         y, h_n, c_n, _, _ = _call(
             record if training else None, ops.lstm_fwd, gx, w_hh, h0, c0, w_hr, lengths, training
@@ -209,7 +200,7 @@ def gru(
     if h0 is not None:
         check_tensor("h0", h0, (D, B, H), "[D, B, H]", **like)
     ops = operators_for(backend, gx.device, gx.dtype)
-    with no_autocast(gx.device):
+    with no_autocast(gx.device.type):
         training = _needs_graph(gx, w_hh, b_hn, h0)
         y, h_n, _, _ = _call(record if training else None, ops.gru_fwd, gx, w_hh, b_hn, h0, lengths, training)
         return y, h_n
