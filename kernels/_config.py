@@ -1,15 +1,27 @@
 """Launch settings of every recurrent kernel, in one place.
 
-Design A of `shared/KERNEL-DESIGN.md` (batch-tiled, persistent): one program per (batch tile,
-direction) runs the whole time loop; W_hh is read every step in [BH, BK] tiles (from L1/L2 once it
-has been touched), so every hidden size works. Block sizes come from the shapes; under the
-interpreter one configuration (no autotuning: it needs a GPU driver).
+Two paths, both persistent (one program per (batch tile, direction) runs the whole time loop; design
+A of `shared/KERNEL-DESIGN.md`), chosen here from the shapes:
+
+- resident: W_hh is loaded once before the loop and stays on chip (Triton keeps the loop-invariant
+  product operand in shared memory), h and c stay in registers, and one product per step gives
+  every gate. Needs one tile of units (BH >= H, a power of two) and no projection; used up to
+  `RESIDENT_MAX_H`.
+- streamed: W_hh is read every step in [BH, BK] tiles (from L1/L2 once touched), h goes through an
+  fp32 double buffer in global memory; every H and the LSTM projection work.
+
+Block sizes come from the shapes; under the interpreter one configuration (autotuning needs a GPU
+driver). `python -m kernels.resources` compiles these launches for an H100 and reports registers,
+spills and shared memory (tested: the configurations chosen here do not spill).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import triton
@@ -19,9 +31,10 @@ import triton
 class LaunchConfig:
     BB: int  # batch rows per program (tl.dot wants >= 16)
     BH: int  # hidden units per tile (all G gates of those units)
-    BK: int  # reduction tile of the recurrent products
+    BK: int  # reduction tile of the recurrent products (resident: BH)
     num_warps: int
     PRECISION: str  # tl.dot input precision for the fp32 products: "ieee" or "tf32"
+    resident: bool  # W_hh kept on chip for the whole loop (one tile: BH >= H)
 
 
 def interpreted() -> bool:
@@ -32,27 +45,48 @@ def interpreted() -> bool:
 # the largest tile under the interpreter: small, so that the tests' odd sizes (H = 51, 64, 100) take
 # several tiles; a larger one runs big models faster there (every tile op is a numpy call)
 INTERPRETER_TILE_CAP = 32
+# the resident path's largest H. W_hh is kept in fp32 (gates rounded up to a power of two, BH² each:
+# 16 KiB for an LSTM at H = 32). Measured with `kernels.resources` (sm_90, Triton 3.9): up to 32 the
+# resident kernels of every cell compile without spills in fp32 and bf16 (one exception, GRU fp32 H = 24
+# B = 8 forward: 16 bytes); at H = 51-64 the LSTM forward spills (32-272 bytes per thread)
+RESIDENT_MAX_H = 32
+# "auto" picks by the rules above; tests force "resident" or "streamed" to run both on every shape
+KERNEL_PATH = "auto"
 
 
 def _tile(n: int, cap: int) -> int:
     return min(cap, max(16, triton.next_power_of_2(n)))
 
 
+def resident_fits(H: int, P: int) -> bool:
+    """Whether W_hh [G·H, P] stays on chip for the whole loop (the resident path)."""
+    return P == H and H <= RESIDENT_MAX_H
+
+
 def launch_config(B: int, H: int, P: int, dtype: torch.dtype) -> LaunchConfig:
-    """Block sizes and precision for batch B, hidden H, recurrent width P, storage ``dtype``.
+    """Block sizes, path and precision for batch B, hidden H, recurrent width P (H, or LSTM's
+    proj_size), storage ``dtype``.
 
     fp32 products use TF32 only when the user allowed it the way torch does
     (``torch.backends.cuda.matmul.allow_tf32``); other dtypes are upcast and multiplied in fp32.
     """
-    cap = INTERPRETER_TILE_CAP if interpreted() else 64
+    if KERNEL_PATH not in ("auto", "resident", "streamed"):
+        raise ValueError(f"KERNEL_PATH must be 'auto', 'resident' or 'streamed', got {KERNEL_PATH!r}")
     tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not interpreted()
-    return LaunchConfig(
-        BB=_tile(B, 16 if interpreted() else 32),
-        BH=_tile(H, cap),
-        BK=_tile(max(H, P), cap),
-        num_warps=4,
-        PRECISION="tf32" if tf32 else "ieee",
-    )
+    precision = "tf32" if tf32 else "ieee"
+    BB = _tile(B, 16 if interpreted() else 32)
+    forced = KERNEL_PATH == "resident" and P == H  # a projection always streams
+    if forced or (KERNEL_PATH == "auto" and resident_fits(H, P)):
+        BH = _tile(H, 1 << 30)
+        return LaunchConfig(BB=BB, BH=BH, BK=BH, num_warps=4 if interpreted() else 8,
+                            PRECISION=precision, resident=True)  # fmt: skip
+    if interpreted():
+        cap = INTERPRETER_TILE_CAP
+        return LaunchConfig(BB=BB, BH=_tile(H, cap), BK=_tile(max(H, P), cap), num_warps=4,
+                            PRECISION=precision, resident=False)  # fmt: skip
+    # BK = 16 and 8 warps: the fp32 FMA product keeps a row block of A and a column block of W per
+    # thread, so a wider reduction tile or fewer threads spill (measured with `kernels.resources`)
+    return LaunchConfig(BB=BB, BH=_tile(H, 64), BK=16, num_warps=8, PRECISION=precision, resident=False)
 
 
 # tests set this: outputs and scratch start as NaN, so a slot a kernel leaves unwritten shows
@@ -79,3 +113,38 @@ def step_gradients(
     """The δh_t buffer of a backward kernel and its time stride: [T, B, D, X] fp32 when kept (the
     record), else a one-step scratch [1, B, D, X] that every step reuses (stride 0)."""
     return alloc((T if keep else 1, B, D, X), like, torch.float32), B * D * X if keep else 0
+
+
+@dataclass
+class Launch:
+    """One kernel launch as a launcher would make it: the kernel, its grid, arguments and meta."""
+
+    kernel: Any  # the @triton.jit function
+    grid: tuple[int, ...]
+    args: tuple[Any, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+_captured: list[Launch] | None = None
+
+
+def launch(wrapped: Any, grid: tuple[int, ...], *args: Any, **meta: Any) -> None:
+    """Launch a kernel given as ``wrap_triton(kernel)`` — written so in each launcher, where
+    `torch.library.triton_op` looks for the kernels an operator runs — or record the launch
+    instead inside `capture_launches`."""
+    if _captured is not None:
+        _captured.append(Launch(getattr(wrapped, "kernel", wrapped), grid, args, meta))
+        return
+    wrapped[grid](*args, **meta)
+
+
+@contextlib.contextmanager
+def capture_launches() -> Iterator[list[Launch]]:
+    """Record the launches the launchers make instead of running them (with ``device="meta"``
+    inputs nothing is allocated either): what `kernels.resources` compiles."""
+    global _captured
+    previous, _captured = _captured, []
+    try:
+        yield _captured
+    finally:
+        _captured = previous

@@ -151,3 +151,54 @@ def load_previous(
     if HAS_INIT:
         value += load_tile(init_ptr, st, cols, is_valid & is_first, col_mask)
     return value
+
+
+@triton.jit
+def resident_weights_t(w_ptr, H, NG, G: tl.constexpr, BH: tl.constexpr):
+    # [BH, G*BH] fp32: W_hh [NG*H, H]ᵀ with each unit's gates side by side, column n*G + q holding
+    # W[q*H + n, :] (zero past H and past NG gates; G = NG rounded up to a power of two). Loaded
+    # once, before the time loop: one product per step gives every gate (see `split4`)
+    k = tl.arange(0, BH)[:, None, None]
+    n = tl.arange(0, BH)[None, :, None]
+    q = tl.arange(0, G)[None, None, :]
+    mask = (k < H) & (n < H) & (q < NG)
+    w = tl.load(w_ptr + (q * H + n).to(tl.int64) * H + k, mask=mask, other=0.0).to(tl.float32)
+    return tl.reshape(w, (BH, G * BH))
+
+
+@triton.jit
+def resident_weights(w_ptr, H, NG, G: tl.constexpr, BH: tl.constexpr):
+    # [G*BH, BH] fp32: `resident_weights_t` transposed, for the backward product δa @ W_hh
+    n = tl.arange(0, BH)[:, None, None]
+    q = tl.arange(0, G)[None, :, None]
+    k = tl.arange(0, BH)[None, None, :]
+    mask = (n < H) & (q < NG) & (k < H)
+    w = tl.load(w_ptr + (q * H + n).to(tl.int64) * H + k, mask=mask, other=0.0).to(tl.float32)
+    return tl.reshape(w, (G * BH, BH))
+
+
+@triton.jit
+def split4(a, BB: tl.constexpr, BH: tl.constexpr):
+    # the four [BB, BH] gate blocks of a [BB, 4*BH] product whose column n*4 + q is gate q of unit n
+    even, odd = tl.split(tl.reshape(a, (BB, BH, 2, 2)))  # gates 0, 2 and 1, 3
+    a0, a2 = tl.split(even)
+    a1, a3 = tl.split(odd)
+    return a0, a1, a2, a3
+
+
+@triton.jit
+def join4(a0, a1, a2, a3, BB: tl.constexpr, BH: tl.constexpr):
+    # the inverse of `split4`: [BB, 4*BH], column n*4 + q from gate block q
+    return tl.reshape(tl.join(tl.join(a0, a2), tl.join(a1, a3)), (BB, 4 * BH))
+
+
+@triton.jit
+def load_state(
+    ptr, row_off, cols, row_mask, col_mask, HAS_STATE: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr
+):
+    # [BB, BN] fp32 initial state (zeros without one)
+    if HAS_STATE:
+        value = load_tile(ptr, row_off, cols, row_mask, col_mask)
+    else:
+        value = tl.zeros((BB, BN), dtype=tl.float32)
+    return value

@@ -14,16 +14,21 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from kernels._config import alloc, launch_config, optional, step_gradients
+from kernels._config import alloc, launch, launch_config, optional, step_gradients
 from kernels._tiles import (
     carry_back,
     copy_rows,
     dot_rows_wt,
+    join4,
     load_previous,
+    load_state,
     load_tile,
     program_rows,
+    resident_weights,
+    resident_weights_t,
     seq_offset,
     sigmoid,
+    split4,
     state_offset,
     store_tile,
     tanh,
@@ -100,6 +105,59 @@ def _gru_fwd_kernel(
                 store_tile(ghn_ptr, y_rows, j, row_mask, jm, tl.where(valid, ghn, 0.0))
         tl.debug_barrier()
     copy_rows(hn_ptr, h_buf_ptr + (T % 2) * buf_stride, st_h, row_mask, H, True, BK)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _gru_fwd_resident_kernel(
+    gx_ptr,  # [T, B, D, 3H]
+    w_hh_ptr,  # [D, 3H, H]
+    b_hn_ptr,  # [D, H] (HAS_BHN)
+    h0_ptr,  # [D, B, H] (HAS_H0)
+    len_ptr,  # [B] int64 (HAS_LENGTHS)
+    y_ptr,  # [T, B, D, H]
+    hn_ptr,  # [D, B, H]
+    gates_ptr,  # [T, B, D, 3H] activated r, z, n (TRAINING)
+    ghn_ptr,  # [T, B, D, H] W_hn h_{t-1} + b_hn (TRAINING)
+    T,
+    B,
+    H,
+    HAS_BHN: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    TRAINING: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+):
+    # W_hh on chip for the whole loop (3 gates padded to 4), h in registers: one tile of BH >= H units
+    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    w_t = resident_weights_t(w_hh_ptr + d.to(tl.int64) * 3 * H * H, H, 3, 4, BH)  # [BH, 4BH]
+    j = tl.arange(0, BH)
+    jm = j < H
+    st = state_offset(rows, B, d, H)
+    h = load_state(h0_ptr, st, j, row_mask, jm, HAS_H0, BB, BH)  # [BB, BH] fp32
+    b_hn = tl.zeros((BB, BH), dtype=tl.float32)
+    if HAS_BHN:
+        b_hn += tl.load(b_hn_ptr + d.to(tl.int64) * H + j, mask=jm, other=0.0).to(tl.float32)[None, :]
+    for s in range(T):
+        t = tl.where(d == 0, s, T - 1 - s)
+        valid = (row_mask & (t < length))[:, None]
+        gx_rows = seq_offset(t, rows, B, D, d, 3 * H)
+        y_rows = seq_offset(t, rows, B, D, d, H)
+        h_r, h_z, h_n, _ = split4(tl.dot(h, w_t, input_precision=PRECISION), BB, BH)
+        r = sigmoid(load_tile(gx_ptr, gx_rows, j, row_mask, jm) + h_r)
+        z = sigmoid(load_tile(gx_ptr, gx_rows, H + j, row_mask, jm) + h_z)
+        ghn = h_n + b_hn
+        n = tanh(load_tile(gx_ptr, gx_rows, 2 * H + j, row_mask, jm) + r * ghn)
+        h_t = n + z * (h - n)
+        store_tile(y_ptr, y_rows, j, row_mask, jm, tl.where(valid, h_t, 0.0))
+        if TRAINING:
+            zero = tl.zeros((BB, BH), dtype=tl.float32)
+            r_s, z_s, n_s = tl.where(valid, r, zero), tl.where(valid, z, zero), tl.where(valid, n, zero)
+            _store_gates(gates_ptr, gx_rows, j, row_mask, jm, H, r_s, z_s, n_s)
+            store_tile(ghn_ptr, y_rows, j, row_mask, jm, tl.where(valid, ghn, 0.0))
+        h = tl.where(valid, h_t, h)
+    store_tile(hn_ptr, st, j, row_mask, jm, h)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -192,6 +250,71 @@ def _gru_bwd_kernel(
     copy_rows(dh0_ptr, dh_buf_ptr, st_h, row_mask, H, True, BK)
 
 
+@triton.jit(do_not_specialize=["T"])
+def _gru_bwd_resident_kernel(
+    dy_ptr,  # [T, B, D, H] (HAS_DY)
+    dhn_ptr,  # [D, B, H] (HAS_DHN)
+    w_hh_ptr,  # [D, 3H, H]
+    h0_ptr,  # [D, B, H] (HAS_H0)
+    y_ptr,  # [T, B, D, H]
+    gates_ptr,  # [T, B, D, 3H] activated r, z, n
+    ghn_ptr,  # [T, B, D, H]
+    len_ptr,  # [B] int64 (HAS_LENGTHS)
+    dgx_ptr,  # [T, B, D, 3H]
+    dghn_ptr,  # [T, B, D, H]
+    dh0_ptr,  # [D, B, H]
+    dh_steps_ptr,  # [T, B, D, H] fp32 δh_t (RECORD)
+    T,
+    B,
+    H,
+    HAS_DY: tl.constexpr,
+    HAS_DHN: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    RECORD: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+):
+    # W_hh on chip (3 gates padded to 4), the carried δh in registers: one tile of BH >= H units
+    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    first = tl.where(d == 0, 0, T - length)  # [BB] the loop step where each sequence starts
+    w = resident_weights(w_hh_ptr + d.to(tl.int64) * 3 * H * H, H, 3, 4, BH)  # [4BH, BH]
+    j = tl.arange(0, BH)
+    jm = j < H
+    st = state_offset(rows, B, d, H)
+    dh = load_state(dhn_ptr, st, j, row_mask, jm, HAS_DHN, BB, BH)  # [BB, BH] carried to h_t
+    zero = tl.zeros((BB, BH), dtype=tl.float32)
+    for s_rev in range(T):
+        s = T - 1 - s_rev
+        t = tl.where(d == 0, s, T - 1 - s)
+        is_valid = row_mask & (t < length)
+        valid = is_valid[:, None]
+        gx_rows = seq_offset(t, rows, B, D, d, 3 * H)
+        y_rows = seq_offset(t, rows, B, D, d, H)
+        prev_rows = seq_offset(t + tl.where(d == 0, -1, 1), rows, B, D, d, H)
+        dh_t = dh
+        if HAS_DY:
+            dh_t += load_tile(dy_ptr, y_rows, j, row_mask, jm)
+        dh_t = tl.where(valid, dh_t, 0.0)  # δh_t, the total
+        if RECORD:
+            store_tile(dh_steps_ptr, y_rows, j, row_mask, jm, dh_t)
+        r = load_tile(gates_ptr, gx_rows, j, row_mask, jm)
+        z = load_tile(gates_ptr, gx_rows, H + j, row_mask, jm)
+        n = load_tile(gates_ptr, gx_rows, 2 * H + j, row_mask, jm)
+        ghn = load_tile(ghn_ptr, y_rows, j, row_mask, jm)
+        h_prev = load_previous(y_ptr, prev_rows, h0_ptr, st, j, jm, is_valid, s == first, HAS_H0)
+        dn = tl.where(valid, dh_t * (1.0 - z) * (1.0 - n * n), 0.0)
+        dr = tl.where(valid, dn * ghn * r * (1.0 - r), 0.0)
+        dz = tl.where(valid, dh_t * (h_prev - n) * z * (1.0 - z), 0.0)
+        dghn = dn * r
+        _store_gates(dgx_ptr, gx_rows, j, row_mask, jm, H, dr, dz, dn)
+        store_tile(dghn_ptr, y_rows, j, row_mask, jm, dghn)
+        carried = dh_t * z + tl.dot(join4(dr, dz, dghn, zero, BB, BH), w, input_precision=PRECISION)
+        dh = tl.where(valid, carried, dh)
+    store_tile(dh0_ptr, st, j, row_mask, jm, dh)
+
+
 def gru_fwd(
     gx: torch.Tensor,
     w_hh: torch.Tensor,
@@ -209,7 +332,19 @@ def gru_fwd(
     gates = alloc((T, B, D, G), gx) if training else None
     ghn = alloc((T, B, D, H), gx) if training else None
     absent = gx
-    wrap_triton(_gru_fwd_kernel)[(triton.cdiv(B, cfg.BB), D)](
+    if cfg.resident:
+        launch(
+            wrap_triton(_gru_fwd_resident_kernel), (triton.cdiv(B, cfg.BB), D),
+            gx.contiguous(), w_hh.contiguous(), optional(b_hn, absent),
+            optional(h0, absent), optional(lengths, absent),
+            y, h_n, optional(gates, absent), optional(ghn, absent),
+            T, B, H,
+            HAS_BHN=b_hn is not None, HAS_H0=h0 is not None, HAS_LENGTHS=lengths is not None,
+            TRAINING=training, PRECISION=cfg.PRECISION, BB=cfg.BB, BH=cfg.BH, num_warps=cfg.num_warps,
+        )  # fmt: skip
+        return GRUForward(y, h_n, gates, ghn)
+    launch(
+        wrap_triton(_gru_fwd_kernel), (triton.cdiv(B, cfg.BB), D),
         gx.contiguous(), w_hh.contiguous(), optional(b_hn, absent),
         optional(h0, absent), optional(lengths, absent),
         y, h_n, optional(gates, absent), optional(ghn, absent),
@@ -241,7 +376,21 @@ def gru_bwd(
     dgx, dghn, dh0 = alloc((T, B, D, G), gates), alloc((T, B, D, H), gates), alloc((D, B, H), gates)
     dh_steps, dh_step_stride = step_gradients(record, T, B, D, H, gates)
     absent = gates
-    wrap_triton(_gru_bwd_kernel)[(triton.cdiv(B, cfg.BB), D)](
+    if cfg.resident:
+        launch(
+            wrap_triton(_gru_bwd_resident_kernel), (triton.cdiv(B, cfg.BB), D),
+            optional(dy, absent), optional(dh_n, absent),
+            w_hh.contiguous(), optional(h0, absent), y.contiguous(),
+            gates.contiguous(), ghn.contiguous(), optional(lengths, absent),
+            dgx, dghn, dh0, dh_steps,
+            T, B, H,
+            HAS_DY=dy is not None, HAS_DHN=dh_n is not None, HAS_H0=h0 is not None,
+            HAS_LENGTHS=lengths is not None, RECORD=record, PRECISION=cfg.PRECISION,
+            BB=cfg.BB, BH=cfg.BH, num_warps=cfg.num_warps,
+        )  # fmt: skip
+        return GRUBackward(dgx, dghn, dh0, dh_steps if record else None)
+    launch(
+        wrap_triton(_gru_bwd_kernel), (triton.cdiv(B, cfg.BB), D),
         optional(dy, absent), optional(dh_n, absent),
         w_hh.contiguous(), optional(h0, absent), y.contiguous(),
         gates.contiguous(), ghn.contiguous(), optional(lengths, absent),

@@ -16,17 +16,22 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from kernels._config import alloc, launch_config, optional, step_gradients
+from kernels._config import alloc, launch, launch_config, optional, step_gradients
 from kernels._tiles import (
     carry_back,
     copy_rows,
     dot_rows_w,
     dot_rows_wt,
+    join4,
     load_previous,
+    load_state,
     load_tile,
     program_rows,
+    resident_weights,
+    resident_weights_t,
     seq_offset,
     sigmoid,
+    split4,
     state_offset,
     store_tile,
     tanh,
@@ -169,6 +174,66 @@ def _lstm_fwd_kernel(
 
 
 @triton.jit(do_not_specialize=["T"])
+def _lstm_fwd_resident_kernel(
+    gx_ptr,  # [T, B, D, 4H]
+    w_hh_ptr,  # [D, 4H, H]
+    h0_ptr,  # [D, B, H] (HAS_H0)
+    c0_ptr,  # [D, B, H] (HAS_C0)
+    len_ptr,  # [B] int64 (HAS_LENGTHS)
+    y_ptr,  # [T, B, D, H]
+    hn_ptr,  # [D, B, H]
+    cn_ptr,  # [D, B, H]
+    gates_ptr,  # [T, B, D, 4H] activated (TRAINING)
+    c_steps_ptr,  # [T, B, D, H] (TRAINING)
+    T,
+    B,
+    H,
+    HAS_H0: tl.constexpr,
+    HAS_C0: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    TRAINING: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+):
+    # W_hh on chip for the whole loop, h and c in registers: one tile of BH >= H units, no projection
+    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    w_t = resident_weights_t(w_hh_ptr + d.to(tl.int64) * 4 * H * H, H, 4, 4, BH)  # [BH, 4BH]
+    j = tl.arange(0, BH)
+    jm = j < H
+    st = state_offset(rows, B, d, H)
+    h = load_state(h0_ptr, st, j, row_mask, jm, HAS_H0, BB, BH)  # [BB, BH] fp32
+    c = load_state(c0_ptr, st, j, row_mask, jm, HAS_C0, BB, BH)
+    for s in range(T):
+        t = tl.where(d == 0, s, T - 1 - s)
+        valid = (row_mask & (t < length))[:, None]
+        gx_rows = seq_offset(t, rows, B, D, d, 4 * H)
+        y_rows = seq_offset(t, rows, B, D, d, H)
+        a_i, a_f, a_g, a_o = split4(tl.dot(h, w_t, input_precision=PRECISION), BB, BH)
+        i = sigmoid(load_tile(gx_ptr, gx_rows, j, row_mask, jm) + a_i)
+        f = sigmoid(load_tile(gx_ptr, gx_rows, H + j, row_mask, jm) + a_f)
+        g = tanh(load_tile(gx_ptr, gx_rows, 2 * H + j, row_mask, jm) + a_g)
+        o = sigmoid(load_tile(gx_ptr, gx_rows, 3 * H + j, row_mask, jm) + a_o)
+        c_t = f * c + i * g
+        h_t = o * tanh(c_t)
+        store_tile(y_ptr, y_rows, j, row_mask, jm, tl.where(valid, h_t, 0.0))
+        if TRAINING:
+            zero = tl.zeros((BB, BH), dtype=tl.float32)
+            i_s, f_s, g_s, o_s = (
+                tl.where(valid, i, zero),
+                tl.where(valid, f, zero),
+                tl.where(valid, g, zero),
+                tl.where(valid, o, zero),
+            )
+            _store_gates(gates_ptr, gx_rows, j, row_mask, jm, H, i_s, f_s, g_s, o_s)
+            store_tile(c_steps_ptr, y_rows, j, row_mask, jm, tl.where(valid, c_t, 0.0))
+        c = tl.where(valid, c_t, c)
+        h = tl.where(valid, h_t, h)
+    store_tile(hn_ptr, st, j, row_mask, jm, h)
+    store_tile(cn_ptr, st, j, row_mask, jm, c)
+
+
+@triton.jit(do_not_specialize=["T"])
 def _lstm_bwd_kernel(
     dy_ptr,  # [T, B, D, P] (HAS_DY)
     dhn_ptr,  # [D, B, P] (HAS_DHN)
@@ -289,6 +354,77 @@ def _lstm_bwd_kernel(
     copy_rows(dc0_ptr, dc_buf_ptr, st_c, row_mask, H, True, BH)
 
 
+@triton.jit(do_not_specialize=["T"])
+def _lstm_bwd_resident_kernel(
+    dy_ptr,  # [T, B, D, H] (HAS_DY)
+    dhn_ptr,  # [D, B, H] (HAS_DHN)
+    dcn_ptr,  # [D, B, H] (HAS_DCN)
+    w_hh_ptr,  # [D, 4H, H]
+    c0_ptr,  # [D, B, H] (HAS_C0)
+    gates_ptr,  # [T, B, D, 4H] activated
+    c_steps_ptr,  # [T, B, D, H]
+    len_ptr,  # [B] int64 (HAS_LENGTHS)
+    dgx_ptr,  # [T, B, D, 4H]
+    dh0_ptr,  # [D, B, H]
+    dc0_ptr,  # [D, B, H]
+    dh_steps_ptr,  # [T, B, D, H] fp32 δh_t (RECORD)
+    dc_steps_ptr,  # [T, B, D, H] fp32 δc_t (RECORD)
+    T,
+    B,
+    H,
+    HAS_DY: tl.constexpr,
+    HAS_DHN: tl.constexpr,
+    HAS_DCN: tl.constexpr,
+    HAS_C0: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    RECORD: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+):
+    # W_hh on chip, the carried δh and δc in registers: one tile of BH >= H units, no projection
+    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    first = tl.where(d == 0, 0, T - length)  # [BB] the loop step where each sequence starts
+    w = resident_weights(w_hh_ptr + d.to(tl.int64) * 4 * H * H, H, 4, 4, BH)  # [4BH, BH]
+    j = tl.arange(0, BH)
+    jm = j < H
+    st = state_offset(rows, B, d, H)
+    dh = load_state(dhn_ptr, st, j, row_mask, jm, HAS_DHN, BB, BH)  # [BB, BH] carried to h_t
+    dc = load_state(dcn_ptr, st, j, row_mask, jm, HAS_DCN, BB, BH)
+    for s_rev in range(T):
+        s = T - 1 - s_rev
+        t = tl.where(d == 0, s, T - 1 - s)
+        is_valid = row_mask & (t < length)
+        valid = is_valid[:, None]
+        gx_rows = seq_offset(t, rows, B, D, d, 4 * H)
+        y_rows = seq_offset(t, rows, B, D, d, H)
+        prev_rows = seq_offset(t + tl.where(d == 0, -1, 1), rows, B, D, d, H)
+        dh_t = dh
+        if HAS_DY:
+            dh_t += load_tile(dy_ptr, y_rows, j, row_mask, jm)
+        dh_t = tl.where(valid, dh_t, 0.0)  # δh_t = δm_t, the total
+        i = load_tile(gates_ptr, gx_rows, j, row_mask, jm)
+        f = load_tile(gates_ptr, gx_rows, H + j, row_mask, jm)
+        g = load_tile(gates_ptr, gx_rows, 2 * H + j, row_mask, jm)
+        o = load_tile(gates_ptr, gx_rows, 3 * H + j, row_mask, jm)
+        tanh_c = tanh(load_tile(c_steps_ptr, y_rows, j, row_mask, jm))
+        c_prev = load_previous(c_steps_ptr, prev_rows, c0_ptr, st, j, jm, is_valid, s == first, HAS_C0)
+        dc_t = dc + dh_t * o * (1.0 - tanh_c * tanh_c)  # δc_t, the total
+        if RECORD:
+            store_tile(dh_steps_ptr, y_rows, j, row_mask, jm, dh_t)
+            store_tile(dc_steps_ptr, y_rows, j, row_mask, jm, tl.where(valid, dc_t, 0.0))
+        da_i = tl.where(valid, dc_t * g * i * (1.0 - i), 0.0)
+        da_f = tl.where(valid, dc_t * c_prev * f * (1.0 - f), 0.0)
+        da_g = tl.where(valid, dc_t * i * (1.0 - g * g), 0.0)
+        da_o = tl.where(valid, dh_t * tanh_c * o * (1.0 - o), 0.0)
+        _store_gates(dgx_ptr, gx_rows, j, row_mask, jm, H, da_i, da_f, da_g, da_o)
+        da = join4(da_i, da_f, da_g, da_o, BB, BH)  # [BB, 4BH]
+        dh = tl.where(valid, tl.dot(da, w, input_precision=PRECISION), dh)
+        dc = dc_t * tl.where(valid, f, 1.0)  # at a masked step dc_t = dc: δh_t is 0 there
+    store_tile(dh0_ptr, st, j, row_mask, jm, dh)
+    store_tile(dc0_ptr, st, j, row_mask, jm, dc)
+
+
 def lstm_fwd(
     gx: torch.Tensor,
     w_hh: torch.Tensor,
@@ -308,11 +444,22 @@ def lstm_fwd(
     h_n, c_n = alloc((D, B, P), gx), alloc((D, B, H), gx)
     gates = alloc((T, B, D, G), gx) if training else None
     c_steps = alloc((T, B, D, H), gx) if training else None
+    absent = gx
+    if cfg.resident:
+        launch(
+            wrap_triton(_lstm_fwd_resident_kernel), (triton.cdiv(B, cfg.BB), D),
+            gx, w_hh, optional(h0, absent), optional(c0, absent), optional(lengths, absent),
+            y, h_n, c_n, optional(gates, absent), optional(c_steps, absent),
+            T, B, H,
+            HAS_H0=h0 is not None, HAS_C0=c0 is not None, HAS_LENGTHS=lengths is not None,
+            TRAINING=training, PRECISION=cfg.PRECISION, BB=cfg.BB, BH=cfg.BH, num_warps=cfg.num_warps,
+        )  # fmt: skip
+        return LSTMForward(y, h_n, c_n, gates, c_steps)
     h_buf = alloc((2, D, B, P), gx, torch.float32)
     c_buf = alloc((D, B, H), gx, torch.float32)
     m_buf = alloc((D, B, H), gx, torch.float32) if w_hr is not None else c_buf
-    absent = gx
-    wrap_triton(_lstm_fwd_kernel)[(triton.cdiv(B, cfg.BB), D)](
+    launch(
+        wrap_triton(_lstm_fwd_kernel), (triton.cdiv(B, cfg.BB), D),
         gx, w_hh, optional(w_hr, absent),
         optional(h0, absent), optional(c0, absent),
         optional(lengths, absent),
@@ -350,7 +497,21 @@ def lstm_bwd(
     dh_steps, dh_step_stride = step_gradients(keep_dh, T, B, D, P, gates)
     dc_steps = alloc((T, B, D, H), gates, f32) if record else None
     absent = gates
-    wrap_triton(_lstm_bwd_kernel)[(triton.cdiv(B, cfg.BB), D)](
+    if cfg.resident:
+        launch(
+            wrap_triton(_lstm_bwd_resident_kernel), (triton.cdiv(B, cfg.BB), D),
+            optional(dy, absent), optional(dh_n, absent), optional(dc_n, absent),
+            w_hh.contiguous(), optional(c0, absent),
+            gates.contiguous(), c_steps.contiguous(), optional(lengths, absent),
+            dgx, dh0, dc0, dh_steps, optional(dc_steps, absent),
+            T, B, H,
+            HAS_DY=dy is not None, HAS_DHN=dh_n is not None, HAS_DCN=dc_n is not None,
+            HAS_C0=c0 is not None, HAS_LENGTHS=lengths is not None, RECORD=record,
+            PRECISION=cfg.PRECISION, BB=cfg.BB, BH=cfg.BH, num_warps=cfg.num_warps,
+        )  # fmt: skip
+        return LSTMBackward(dgx, dh0, dc0, dh_steps if keep_dh else None, dc_steps)
+    launch(
+        wrap_triton(_lstm_bwd_kernel), (triton.cdiv(B, cfg.BB), D),
         optional(dy, absent),
         optional(dh_n, absent), optional(dc_n, absent),
         w_hh.contiguous(), optional(w_hr, absent),

@@ -13,13 +13,16 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from kernels._config import alloc, launch_config, optional, step_gradients
+from kernels._config import alloc, launch, launch_config, optional, step_gradients
 from kernels._tiles import (
     carry_back,
     copy_rows,
     dot_rows_wt,
+    load_state,
     load_tile,
     program_rows,
+    resident_weights,
+    resident_weights_t,
     seq_offset,
     state_offset,
     store_tile,
@@ -75,6 +78,45 @@ def _rnn_fwd_kernel(
             store_tile(y_ptr, rows_t, j, row_mask, jm, tl.where(valid, h, 0.0))
         tl.debug_barrier()
     copy_rows(hn_ptr, h_buf_ptr + (T % 2) * buf_stride, st_h, row_mask, H, True, BK)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _rnn_fwd_resident_kernel(
+    gx_ptr,  # [T, B, D, H]
+    w_hh_ptr,  # [D, H, H]
+    h0_ptr,  # [D, B, H] (HAS_H0)
+    len_ptr,  # [B] int64 (HAS_LENGTHS)
+    y_ptr,  # [T, B, D, H]
+    hn_ptr,  # [D, B, H]
+    T,
+    B,
+    H,
+    RELU: tl.constexpr,
+    HAS_H0: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+):
+    # W_hh on chip for the whole loop, h in registers: one tile of BH >= H units
+    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    w_t = resident_weights_t(w_hh_ptr + d.to(tl.int64) * H * H, H, 1, 1, BH)  # [BH, BH]
+    j = tl.arange(0, BH)
+    jm = j < H
+    st = state_offset(rows, B, d, H)
+    h = load_state(h0_ptr, st, j, row_mask, jm, HAS_H0, BB, BH)  # [BB, BH] fp32
+    for s in range(T):
+        t = tl.where(d == 0, s, T - 1 - s)
+        valid = (row_mask & (t < length))[:, None]
+        rows_t = seq_offset(t, rows, B, D, d, H)  # gx and y share the layout
+        a = load_tile(gx_ptr, rows_t, j, row_mask, jm) + tl.dot(h, w_t, input_precision=PRECISION)
+        if RELU:
+            h_t = tl.maximum(a, 0.0)
+        else:
+            h_t = tanh(a)
+        store_tile(y_ptr, rows_t, j, row_mask, jm, tl.where(valid, h_t, 0.0))
+        h = tl.where(valid, h_t, h)
+    store_tile(hn_ptr, st, j, row_mask, jm, h)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -150,6 +192,56 @@ def _rnn_bwd_kernel(
     copy_rows(dh0_ptr, dh_buf_ptr, st_h, row_mask, H, True, BK)
 
 
+@triton.jit(do_not_specialize=["T"])
+def _rnn_bwd_resident_kernel(
+    dy_ptr,  # [T, B, D, H] (HAS_DY)
+    dhn_ptr,  # [D, B, H] (HAS_DHN)
+    y_ptr,  # [T, B, D, H]
+    w_hh_ptr,  # [D, H, H]
+    len_ptr,  # [B] int64 (HAS_LENGTHS)
+    dgx_ptr,  # [T, B, D, H]
+    dh0_ptr,  # [D, B, H]
+    dh_steps_ptr,  # [T, B, D, H] fp32 δh_t (RECORD)
+    T,
+    B,
+    H,
+    RELU: tl.constexpr,
+    HAS_DY: tl.constexpr,
+    HAS_DHN: tl.constexpr,
+    HAS_LENGTHS: tl.constexpr,
+    RECORD: tl.constexpr,
+    PRECISION: tl.constexpr,
+    BB: tl.constexpr,
+    BH: tl.constexpr,
+):
+    # W_hh on chip, the carried δh in registers: one tile of BH >= H units
+    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    w = resident_weights(w_hh_ptr + d.to(tl.int64) * H * H, H, 1, 1, BH)  # [BH, BH]
+    j = tl.arange(0, BH)
+    jm = j < H
+    st = state_offset(rows, B, d, H)
+    dh = load_state(dhn_ptr, st, j, row_mask, jm, HAS_DHN, BB, BH)  # [BB, BH] carried to h_t
+    for s_rev in range(T):
+        s = T - 1 - s_rev
+        t = tl.where(d == 0, s, T - 1 - s)
+        valid = (row_mask & (t < length))[:, None]
+        rows_t = seq_offset(t, rows, B, D, d, H)
+        dh_t = dh
+        if HAS_DY:
+            dh_t += load_tile(dy_ptr, rows_t, j, row_mask, jm)
+        dh_t = tl.where(valid, dh_t, 0.0)  # δh_t, the total
+        if RECORD:
+            store_tile(dh_steps_ptr, rows_t, j, row_mask, jm, dh_t)
+        h = load_tile(y_ptr, rows_t, j, row_mask, jm)
+        if RELU:
+            da = tl.where(valid & (h > 0), dh_t, 0.0)
+        else:
+            da = tl.where(valid, dh_t * (1.0 - h * h), 0.0)
+        store_tile(dgx_ptr, rows_t, j, row_mask, jm, da)
+        dh = tl.where(valid, tl.dot(da, w, input_precision=PRECISION), dh)
+    store_tile(dh0_ptr, st, j, row_mask, jm, dh)
+
+
 def rnn_fwd(
     gx: torch.Tensor,
     w_hh: torch.Tensor,
@@ -164,7 +256,17 @@ def rnn_fwd(
     cfg = launch_config(B, H, H, gx.dtype)
     y, h_n = alloc((T, B, D, H), gx), alloc((D, B, H), gx)
     absent = gx
-    wrap_triton(_rnn_fwd_kernel)[(triton.cdiv(B, cfg.BB), D)](
+    if cfg.resident:
+        launch(
+            wrap_triton(_rnn_fwd_resident_kernel), (triton.cdiv(B, cfg.BB), D),
+            gx.contiguous(), w_hh.contiguous(), optional(h0, absent), optional(lengths, absent),
+            y, h_n, T, B, H,
+            RELU=nonlinearity == "relu", HAS_H0=h0 is not None, HAS_LENGTHS=lengths is not None,
+            PRECISION=cfg.PRECISION, BB=cfg.BB, BH=cfg.BH, num_warps=cfg.num_warps,
+        )  # fmt: skip
+        return RNNForward(y, h_n)
+    launch(
+        wrap_triton(_rnn_fwd_kernel), (triton.cdiv(B, cfg.BB), D),
         gx.contiguous(), w_hh.contiguous(), optional(h0, absent),
         optional(lengths, absent), y, h_n, alloc((2, D, B, H), gx, torch.float32),
         T, B, H,
@@ -191,7 +293,18 @@ def rnn_bwd(
     dgx, dh0 = alloc((T, B, D, H), y), alloc((D, B, H), y)
     dh_steps, dh_step_stride = step_gradients(record, T, B, D, H, y)
     absent = y
-    wrap_triton(_rnn_bwd_kernel)[(triton.cdiv(B, cfg.BB), D)](
+    if cfg.resident:
+        launch(
+            wrap_triton(_rnn_bwd_resident_kernel), (triton.cdiv(B, cfg.BB), D),
+            optional(dy, absent), optional(dh_n, absent), y.contiguous(), w_hh.contiguous(),
+            optional(lengths, absent), dgx, dh0, dh_steps, T, B, H,
+            RELU=nonlinearity == "relu", HAS_DY=dy is not None, HAS_DHN=dh_n is not None,
+            HAS_LENGTHS=lengths is not None, RECORD=record, PRECISION=cfg.PRECISION,
+            BB=cfg.BB, BH=cfg.BH, num_warps=cfg.num_warps,
+        )  # fmt: skip
+        return RNNBackward(dgx, dh0, dh_steps if record else None)
+    launch(
+        wrap_triton(_rnn_bwd_kernel), (triton.cdiv(B, cfg.BB), D),
         optional(dy, absent), optional(dh_n, absent),
         y.contiguous(), w_hh.contiguous(), optional(lengths, absent),
         dgx, dh0, dh_steps, alloc((D, B, H), y, f32), alloc((D, B, H), y, f32),

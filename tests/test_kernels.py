@@ -75,11 +75,21 @@ def compare_outputs(prefix, ours, theirs, dtype):
         assert_close(f"{prefix}{name}", a, b, dtype)
 
 
+@pytest.fixture(params=["resident", "streamed"])
+def kernel_path(request, monkeypatch):
+    """Both kernel paths on every shape (`kernels._config` picks by H otherwise; the LSTM with a
+    projection always streams)."""
+    from kernels import _config
+
+    monkeypatch.setattr(_config, "KERNEL_PATH", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-H{}".format(*s))
 @pytest.mark.parametrize("D", [1, 2], ids=["uni", "bi"])
 @pytest.mark.parametrize("variant", ["plain", "state+lengths"])
-def test_kernel_matches_reference(poisoned, cell, shape, D, variant):
+def test_kernel_matches_reference(poisoned, kernel_path, cell, shape, D, variant):
     T, B, H = shape
     full = variant != "plain"
     args, kwargs, upstream = make_inputs(cell, T, B, D, H, with_state=full, with_lengths=full)
@@ -94,8 +104,38 @@ def test_kernel_matches_reference(poisoned, cell, shape, D, variant):
         compare_outputs(f"bwd(record={record}).", ours, ref, torch.float32)
 
 
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_kernel_runs_the_path_it_was_given(kernel_path, cell):
+    """The forced path is the one that runs (so the matrix above tests both kernels)."""
+    from kernels._config import capture_launches
+
+    args, kwargs, upstream = make_inputs(cell, 3, 2, 1, 16, with_state=True, with_lengths=False)
+    name = cell.split("_")[0]
+    module = kernel_module(cell)
+    with capture_launches() as launches:
+        fwd = getattr(module, f"{name}_fwd")(*args, **kwargs)
+        run_backward(module, cell, args, kwargs, fwd, upstream, record=True)
+    resident = kernel_path == "resident"
+    names = [launch.kernel.__name__ for launch in launches]
+    assert names == [f"_{name}_{p}_{'resident_' if resident else ''}kernel" for p in ("fwd", "bwd")], names
+
+
+def test_auto_path_by_hidden_size(monkeypatch):
+    """Unforced: W_hh stays on chip up to RESIDENT_MAX_H, and never with a projection."""
+    from kernels import _config
+
+    monkeypatch.setattr(_config, "KERNEL_PATH", "auto")
+    limit = _config.RESIDENT_MAX_H
+    assert _config.launch_config(8, limit, limit, torch.float32).resident
+    assert not _config.launch_config(8, limit + 1, limit + 1, torch.float32).resident
+    assert not _config.launch_config(8, 32, 16, torch.float32).resident  # LSTM proj_size
+    monkeypatch.setattr(_config, "KERNEL_PATH", "fastest")
+    with pytest.raises(ValueError, match=r"KERNEL_PATH must be .* got 'fastest'"):
+        _config.launch_config(8, 32, 32, torch.float32)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_kernel_inference_saves_nothing(poisoned, cell):
+def test_kernel_inference_saves_nothing(poisoned, kernel_path, cell):
     args, _, _ = make_inputs(cell, 7, 5, 2, 51, with_state=True, with_lengths=True)
     name = cell.split("_")[0]
     ours = getattr(kernel_module(cell), f"{name}_fwd")(*args, training=False)
@@ -106,7 +146,7 @@ def test_kernel_inference_saves_nothing(poisoned, cell):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
-def test_kernel_low_precision(poisoned, cell, dtype):
+def test_kernel_low_precision(poisoned, kernel_path, cell, dtype):
     """fp16/bf16 storage, fp32 math: the kernel equals the reference on the same inputs."""
     args, kwargs, upstream = make_inputs(cell, 7, 5, 2, 51, with_state=True, with_lengths=True, dtype=dtype)
     name = cell.split("_")[0]

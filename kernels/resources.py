@@ -1,0 +1,239 @@
+"""What a recurrent kernel costs on chip — registers, spills, shared memory — with no GPU.
+
+Triton compiles for a CUDA target without a driver, and its bundled `ptxas` reports what each
+thread needs. That is the question the kernel design turns on (does a program's working set, W_hh
+included, stay on chip?), so the launch settings are checked against it here; speed still needs a
+GPU. The launchers run on ``device="meta"`` tensors inside `kernels._config.capture_launches`, so
+the report compiles exactly the launches a real call would make (block sizes, flags, dtypes).
+
+    python -m kernels.resources                      # the benchmark shapes, sm_90 (H100)
+    python -m kernels.resources --cell lstm -B 32 -H 128 --dtype bfloat16
+
+Differences from a real launch, all small: ints are typed i32 and marked divisible by 16 when they
+are (as Triton's JIT does), pointers are taken as 16-byte aligned (true of fresh torch tensors),
+and the Triton version here may not be the GPU machine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from kernels import gru, lstm, rnn
+from kernels._config import Launch, capture_launches
+
+_TYPES = {
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float32: "fp32",
+    torch.float64: "fp64",
+    torch.int64: "i64",
+    torch.int32: "i32",
+}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one compiled kernel needs per thread (registers, spills) and per program (shared)."""
+
+    kernel: str
+    registers: int
+    spill_stores: int  # bytes per thread written to local memory because registers ran out
+    spill_loads: int
+    shared: int  # bytes of shared memory per program
+    num_warps: int
+    meta: tuple[tuple[str, object], ...]  # the launch's constexprs
+
+    @property
+    def spills(self) -> bool:
+        return self.spill_stores > 0 or self.spill_loads > 0
+
+
+def ptxas_available() -> bool:
+    """True when Triton's CUDA backend and its bundled `ptxas` are present (Linux x86-64 wheels)."""
+    try:
+        return os.access(_ptxas(90), os.X_OK)
+    except (ImportError, AttributeError, RuntimeError):
+        return False
+
+
+def _ptxas(capability: int) -> str:
+    from triton.backends.nvidia import compiler as nv
+
+    return nv.get_ptxas(capability).path if hasattr(nv, "get_ptxas") else nv.knobs.nvidia.ptxas.path
+
+
+def _signature(launch: Launch) -> tuple[dict[str, str], dict[str, object], dict[tuple[int], list]]:
+    kernel = launch.kernel
+    names = list(kernel.arg_names)
+    unspecialized = {names[i] if isinstance(i, int) else i for i in kernel.do_not_specialize}
+    positional = dict(zip([n for n in names if n not in launch.meta], launch.args, strict=True))
+    signature, constexprs, attrs = {}, {}, {}
+    for index, name in enumerate(names):
+        if name in launch.meta:
+            signature[name], constexprs[name] = "constexpr", launch.meta[name]
+            continue
+        value = positional[name]
+        if isinstance(value, torch.Tensor):
+            signature[name] = "*" + _TYPES[value.dtype]
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, int):
+            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            if value % 16 == 0 and name not in unspecialized:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+        else:
+            raise TypeError(f"argument {name} of {kernel.__name__}: cannot type {type(value).__name__}")
+    return signature, constexprs, attrs
+
+
+_USED = re.compile(r"Used (\d+) registers")
+_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def compile_resources(launch: Launch, capability: int = 90) -> Resources:
+    """Compile ``launch``'s kernel for CUDA compute ``capability`` (90: H100/H200) and read its
+    register and spill counts from `ptxas -v`; shared memory from Triton's own allocation."""
+    signature, constexprs, attrs = _signature(launch)
+    num_warps = launch.meta.get("num_warps", 4)
+    constexprs = {k: v for k, v in constexprs.items() if k not in ("num_warps", "num_stages")}
+    signature = {k: v for k, v in signature.items() if k not in ("num_warps", "num_stages")}
+    key = (launch.kernel.__name__, tuple(signature.items()), tuple(constexprs.items()), str(attrs), num_warps)
+    return _compiled(launch.kernel, key, signature, constexprs, attrs, num_warps, capability)
+
+
+_cache: dict[tuple, Resources] = {}  # one compile per distinct launch in a process
+
+
+def _compiled(kernel, key, signature, constexprs, attrs, num_warps, capability) -> Resources:
+    if (key, capability) in _cache:
+        return _cache[(key, capability)]
+    source = ASTSource(kernel, signature, constexprs, attrs)
+    compiled = triton.compile(
+        source, target=GPUTarget("cuda", capability, 32), options={"num_warps": num_warps}
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = os.path.join(tmp, "kernel.ptx")
+        with open(ptx, "w") as f:
+            f.write(compiled.asm["ptx"])
+        arch = f"sm_{capability}{'a' if capability >= 90 else ''}"
+        # Triton's own ptxas flags (backends/nvidia/compiler.py), plus -v for the counts
+        flags = ["-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={arch}"]
+        command = [_ptxas(capability), *flags, ptx, "-o", os.path.join(tmp, "kernel.cubin")]
+        log = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+    used, spills = _USED.search(log), _SPILLS.search(log)
+    if used is None or spills is None:
+        raise RuntimeError(f"could not read registers and spills from ptxas -v:\n{log}")
+    result = Resources(
+        kernel=kernel.__name__,
+        registers=int(used.group(1)),
+        spill_stores=int(spills.group(1)),
+        spill_loads=int(spills.group(2)),
+        shared=int(compiled.metadata.shared),
+        num_warps=num_warps,
+        meta=tuple(sorted(constexprs.items())),
+    )
+    _cache[(key, capability)] = result
+    return result
+
+
+def cell_launches(
+    cell: str,
+    B: int,
+    H: int,
+    *,
+    dtype: torch.dtype = torch.float32,
+    T: int = 8,
+    D: int = 1,
+    proj_size: int = 0,
+) -> list[Launch]:
+    """The forward and backward launches of one layer of ``cell`` ("rnn", "rnn_relu", "lstm", "gru")
+    at batch B, hidden H, made on meta tensors (nothing runs, nothing is allocated)."""
+    meta = dict(device="meta", dtype=dtype)
+    G = {"rnn": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[cell]
+    P = proj_size or H
+    gx, w_hh = torch.empty(T, B, D, G * H, **meta), torch.empty(D, G * H, P, **meta)
+    with capture_launches() as launches:
+        if cell in ("rnn", "rnn_relu"):
+            act = "relu" if cell == "rnn_relu" else "tanh"
+            out = rnn.rnn_fwd(gx, w_hh, nonlinearity=act)
+            rnn.rnn_bwd(out.y, None, out.y, w_hh, nonlinearity=act)
+        elif cell == "lstm":
+            w_hr = torch.empty(D, P, H, **meta) if proj_size else None
+            out = lstm.lstm_fwd(gx, w_hh, w_hr=w_hr)
+            lstm.lstm_bwd(out.y, None, None, w_hh, w_hr, None, out.gates, out.c_steps)
+        else:
+            out = gru.gru_fwd(gx, w_hh, torch.empty(D, H, **meta))
+            gru.gru_bwd(out.y, None, w_hh, None, out.y, out.gates, out.ghn)
+    return launches
+
+
+def _shapes_from_bench() -> list[tuple[str, str, int, int, torch.dtype]]:
+    from rnnkit.bench import DEFAULT_ROWS
+
+    return [(r.name, r.cell, r.B, r.H, getattr(torch, r.dtype)) for r in DEFAULT_ROWS]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kernels.resources", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cell", choices=("rnn", "rnn_relu", "lstm", "gru"))
+    parser.add_argument("-B", type=int, help="batch")
+    parser.add_argument("-H", type=int, help="hidden size")
+    parser.add_argument("--proj-size", type=int, default=0)
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    parser.add_argument("--capability", type=int, default=90, help="CUDA compute capability (90: H100, H200)")
+    args = parser.parse_args(argv)
+
+    from rich.console import Console
+    from rich.progress import track
+    from rich.table import Table
+
+    if args.cell or args.B or args.H:
+        if not (args.cell and args.B and args.H):
+            parser.error("--cell, -B and -H go together")
+        shapes = [("", args.cell, args.B, args.H, getattr(torch, args.dtype))]
+    else:
+        shapes = _shapes_from_bench()
+    table = Table(title=f"Recurrent kernels compiled for sm_{args.capability} (ptxas -v, no GPU)")
+    columns = (
+        "shape",
+        "cell",
+        "B",
+        "H",
+        "dtype",
+        "kernel",
+        "BB/BH/BK",
+        "warps",
+        "regs",
+        "spills (B)",
+        "smem",
+    )
+    for column in columns:
+        table.add_column(column, justify="right" if column in ("B", "H", "regs", "warps") else "left")
+    work = [
+        (s, launch)
+        for s in shapes
+        for launch in cell_launches(s[1], s[2], s[3], dtype=s[4], proj_size=args.proj_size)
+    ]
+    for (name, cell, B, H, dtype), launch in track(work, description="compiling", transient=True):
+        r = compile_resources(launch, args.capability)
+        m = dict(r.meta)
+        table.add_row(
+            name, cell, str(B), str(H), str(dtype).removeprefix("torch."), r.kernel.strip("_"),
+            f"{m['BB']}/{m['BH']}/{m.get('BK', m['BH'])}", str(r.num_warps), str(r.registers),
+            f"[red]{r.spill_stores}/{r.spill_loads}[/]" if r.spills else "0", f"{r.shared // 1024} KiB",
+        )  # fmt: skip
+    Console().print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
