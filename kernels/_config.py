@@ -58,11 +58,6 @@ def _tile(n: int, cap: int) -> int:
     return min(cap, max(16, triton.next_power_of_2(n)))
 
 
-def resident_fits(H: int, P: int) -> bool:
-    """Whether W_hh [G·H, P] stays on chip for the whole loop (the resident path)."""
-    return P == H and H <= RESIDENT_MAX_H
-
-
 def launch_config(B: int, H: int, P: int, dtype: torch.dtype) -> LaunchConfig:
     """Block sizes, path and precision for batch B, hidden H, recurrent width P (H, or LSTM's
     proj_size), storage ``dtype``.
@@ -75,8 +70,9 @@ def launch_config(B: int, H: int, P: int, dtype: torch.dtype) -> LaunchConfig:
     tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not interpreted()
     precision = "tf32" if tf32 else "ieee"
     BB = _tile(B, 16 if interpreted() else 32)
-    forced = KERNEL_PATH == "resident" and P == H  # a projection always streams
-    if forced or (KERNEL_PATH == "auto" and resident_fits(H, P)):
+    # W_hh on chip for the whole loop; a projection always streams
+    resident = P == H and (H <= RESIDENT_MAX_H if KERNEL_PATH == "auto" else KERNEL_PATH == "resident")
+    if resident:
         BH = _tile(H, 1 << 30)
         return LaunchConfig(BB=BB, BH=BH, BK=BH, num_warps=4 if interpreted() else 8,
                             PRECISION=precision, resident=True)  # fmt: skip

@@ -81,11 +81,9 @@ def copy_rows(dst_ptr, src_ptr, row_off, row_mask, N, HAS_SRC: tl.constexpr, BN:
     for n0 in range(0, N, BN):
         n = n0 + tl.arange(0, BN)
         n_mask = n < N
-        if HAS_SRC:
-            value = load_tile(src_ptr, row_off, n, row_mask, n_mask)
-        else:
-            value = tl.zeros((row_off.shape[0], BN), dtype=tl.float32)
-        store_tile(dst_ptr, row_off, n, row_mask, n_mask, value)
+        store_tile(
+            dst_ptr, row_off, n, row_mask, n_mask, load_state(src_ptr, row_off, n, row_mask, n_mask, HAS_SRC)
+        )
 
 
 @triton.jit
@@ -154,21 +152,11 @@ def load_previous(
 
 
 @triton.jit
-def resident_weights_t(w_ptr, H, NG, G: tl.constexpr, BH: tl.constexpr):
-    # [BH, G*BH] fp32: W_hh [NG*H, H]ᵀ with each unit's gates side by side, column n*G + q holding
-    # W[q*H + n, :] (zero past H and past NG gates; G = NG rounded up to a power of two). Loaded
-    # once, before the time loop: one product per step gives every gate (see `split4`)
-    k = tl.arange(0, BH)[:, None, None]
-    n = tl.arange(0, BH)[None, :, None]
-    q = tl.arange(0, G)[None, None, :]
-    mask = (k < H) & (n < H) & (q < NG)
-    w = tl.load(w_ptr + (q * H + n).to(tl.int64) * H + k, mask=mask, other=0.0).to(tl.float32)
-    return tl.reshape(w, (BH, G * BH))
-
-
-@triton.jit
 def resident_weights(w_ptr, H, NG, G: tl.constexpr, BH: tl.constexpr):
-    # [G*BH, BH] fp32: `resident_weights_t` transposed, for the backward product δa @ W_hh
+    # [G*BH, BH] fp32: W_hh [NG*H, H] with each unit's gates side by side, row n*G + q holding
+    # W[q*H + n, :] (zero past H and past NG gates; G = NG rounded up to a power of two). Loaded
+    # once, before the time loop: one product per step covers every gate (see `split4`, `join4`);
+    # the forward multiplies by its transpose
     n = tl.arange(0, BH)[:, None, None]
     q = tl.arange(0, G)[None, :, None]
     k = tl.arange(0, BH)[None, None, :]
@@ -193,12 +181,26 @@ def join4(a0, a1, a2, a3, BB: tl.constexpr, BH: tl.constexpr):
 
 
 @triton.jit
-def load_state(
-    ptr, row_off, cols, row_mask, col_mask, HAS_STATE: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr
-):
-    # [BB, BN] fp32 initial state (zeros without one)
+def load_state(ptr, row_off, cols, row_mask, col_mask, HAS_STATE: tl.constexpr):
+    # [rows, cols] fp32 of a state (zeros without one)
     if HAS_STATE:
         value = load_tile(ptr, row_off, cols, row_mask, col_mask)
     else:
-        value = tl.zeros((BB, BN), dtype=tl.float32)
+        value = tl.zeros((row_off.shape[0], cols.shape[0]), dtype=tl.float32)
     return value
+
+
+@triton.jit
+def resident_step_grad(
+    carried, dy_ptr, dh_steps_ptr, rows_t, cols, row_mask, col_mask, valid,
+    HAS_DY: tl.constexpr, RECORD: tl.constexpr,
+):  # fmt: skip
+    # δh_t = carried + dy_t in registers (zero at masked steps), written to the record when kept:
+    # `total_step_grad` of the resident kernels (dy and the record share the [T, B, D, H] layout)
+    dh = carried
+    if HAS_DY:
+        dh += load_tile(dy_ptr, rows_t, cols, row_mask, col_mask)
+    dh = tl.where(valid, dh, 0.0)
+    if RECORD:
+        store_tile(dh_steps_ptr, rows_t, cols, row_mask, col_mask, dh)
+    return dh

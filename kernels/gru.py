@@ -24,8 +24,8 @@ from kernels._tiles import (
     load_state,
     load_tile,
     program_rows,
+    resident_step_grad,
     resident_weights,
-    resident_weights_t,
     seq_offset,
     sigmoid,
     split4,
@@ -43,6 +43,13 @@ def _store_gates(ptr, row_off, j, row_mask, jm, H, a_r, a_z, a_n):
     store_tile(ptr, row_off, j, row_mask, jm, a_r)
     store_tile(ptr, row_off, H + j, row_mask, jm, a_z)
     store_tile(ptr, row_off, 2 * H + j, row_mask, jm, a_n)
+
+
+@triton.jit
+def _save_gates(ptr, row_off, j, row_mask, jm, H, valid, r, z, n):
+    # the activated gates saved for backward: zero at masked steps
+    r, z, n = tl.where(valid, r, 0.0), tl.where(valid, z, 0.0), tl.where(valid, n, 0.0)
+    _store_gates(ptr, row_off, j, row_mask, jm, H, r, z, n)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -99,9 +106,7 @@ def _gru_fwd_kernel(
             store_tile(h_nxt, st_h, j, row_mask, jm, tl.where(valid, h, h_prev))
             store_tile(y_ptr, y_rows, j, row_mask, jm, tl.where(valid, h, 0.0))
             if TRAINING:
-                zero = tl.zeros((BB, BH), dtype=tl.float32)
-                r_s, z_s, n_s = tl.where(valid, r, zero), tl.where(valid, z, zero), tl.where(valid, n, zero)
-                _store_gates(gates_ptr, gx_rows, j, row_mask, jm, H, r_s, z_s, n_s)
+                _save_gates(gates_ptr, gx_rows, j, row_mask, jm, H, valid, r, z, n)
                 store_tile(ghn_ptr, y_rows, j, row_mask, jm, tl.where(valid, ghn, 0.0))
         tl.debug_barrier()
     copy_rows(hn_ptr, h_buf_ptr + (T % 2) * buf_stride, st_h, row_mask, H, True, BK)
@@ -131,11 +136,11 @@ def _gru_fwd_resident_kernel(
 ):
     # W_hh on chip for the whole loop (3 gates padded to 4), h in registers: one tile of BH >= H units
     d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
-    w_t = resident_weights_t(w_hh_ptr + d.to(tl.int64) * 3 * H * H, H, 3, 4, BH)  # [BH, 4BH]
+    w_t = tl.trans(resident_weights(w_hh_ptr + d.to(tl.int64) * 3 * H * H, H, 3, 4, BH))  # [BH, 4BH]
     j = tl.arange(0, BH)
     jm = j < H
     st = state_offset(rows, B, d, H)
-    h = load_state(h0_ptr, st, j, row_mask, jm, HAS_H0, BB, BH)  # [BB, BH] fp32
+    h = load_state(h0_ptr, st, j, row_mask, jm, HAS_H0)  # [BB, BH] fp32
     b_hn = tl.zeros((BB, BH), dtype=tl.float32)
     if HAS_BHN:
         b_hn += tl.load(b_hn_ptr + d.to(tl.int64) * H + j, mask=jm, other=0.0).to(tl.float32)[None, :]
@@ -152,9 +157,7 @@ def _gru_fwd_resident_kernel(
         h_t = n + z * (h - n)
         store_tile(y_ptr, y_rows, j, row_mask, jm, tl.where(valid, h_t, 0.0))
         if TRAINING:
-            zero = tl.zeros((BB, BH), dtype=tl.float32)
-            r_s, z_s, n_s = tl.where(valid, r, zero), tl.where(valid, z, zero), tl.where(valid, n, zero)
-            _store_gates(gates_ptr, gx_rows, j, row_mask, jm, H, r_s, z_s, n_s)
+            _save_gates(gates_ptr, gx_rows, j, row_mask, jm, H, valid, r, z, n)
             store_tile(ghn_ptr, y_rows, j, row_mask, jm, tl.where(valid, ghn, 0.0))
         h = tl.where(valid, h_t, h)
     store_tile(hn_ptr, st, j, row_mask, jm, h)
@@ -283,7 +286,7 @@ def _gru_bwd_resident_kernel(
     j = tl.arange(0, BH)
     jm = j < H
     st = state_offset(rows, B, d, H)
-    dh = load_state(dhn_ptr, st, j, row_mask, jm, HAS_DHN, BB, BH)  # [BB, BH] carried to h_t
+    dh = load_state(dhn_ptr, st, j, row_mask, jm, HAS_DHN)  # [BB, BH] carried to h_t
     zero = tl.zeros((BB, BH), dtype=tl.float32)
     for s_rev in range(T):
         s = T - 1 - s_rev
@@ -293,12 +296,7 @@ def _gru_bwd_resident_kernel(
         gx_rows = seq_offset(t, rows, B, D, d, 3 * H)
         y_rows = seq_offset(t, rows, B, D, d, H)
         prev_rows = seq_offset(t + tl.where(d == 0, -1, 1), rows, B, D, d, H)
-        dh_t = dh
-        if HAS_DY:
-            dh_t += load_tile(dy_ptr, y_rows, j, row_mask, jm)
-        dh_t = tl.where(valid, dh_t, 0.0)  # δh_t, the total
-        if RECORD:
-            store_tile(dh_steps_ptr, y_rows, j, row_mask, jm, dh_t)
+        dh_t = resident_step_grad(dh, dy_ptr, dh_steps_ptr, y_rows, j, row_mask, jm, valid, HAS_DY, RECORD)
         r = load_tile(gates_ptr, gx_rows, j, row_mask, jm)
         z = load_tile(gates_ptr, gx_rows, H + j, row_mask, jm)
         n = load_tile(gates_ptr, gx_rows, 2 * H + j, row_mask, jm)

@@ -27,8 +27,8 @@ from kernels._tiles import (
     load_state,
     load_tile,
     program_rows,
+    resident_step_grad,
     resident_weights,
-    resident_weights_t,
     seq_offset,
     sigmoid,
     split4,
@@ -66,6 +66,15 @@ def _store_gates(ptr, row_off, j, row_mask, jm, H, a_i, a_f, a_g, a_o):
     store_tile(ptr, row_off, H + j, row_mask, jm, a_f)
     store_tile(ptr, row_off, 2 * H + j, row_mask, jm, a_g)
     store_tile(ptr, row_off, 3 * H + j, row_mask, jm, a_o)
+
+
+@triton.jit
+def _save_gates(ptr, row_off, j, row_mask, jm, H, valid, i, f, g, o):
+    # the activated gates saved for backward: zero at masked steps
+    _store_gates(
+        ptr, row_off, j, row_mask, jm, H,
+        tl.where(valid, i, 0.0), tl.where(valid, f, 0.0), tl.where(valid, g, 0.0), tl.where(valid, o, 0.0),
+    )  # fmt: skip
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -133,14 +142,7 @@ def _lstm_fwd_kernel(
             m = o * tanh(c)
             store_tile(c_buf_ptr, st_c, j, row_mask, jm, tl.where(valid, c, c_prev))
             if TRAINING:
-                zero = tl.zeros((BB, BH), dtype=tl.float32)
-                i_s, f_s, g_s, o_s = (
-                    tl.where(valid, i, zero),
-                    tl.where(valid, f, zero),
-                    tl.where(valid, g, zero),
-                    tl.where(valid, o, zero),
-                )
-                _store_gates(gates_ptr, gx_rows, j, row_mask, jm, H, i_s, f_s, g_s, o_s)
+                _save_gates(gates_ptr, gx_rows, j, row_mask, jm, H, valid, i, f, g, o)
                 store_tile(c_steps_ptr, c_rows, j, row_mask, jm, tl.where(valid, c, 0.0))
             if PROJ:
                 store_tile(m_buf_ptr, st_c, j, row_mask, jm, m)
@@ -198,12 +200,12 @@ def _lstm_fwd_resident_kernel(
 ):
     # W_hh on chip for the whole loop, h and c in registers: one tile of BH >= H units, no projection
     d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
-    w_t = resident_weights_t(w_hh_ptr + d.to(tl.int64) * 4 * H * H, H, 4, 4, BH)  # [BH, 4BH]
+    w_t = tl.trans(resident_weights(w_hh_ptr + d.to(tl.int64) * 4 * H * H, H, 4, 4, BH))  # [BH, 4BH]
     j = tl.arange(0, BH)
     jm = j < H
     st = state_offset(rows, B, d, H)
-    h = load_state(h0_ptr, st, j, row_mask, jm, HAS_H0, BB, BH)  # [BB, BH] fp32
-    c = load_state(c0_ptr, st, j, row_mask, jm, HAS_C0, BB, BH)
+    h = load_state(h0_ptr, st, j, row_mask, jm, HAS_H0)  # [BB, BH] fp32
+    c = load_state(c0_ptr, st, j, row_mask, jm, HAS_C0)
     for s in range(T):
         t = tl.where(d == 0, s, T - 1 - s)
         valid = (row_mask & (t < length))[:, None]
@@ -218,14 +220,7 @@ def _lstm_fwd_resident_kernel(
         h_t = o * tanh(c_t)
         store_tile(y_ptr, y_rows, j, row_mask, jm, tl.where(valid, h_t, 0.0))
         if TRAINING:
-            zero = tl.zeros((BB, BH), dtype=tl.float32)
-            i_s, f_s, g_s, o_s = (
-                tl.where(valid, i, zero),
-                tl.where(valid, f, zero),
-                tl.where(valid, g, zero),
-                tl.where(valid, o, zero),
-            )
-            _store_gates(gates_ptr, gx_rows, j, row_mask, jm, H, i_s, f_s, g_s, o_s)
+            _save_gates(gates_ptr, gx_rows, j, row_mask, jm, H, valid, i, f, g, o)
             store_tile(c_steps_ptr, y_rows, j, row_mask, jm, tl.where(valid, c_t, 0.0))
         c = tl.where(valid, c_t, c)
         h = tl.where(valid, h_t, h)
@@ -389,8 +384,8 @@ def _lstm_bwd_resident_kernel(
     j = tl.arange(0, BH)
     jm = j < H
     st = state_offset(rows, B, d, H)
-    dh = load_state(dhn_ptr, st, j, row_mask, jm, HAS_DHN, BB, BH)  # [BB, BH] carried to h_t
-    dc = load_state(dcn_ptr, st, j, row_mask, jm, HAS_DCN, BB, BH)
+    dh = load_state(dhn_ptr, st, j, row_mask, jm, HAS_DHN)  # [BB, BH] carried to h_t
+    dc = load_state(dcn_ptr, st, j, row_mask, jm, HAS_DCN)
     for s_rev in range(T):
         s = T - 1 - s_rev
         t = tl.where(d == 0, s, T - 1 - s)
@@ -399,10 +394,7 @@ def _lstm_bwd_resident_kernel(
         gx_rows = seq_offset(t, rows, B, D, d, 4 * H)
         y_rows = seq_offset(t, rows, B, D, d, H)
         prev_rows = seq_offset(t + tl.where(d == 0, -1, 1), rows, B, D, d, H)
-        dh_t = dh
-        if HAS_DY:
-            dh_t += load_tile(dy_ptr, y_rows, j, row_mask, jm)
-        dh_t = tl.where(valid, dh_t, 0.0)  # δh_t = δm_t, the total
+        dh_t = resident_step_grad(dh, dy_ptr, dh_steps_ptr, y_rows, j, row_mask, jm, valid, HAS_DY, RECORD)
         i = load_tile(gates_ptr, gx_rows, j, row_mask, jm)
         f = load_tile(gates_ptr, gx_rows, H + j, row_mask, jm)
         g = load_tile(gates_ptr, gx_rows, 2 * H + j, row_mask, jm)
@@ -411,7 +403,6 @@ def _lstm_bwd_resident_kernel(
         c_prev = load_previous(c_steps_ptr, prev_rows, c0_ptr, st, j, jm, is_valid, s == first, HAS_C0)
         dc_t = dc + dh_t * o * (1.0 - tanh_c * tanh_c)  # δc_t, the total
         if RECORD:
-            store_tile(dh_steps_ptr, y_rows, j, row_mask, jm, dh_t)
             store_tile(dc_steps_ptr, y_rows, j, row_mask, jm, tl.where(valid, dc_t, 0.0))
         da_i = tl.where(valid, dc_t * g * i * (1.0 - i), 0.0)
         da_f = tl.where(valid, dc_t * c_prev * f * (1.0 - f), 0.0)

@@ -99,24 +99,18 @@ _USED = re.compile(r"Used (\d+) registers")
 _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
 
+_cache: dict[tuple, Resources] = {}  # one compile per distinct launch and target in a process
+
+
 def compile_resources(launch: Launch, capability: int = 90) -> Resources:
     """Compile ``launch``'s kernel for CUDA compute ``capability`` (90: H100/H200) and read its
     register and spill counts from `ptxas -v`; shared memory from Triton's own allocation."""
     signature, constexprs, attrs = _signature(launch)
     num_warps = launch.meta.get("num_warps", 4)
-    constexprs = {k: v for k, v in constexprs.items() if k not in ("num_warps", "num_stages")}
-    signature = {k: v for k, v in signature.items() if k not in ("num_warps", "num_stages")}
     key = (launch.kernel.__name__, tuple(signature.items()), tuple(constexprs.items()), str(attrs), num_warps)
-    return _compiled(launch.kernel, key, signature, constexprs, attrs, num_warps, capability)
-
-
-_cache: dict[tuple, Resources] = {}  # one compile per distinct launch in a process
-
-
-def _compiled(kernel, key, signature, constexprs, attrs, num_warps, capability) -> Resources:
     if (key, capability) in _cache:
         return _cache[(key, capability)]
-    source = ASTSource(kernel, signature, constexprs, attrs)
+    source = ASTSource(launch.kernel, signature, constexprs, attrs)
     compiled = triton.compile(
         source, target=GPUTarget("cuda", capability, 32), options={"num_warps": num_warps}
     )
@@ -133,7 +127,7 @@ def _compiled(kernel, key, signature, constexprs, attrs, num_warps, capability) 
     if used is None or spills is None:
         raise RuntimeError(f"could not read registers and spills from ptxas -v:\n{log}")
     result = Resources(
-        kernel=kernel.__name__,
+        kernel=launch.kernel.__name__,
         registers=int(used.group(1)),
         spill_stores=int(spills.group(1)),
         spill_loads=int(spills.group(2)),

@@ -21,8 +21,8 @@ from kernels._tiles import (
     load_state,
     load_tile,
     program_rows,
+    resident_step_grad,
     resident_weights,
-    resident_weights_t,
     seq_offset,
     state_offset,
     store_tile,
@@ -100,11 +100,11 @@ def _rnn_fwd_resident_kernel(
 ):
     # W_hh on chip for the whole loop, h in registers: one tile of BH >= H units
     d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
-    w_t = resident_weights_t(w_hh_ptr + d.to(tl.int64) * H * H, H, 1, 1, BH)  # [BH, BH]
+    w_t = tl.trans(resident_weights(w_hh_ptr + d.to(tl.int64) * H * H, H, 1, 1, BH))  # [BH, BH]
     j = tl.arange(0, BH)
     jm = j < H
     st = state_offset(rows, B, d, H)
-    h = load_state(h0_ptr, st, j, row_mask, jm, HAS_H0, BB, BH)  # [BB, BH] fp32
+    h = load_state(h0_ptr, st, j, row_mask, jm, HAS_H0)  # [BB, BH] fp32
     for s in range(T):
         t = tl.where(d == 0, s, T - 1 - s)
         valid = (row_mask & (t < length))[:, None]
@@ -220,18 +220,13 @@ def _rnn_bwd_resident_kernel(
     j = tl.arange(0, BH)
     jm = j < H
     st = state_offset(rows, B, d, H)
-    dh = load_state(dhn_ptr, st, j, row_mask, jm, HAS_DHN, BB, BH)  # [BB, BH] carried to h_t
+    dh = load_state(dhn_ptr, st, j, row_mask, jm, HAS_DHN)  # [BB, BH] carried to h_t
     for s_rev in range(T):
         s = T - 1 - s_rev
         t = tl.where(d == 0, s, T - 1 - s)
         valid = (row_mask & (t < length))[:, None]
         rows_t = seq_offset(t, rows, B, D, d, H)
-        dh_t = dh
-        if HAS_DY:
-            dh_t += load_tile(dy_ptr, rows_t, j, row_mask, jm)
-        dh_t = tl.where(valid, dh_t, 0.0)  # δh_t, the total
-        if RECORD:
-            store_tile(dh_steps_ptr, rows_t, j, row_mask, jm, dh_t)
+        dh_t = resident_step_grad(dh, dy_ptr, dh_steps_ptr, rows_t, j, row_mask, jm, valid, HAS_DY, RECORD)
         h = load_tile(y_ptr, rows_t, j, row_mask, jm)
         if RELU:
             da = tl.where(valid & (h > 0), dh_t, 0.0)
