@@ -104,7 +104,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     providers, modes = tuple(args.providers.split(",")), tuple(args.modes.split(","))
     header = bench.machine()
     console.print("  ".join(f"[bold]{k}[/] {v}" for k, v in header.items()))
-    total = len(rows) * len(providers) * len(modes)
+    gpu_fp32 = len(args.fp32.split(",")) if args.device.startswith("cuda") else 1
+    total = sum(gpu_fp32 if r.dtype == "float32" else 1 for r in rows) * len(providers) * len(modes)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
     with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
         bar = progress.add_task("timing", total=total)
@@ -113,7 +114,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             progress.update(bar, advance=1, description=f"{r.row} {r.provider} {r.mode}")
 
         results = bench.run_bench(
-            rows, providers=providers, modes=modes, device=args.device,
+            rows, providers=providers, modes=modes, device=args.device, fp32=tuple(args.fp32.split(",")),
             warmup=args.warmup, repeats=args.repeats, on_result=on_result,
             compile_max_steps=(
                 bench.COMPILE_MAX_STEPS if args.compile_max_steps is None else args.compile_max_steps
@@ -122,20 +123,25 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     for row in rows:
         table = Table(title=f"{row.name}: {row.cell.upper()} B={row.B} T={row.T} I={row.I} H={row.H} "
                       f"layers={row.num_layers} {row.dtype}")  # fmt: skip
-        for col in ("provider", "mode", "median ms", "p20–p80", "× torch.nn", "seq/s", "peak MiB", "first s"):
-            table.add_column(col, justify="left" if col in ("provider", "mode") else "right")
+        names = ("fp32 math", "provider", "mode", "median ms", "p20–p80", "× torch.nn", "seq/s", "peak MiB",
+                 "first s")  # fmt: skip
+        for col in names:
+            table.add_column(col, justify="left" if col in names[:3] else "right")
         for r in (r for r in results if r.row == row.name):
             if r.skipped:
-                table.add_row(r.provider, r.mode, f"[dim]{r.skipped}[/]", "", "", "", "", "")
+                table.add_row(r.fp32_math, r.provider, r.mode, f"[dim]{r.skipped}[/]", "", "", "", "", "")
                 continue
             ratio = "-" if r.ratio_to_torch is None else f"{r.ratio_to_torch:.2f}"
             peak = "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.4g}"
             spread = f"{r.p20_ms:.3g}–{r.p80_ms:.3g}"
             first = f"{r.first_call_s:.3g}"
             table.add_row(
-                r.provider, r.mode, f"{r.median_ms:.4g}", spread, ratio, f"{r.seq_per_s:.4g}", peak, first
-            )
+                r.fp32_math, r.provider, r.mode, f"{r.median_ms:.4g}", spread, ratio, f"{r.seq_per_s:.4g}",
+                peak, first,
+            )  # fmt: skip
         console.print(table)
+    if any(r.fp32_math == "tf32" for r in results):
+        console.print(bench.FP32_NOTE)
     targets = bench.check_targets(results, args.device)
     for line in targets:
         console.print(("[green]" if line.endswith("met") else "[red]") + line + "[/]")
@@ -404,6 +410,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--modes", default="fwd,fwd+bwd")
     b.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    b.add_argument(
+        "--fp32",
+        default="tf32,ieee",
+        help="GPU fp32 rows: tf32 (torch's defaults: TF32 in cuDNN's RNN and in rnnkit's recurrence), "
+        "ieee (TF32 off for both), or both, each a pass of every provider",
+    )
     b.add_argument("--warmup", type=int, default=1, help="CPU: untimed runs first")
     b.add_argument("--repeats", type=int, default=5, help="CPU: timed runs")
     b.add_argument(

@@ -18,6 +18,7 @@ spills and shared memory (tested: the configurations chosen here do not spill).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,37 +53,101 @@ INTERPRETER_TILE_CAP = 32
 RESIDENT_MAX_H = 32
 # "auto" picks by the rules above; tests force "resident" or "streamed" to run both on every shape
 KERNEL_PATH = "auto"
+# shared memory one program may use on sm_90 (H100, H200: 227 KiB opt-in); the budget under the
+# interpreter and for meta tensors, where no device can be asked
+SM90_SHARED_MEMORY = 232448
+PRECISIONS = ("ieee", "tf32")
 
 
-def _tile(n: int, cap: int) -> int:
-    return min(cap, max(16, triton.next_power_of_2(n)))
+class KernelPathError(ValueError):
+    """A kernel path was forced (`KERNEL_PATH`) where it cannot run on this device."""
 
 
-def launch_config(B: int, H: int, P: int, dtype: torch.dtype) -> LaunchConfig:
-    """Block sizes, path and precision for batch B, hidden H, recurrent width P (H, or LSTM's
-    proj_size), storage ``dtype``.
+def _size(n: int | torch.SymInt) -> int:
+    # a size as a plain int, with no guard on a symbolic one (torch.compile, torch.export): its hint.
+    # Launch settings only pick block sizes; masks make any of them right for every size
+    if isinstance(n, torch.SymInt):
+        node = n.node
+        return int(node.hint) if node.has_hint() else 64
+    return int(n)
 
-    fp32 products use TF32 only when the user allowed it the way torch does
-    (``torch.backends.cuda.matmul.allow_tf32``); other dtypes are upcast and multiplied in fp32.
+
+def _tile(n: int | torch.SymInt, cap: int) -> int:
+    return min(cap, max(16, triton.next_power_of_2(_size(n))))
+
+
+def shared_memory_limit(device: torch.device) -> int:
+    """Bytes of shared memory one program may use on ``device`` (Triton's driver reports it; the
+    sm_90 figure under the interpreter, on meta tensors, or without a GPU)."""
+    if device.type != "cuda" or interpreted() or not torch.cuda.is_available():
+        return SM90_SHARED_MEMORY
+    return _device_shared_memory(torch.cuda.current_device() if device.index is None else device.index)
+
+
+@functools.cache
+def _device_shared_memory(index: int) -> int:
+    from triton.runtime import driver
+
+    return int(driver.active.utils.get_device_properties(index)["max_shared_mem"])
+
+
+def resident_shared_memory(G: int, BB: int, BH: int, *, backward: bool) -> int:
+    """Bytes of shared memory a resident kernel asks for: W_hh in fp32 (G gates rounded up to a power
+    of two, BH² each) and the compiler's layout-conversion scratch, at most one (forward) or five
+    (backward) fp32 [BB, G·BH] tiles. Measured on sm_90 with `kernels.resources` (Triton 3.9) and
+    checked there for every cell at H 16-128, B 8-64, fp32 and bf16 (`tests/test_resources.py`)."""
+    gates = triton.next_power_of_2(G)
+    return 4 * gates * BH * (BH + (5 if backward else 1) * BB)
+
+
+def launch_config(
+    B: int | torch.SymInt,
+    H: int,
+    P: int,
+    G: int,
+    like: torch.Tensor,
+    precision: str = "ieee",
+    *,
+    backward: bool = False,
+) -> LaunchConfig:
+    """Block sizes, path and precision of one launch: batch B, hidden H, recurrent width P (H, or
+    LSTM's proj_size), G gates, storage dtype and device of ``like``.
+
+    ``precision`` ("ieee" or "tf32") is that of the fp32 recurrent products; other dtypes are upcast
+    and multiplied in fp32, and the interpreter has no TF32. The resident path runs where W_hh and
+    its scratch fit in the device's shared memory (`shared_memory_limit`); forced
+    (``KERNEL_PATH = "resident"``) where they do not, it raises `KernelPathError`. A symbolic B
+    (torch.compile, torch.export) is read through its hint: no guard on the batch.
     """
     if KERNEL_PATH not in ("auto", "resident", "streamed"):
         raise ValueError(f"KERNEL_PATH must be 'auto', 'resident' or 'streamed', got {KERNEL_PATH!r}")
-    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32 and not interpreted()
-    precision = "tf32" if tf32 else "ieee"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected 'ieee' or 'tf32', got {precision!r}")
+    tf32 = precision == "tf32" and like.dtype == torch.float32 and not interpreted()
+    PRECISION = "tf32" if tf32 else "ieee"
     BB = _tile(B, 16 if interpreted() else 32)
-    # W_hh on chip for the whole loop; a projection always streams
-    resident = P == H and (H <= RESIDENT_MAX_H if KERNEL_PATH == "auto" else KERNEL_PATH == "resident")
+    BH = _tile(H, 1 << 30)
+    needed = resident_shared_memory(G, BB, BH, backward=backward)
+    fits = needed <= shared_memory_limit(like.device)
+    if KERNEL_PATH == "resident" and P == H and not fits:
+        raise KernelPathError(
+            f"KERNEL_PATH = 'resident': W_hh of {G} gates at H = {H} (tile {BH}) with {BB} batch rows "
+            f"needs {needed} bytes of shared memory per program and {like.device} allows "
+            f"{shared_memory_limit(like.device)}; use 'auto' or 'streamed'"
+        )
+    # W_hh on chip for the whole loop where it fits; a projection always streams
+    chosen = H <= RESIDENT_MAX_H if KERNEL_PATH == "auto" else KERNEL_PATH == "resident"
+    resident = P == H and fits and chosen
     if resident:
-        BH = _tile(H, 1 << 30)
         return LaunchConfig(BB=BB, BH=BH, BK=BH, num_warps=4 if interpreted() else 8,
-                            PRECISION=precision, resident=True)  # fmt: skip
+                            PRECISION=PRECISION, resident=True)  # fmt: skip
     if interpreted():
         cap = INTERPRETER_TILE_CAP
         return LaunchConfig(BB=BB, BH=_tile(H, cap), BK=_tile(max(H, P), cap), num_warps=4,
-                            PRECISION=precision, resident=False)  # fmt: skip
+                            PRECISION=PRECISION, resident=False)  # fmt: skip
     # BK = 16 and 8 warps: the fp32 FMA product keeps a row block of A and a column block of W per
     # thread, so a wider reduction tile or fewer threads spill (measured with `kernels.resources`)
-    return LaunchConfig(BB=BB, BH=_tile(H, 64), BK=16, num_warps=8, PRECISION=precision, resident=False)
+    return LaunchConfig(BB=BB, BH=_tile(H, 64), BK=16, num_warps=8, PRECISION=PRECISION, resident=False)
 
 
 # tests set this: outputs and scratch start as NaN, so a slot a kernel leaves unwritten shows
@@ -97,10 +162,22 @@ def alloc(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None 
     return torch.empty(shape, dtype=dtype, device=like.device)
 
 
-def optional(t: torch.Tensor | None, absent: torch.Tensor) -> torch.Tensor:
-    """A kernel argument: ``t`` made contiguous, or ``absent`` (any tensor: its pointer is never
-    read when the matching HAS_* flag is off)."""
-    return absent if t is None else t.contiguous()
+def or_absent(t: torch.Tensor | None, absent: torch.Tensor) -> torch.Tensor:
+    """A kernel argument: ``t``, or ``absent`` where it is None (any tensor: its pointer is never
+    read or written when the matching HAS_* flag is off)."""
+    return absent if t is None else t
+
+
+def check_contiguous(fn: str, **tensors: torch.Tensor | None) -> None:
+    """The kernels index every tensor as dense and row-major: a strided one is refused (its caller
+    makes it contiguous). No copy here: under torch.compile a launcher must trace to the same graph
+    whatever the strides its inputs were traced with."""
+    for name, t in tensors.items():
+        if t is not None and not t.is_contiguous():
+            raise ValueError(
+                f"{fn}: {name} must be contiguous, got shape {list(t.shape)} with strides "
+                f"{list(t.stride())}; pass {name}.contiguous()"
+            )
 
 
 def step_gradients(

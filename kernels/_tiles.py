@@ -87,23 +87,15 @@ def copy_rows(dst_ptr, src_ptr, row_off, row_mask, N, HAS_SRC: tl.constexpr, BN:
 
 
 @triton.jit
-def program_rows(len_ptr, B, T, HAS_LENGTHS: tl.constexpr, BB: tl.constexpr):
-    # this program's direction d (of D), its batch rows [BB] (int64), their mask and lengths
+def program_rows(B, BB: tl.constexpr):
+    # this program's direction d (of D), its batch rows [BB] (int64) and their mask. Each kernel then
+    # loads its rows' lengths itself, not through a helper: torch.compile reads a kernel's writes off
+    # its TTIR and counts every argument of a helper call that feeds a stored address as written,
+    # which would make it copy the lengths on every call
     d = tl.program_id(1)
     D = tl.num_programs(1)
     rows = (tl.program_id(0) * BB + tl.arange(0, BB)).to(tl.int64)
-    row_mask = rows < B
-    return d, D, rows, row_mask, step_lengths(len_ptr, rows, row_mask, T, HAS_LENGTHS)
-
-
-@triton.jit
-def step_lengths(len_ptr, rows, row_mask, T, HAS_LENGTHS: tl.constexpr):
-    # [BB] int64 valid steps of each row (T without lengths)
-    if HAS_LENGTHS:
-        length = tl.load(len_ptr + rows, mask=row_mask, other=0).to(tl.int64)
-    else:
-        length = tl.zeros(rows.shape, dtype=tl.int64) + T
-    return length
+    return d, D, rows, rows < B
 
 
 @triton.jit

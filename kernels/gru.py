@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from kernels._config import alloc, launch, launch_config, optional, step_gradients
+from kernels._config import alloc, check_contiguous, launch, launch_config, or_absent, step_gradients
 from kernels._tiles import (
     carry_back,
     copy_rows,
@@ -76,7 +76,8 @@ def _gru_fwd_kernel(
     BH: tl.constexpr,
     BK: tl.constexpr,
 ):
-    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    d, D, rows, row_mask = program_rows(B, BB)
+    length = tl.load(len_ptr + rows, mask=row_mask & HAS_LENGTHS, other=T).to(tl.int64)  # [BB] steps
     w_hh = w_hh_ptr + d.to(tl.int64) * 3 * H * H
     st_h = state_offset(rows, B, d, H)
     buf_stride = D.to(tl.int64) * B * H
@@ -135,7 +136,8 @@ def _gru_fwd_resident_kernel(
     BH: tl.constexpr,
 ):
     # W_hh on chip for the whole loop (3 gates padded to 4), h in registers: one tile of BH >= H units
-    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    d, D, rows, row_mask = program_rows(B, BB)
+    length = tl.load(len_ptr + rows, mask=row_mask & HAS_LENGTHS, other=T).to(tl.int64)  # [BB] steps
     w_t = tl.trans(resident_weights(w_hh_ptr + d.to(tl.int64) * 3 * H * H, H, 3, 4, BH))  # [BH, 4BH]
     j = tl.arange(0, BH)
     jm = j < H
@@ -193,7 +195,8 @@ def _gru_bwd_kernel(
     BH: tl.constexpr,
     BK: tl.constexpr,
 ):
-    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    d, D, rows, row_mask = program_rows(B, BB)
+    length = tl.load(len_ptr + rows, mask=row_mask & HAS_LENGTHS, other=T).to(tl.int64)  # [BB] steps
     first = tl.where(d == 0, 0, T - length)  # [BB] the loop step where each sequence starts
     w_hh = w_hh_ptr + d.to(tl.int64) * 3 * H * H
     st_h = state_offset(rows, B, d, H)
@@ -280,7 +283,8 @@ def _gru_bwd_resident_kernel(
     BH: tl.constexpr,
 ):
     # W_hh on chip (3 gates padded to 4), the carried δh in registers: one tile of BH >= H units
-    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    d, D, rows, row_mask = program_rows(B, BB)
+    length = tl.load(len_ptr + rows, mask=row_mask & HAS_LENGTHS, other=T).to(tl.int64)  # [BB] steps
     first = tl.where(d == 0, 0, T - length)  # [BB] the loop step where each sequence starts
     w = resident_weights(w_hh_ptr + d.to(tl.int64) * 3 * H * H, H, 3, 4, BH)  # [4BH, BH]
     j = tl.arange(0, BH)
@@ -321,11 +325,13 @@ def gru_fwd(
     lengths: torch.Tensor | None = None,
     *,
     training: bool = True,
+    precision: str = "ieee",
 ) -> GRUForward:
     """The Triton twin of `kernels.reference.gru_fwd`: same arguments, same return values."""
     T, B, D, G = gx.shape
     H = G // 3
-    cfg = launch_config(B, H, H, gx.dtype)
+    check_contiguous("gru_fwd", gx=gx, w_hh=w_hh, b_hn=b_hn, h0=h0, lengths=lengths)
+    cfg = launch_config(B, H, H, 3, gx, precision)
     y, h_n = alloc((T, B, D, H), gx), alloc((D, B, H), gx)
     gates = alloc((T, B, D, G), gx) if training else None
     ghn = alloc((T, B, D, H), gx) if training else None
@@ -333,9 +339,9 @@ def gru_fwd(
     if cfg.resident:
         launch(
             wrap_triton(_gru_fwd_resident_kernel), (triton.cdiv(B, cfg.BB), D),
-            gx.contiguous(), w_hh.contiguous(), optional(b_hn, absent),
-            optional(h0, absent), optional(lengths, absent),
-            y, h_n, optional(gates, absent), optional(ghn, absent),
+            gx, w_hh, or_absent(b_hn, absent),
+            or_absent(h0, absent), or_absent(lengths, absent),
+            y, h_n, or_absent(gates, absent), or_absent(ghn, absent),
             T, B, H,
             HAS_BHN=b_hn is not None, HAS_H0=h0 is not None, HAS_LENGTHS=lengths is not None,
             TRAINING=training, PRECISION=cfg.PRECISION, BB=cfg.BB, BH=cfg.BH, num_warps=cfg.num_warps,
@@ -343,9 +349,9 @@ def gru_fwd(
         return GRUForward(y, h_n, gates, ghn)
     launch(
         wrap_triton(_gru_fwd_kernel), (triton.cdiv(B, cfg.BB), D),
-        gx.contiguous(), w_hh.contiguous(), optional(b_hn, absent),
-        optional(h0, absent), optional(lengths, absent),
-        y, h_n, optional(gates, absent), optional(ghn, absent),
+        gx, w_hh, or_absent(b_hn, absent),
+        or_absent(h0, absent), or_absent(lengths, absent),
+        y, h_n, or_absent(gates, absent), or_absent(ghn, absent),
         alloc((2, D, B, H), gx, torch.float32),
         T, B, H,
         HAS_BHN=b_hn is not None, HAS_H0=h0 is not None, HAS_LENGTHS=lengths is not None,
@@ -365,11 +371,15 @@ def gru_bwd(
     lengths: torch.Tensor | None = None,
     *,
     record: bool = False,
+    precision: str = "ieee",
 ) -> GRUBackward:
     """The Triton twin of `kernels.reference.gru_bwd`: same arguments, same return values."""
     T, B, D, G = gates.shape
     H = G // 3
-    cfg = launch_config(B, H, H, gates.dtype)
+    check_contiguous(
+        "gru_bwd", dy=dy, dh_n=dh_n, w_hh=w_hh, h0=h0, y=y, gates=gates, ghn=ghn, lengths=lengths
+    )
+    cfg = launch_config(B, H, H, 3, gates, precision, backward=True)
     f32 = torch.float32
     dgx, dghn, dh0 = alloc((T, B, D, G), gates), alloc((T, B, D, H), gates), alloc((D, B, H), gates)
     dh_steps, dh_step_stride = step_gradients(record, T, B, D, H, gates)
@@ -377,9 +387,9 @@ def gru_bwd(
     if cfg.resident:
         launch(
             wrap_triton(_gru_bwd_resident_kernel), (triton.cdiv(B, cfg.BB), D),
-            optional(dy, absent), optional(dh_n, absent),
-            w_hh.contiguous(), optional(h0, absent), y.contiguous(),
-            gates.contiguous(), ghn.contiguous(), optional(lengths, absent),
+            or_absent(dy, absent), or_absent(dh_n, absent),
+            w_hh, or_absent(h0, absent), y,
+            gates, ghn, or_absent(lengths, absent),
             dgx, dghn, dh0, dh_steps,
             T, B, H,
             HAS_DY=dy is not None, HAS_DHN=dh_n is not None, HAS_H0=h0 is not None,
@@ -389,9 +399,9 @@ def gru_bwd(
         return GRUBackward(dgx, dghn, dh0, dh_steps if record else None)
     launch(
         wrap_triton(_gru_bwd_kernel), (triton.cdiv(B, cfg.BB), D),
-        optional(dy, absent), optional(dh_n, absent),
-        w_hh.contiguous(), optional(h0, absent), y.contiguous(),
-        gates.contiguous(), ghn.contiguous(), optional(lengths, absent),
+        or_absent(dy, absent), or_absent(dh_n, absent),
+        w_hh, or_absent(h0, absent), y,
+        gates, ghn, or_absent(lengths, absent),
         dgx, dghn, dh0, dh_steps,
         alloc((D, B, H), gates, f32), alloc((D, B, G), gates, f32), alloc((D, B, H), gates, f32),
         T, B, H, dh_step_stride,

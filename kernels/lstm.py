@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from kernels._config import alloc, launch, launch_config, optional, step_gradients
+from kernels._config import alloc, check_contiguous, launch, launch_config, or_absent, step_gradients
 from kernels._tiles import (
     carry_back,
     copy_rows,
@@ -107,7 +107,8 @@ def _lstm_fwd_kernel(
     BH: tl.constexpr,
     BK: tl.constexpr,
 ):
-    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    d, D, rows, row_mask = program_rows(B, BB)
+    length = tl.load(len_ptr + rows, mask=row_mask & HAS_LENGTHS, other=T).to(tl.int64)  # [BB] steps
     w_hh = w_hh_ptr + d.to(tl.int64) * 4 * H * P
     w_hr = w_hr_ptr + d.to(tl.int64) * P * H
     st_h = state_offset(rows, B, d, P)
@@ -199,7 +200,8 @@ def _lstm_fwd_resident_kernel(
     BH: tl.constexpr,
 ):
     # W_hh on chip for the whole loop, h and c in registers: one tile of BH >= H units, no projection
-    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    d, D, rows, row_mask = program_rows(B, BB)
+    length = tl.load(len_ptr + rows, mask=row_mask & HAS_LENGTHS, other=T).to(tl.int64)  # [BB] steps
     w_t = tl.trans(resident_weights(w_hh_ptr + d.to(tl.int64) * 4 * H * H, H, 4, 4, BH))  # [BH, 4BH]
     j = tl.arange(0, BH)
     jm = j < H
@@ -264,7 +266,8 @@ def _lstm_bwd_kernel(
     BH: tl.constexpr,
     BK: tl.constexpr,
 ):
-    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    d, D, rows, row_mask = program_rows(B, BB)
+    length = tl.load(len_ptr + rows, mask=row_mask & HAS_LENGTHS, other=T).to(tl.int64)  # [BB] steps
     first = tl.where(d == 0, 0, T - length)  # [BB] the loop step where each sequence starts
     w_hh = w_hh_ptr + d.to(tl.int64) * 4 * H * P
     w_hr = w_hr_ptr + d.to(tl.int64) * P * H
@@ -378,7 +381,8 @@ def _lstm_bwd_resident_kernel(
     BH: tl.constexpr,
 ):
     # W_hh on chip, the carried δh and δc in registers: one tile of BH >= H units, no projection
-    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    d, D, rows, row_mask = program_rows(B, BB)
+    length = tl.load(len_ptr + rows, mask=row_mask & HAS_LENGTHS, other=T).to(tl.int64)  # [BB] steps
     first = tl.where(d == 0, 0, T - length)  # [BB] the loop step where each sequence starts
     w = resident_weights(w_hh_ptr + d.to(tl.int64) * 4 * H * H, H, 4, 4, BH)  # [4BH, BH]
     j = tl.arange(0, BH)
@@ -425,12 +429,13 @@ def lstm_fwd(
     lengths: torch.Tensor | None = None,
     *,
     training: bool = True,
+    precision: str = "ieee",
 ) -> LSTMForward:
     """The Triton twin of `kernels.reference.lstm_fwd`: same arguments, same return values."""
     T, B, D, G = gx.shape
     H, P = G // 4, w_hh.shape[2]
-    cfg = launch_config(B, H, P, gx.dtype)
-    gx, w_hh = gx.contiguous(), w_hh.contiguous()
+    check_contiguous("lstm_fwd", gx=gx, w_hh=w_hh, h0=h0, c0=c0, w_hr=w_hr, lengths=lengths)
+    cfg = launch_config(B, H, P, 4, gx, precision)
     y = alloc((T, B, D, P), gx)
     h_n, c_n = alloc((D, B, P), gx), alloc((D, B, H), gx)
     gates = alloc((T, B, D, G), gx) if training else None
@@ -439,8 +444,8 @@ def lstm_fwd(
     if cfg.resident:
         launch(
             wrap_triton(_lstm_fwd_resident_kernel), (triton.cdiv(B, cfg.BB), D),
-            gx, w_hh, optional(h0, absent), optional(c0, absent), optional(lengths, absent),
-            y, h_n, c_n, optional(gates, absent), optional(c_steps, absent),
+            gx, w_hh, or_absent(h0, absent), or_absent(c0, absent), or_absent(lengths, absent),
+            y, h_n, c_n, or_absent(gates, absent), or_absent(c_steps, absent),
             T, B, H,
             HAS_H0=h0 is not None, HAS_C0=c0 is not None, HAS_LENGTHS=lengths is not None,
             TRAINING=training, PRECISION=cfg.PRECISION, BB=cfg.BB, BH=cfg.BH, num_warps=cfg.num_warps,
@@ -448,14 +453,14 @@ def lstm_fwd(
         return LSTMForward(y, h_n, c_n, gates, c_steps)
     h_buf = alloc((2, D, B, P), gx, torch.float32)
     c_buf = alloc((D, B, H), gx, torch.float32)
-    m_buf = alloc((D, B, H), gx, torch.float32) if w_hr is not None else c_buf
+    m_buf = alloc((D, B, H), gx, torch.float32) if w_hr is not None else None
     launch(
         wrap_triton(_lstm_fwd_kernel), (triton.cdiv(B, cfg.BB), D),
-        gx, w_hh, optional(w_hr, absent),
-        optional(h0, absent), optional(c0, absent),
-        optional(lengths, absent),
-        y, h_n, c_n, optional(gates, absent), optional(c_steps, absent),
-        h_buf, c_buf, m_buf,
+        gx, w_hh, or_absent(w_hr, absent),
+        or_absent(h0, absent), or_absent(c0, absent),
+        or_absent(lengths, absent),
+        y, h_n, c_n, or_absent(gates, absent), or_absent(c_steps, absent),
+        h_buf, c_buf, or_absent(m_buf, absent),
         T, B, H, P,
         HAS_H0=h0 is not None, HAS_C0=c0 is not None, HAS_LENGTHS=lengths is not None,
         PROJ=w_hr is not None, TRAINING=training, PRECISION=cfg.PRECISION,
@@ -476,11 +481,14 @@ def lstm_bwd(
     lengths: torch.Tensor | None = None,
     *,
     record: bool = False,
+    precision: str = "ieee",
 ) -> LSTMBackward:
     """The Triton twin of `kernels.reference.lstm_bwd`: same arguments, same return values."""
     T, B, D, G = gates.shape
     H, P = G // 4, w_hh.shape[2]
-    cfg = launch_config(B, H, P, gates.dtype)
+    check_contiguous("lstm_bwd", dy=dy, dh_n=dh_n, dc_n=dc_n, w_hh=w_hh, w_hr=w_hr, c0=c0, gates=gates,
+                     c_steps=c_steps, lengths=lengths)  # fmt: skip
+    cfg = launch_config(B, H, P, 4, gates, precision, backward=True)
     f32 = torch.float32
     dgx = alloc((T, B, D, G), gates)
     dh0, dc0 = alloc((D, B, P), gates), alloc((D, B, H), gates)
@@ -491,10 +499,10 @@ def lstm_bwd(
     if cfg.resident:
         launch(
             wrap_triton(_lstm_bwd_resident_kernel), (triton.cdiv(B, cfg.BB), D),
-            optional(dy, absent), optional(dh_n, absent), optional(dc_n, absent),
-            w_hh.contiguous(), optional(c0, absent),
-            gates.contiguous(), c_steps.contiguous(), optional(lengths, absent),
-            dgx, dh0, dc0, dh_steps, optional(dc_steps, absent),
+            or_absent(dy, absent), or_absent(dh_n, absent), or_absent(dc_n, absent),
+            w_hh, or_absent(c0, absent),
+            gates, c_steps, or_absent(lengths, absent),
+            dgx, dh0, dc0, dh_steps, or_absent(dc_steps, absent),
             T, B, H,
             HAS_DY=dy is not None, HAS_DHN=dh_n is not None, HAS_DCN=dc_n is not None,
             HAS_C0=c0 is not None, HAS_LENGTHS=lengths is not None, RECORD=record,
@@ -503,12 +511,12 @@ def lstm_bwd(
         return LSTMBackward(dgx, dh0, dc0, dh_steps if keep_dh else None, dc_steps)
     launch(
         wrap_triton(_lstm_bwd_kernel), (triton.cdiv(B, cfg.BB), D),
-        optional(dy, absent),
-        optional(dh_n, absent), optional(dc_n, absent),
-        w_hh.contiguous(), optional(w_hr, absent),
-        optional(c0, absent),
-        gates.contiguous(), c_steps.contiguous(), optional(lengths, absent),
-        dgx, dh0, dc0, dh_steps, optional(dc_steps, absent),
+        or_absent(dy, absent),
+        or_absent(dh_n, absent), or_absent(dc_n, absent),
+        w_hh, or_absent(w_hr, absent),
+        or_absent(c0, absent),
+        gates, c_steps, or_absent(lengths, absent),
+        dgx, dh0, dc0, dh_steps, or_absent(dc_steps, absent),
         alloc((D, B, P), gates, f32), alloc((D, B, H), gates, f32), alloc((D, B, G), gates, f32),
         T, B, H, P, dh_step_stride,
         HAS_DY=dy is not None, HAS_DHN=dh_n is not None, HAS_DCN=dc_n is not None,

@@ -22,10 +22,15 @@ sequence's own last step, as `torch.nn` does with a `PackedSequence`.
 
 `record=True` in a backward also returns the total gradient of every step's state, dL/dh_t
 (and dL/dc_t for the LSTM): the direct gradient from y_t plus what flows back from step t+1.
+
+`precision` ("ieee" or "tf32") is that of the fp32 recurrent products: on CUDA, torch's matmuls
+run in it for the call (TF32 on tensor cores where asked); a CPU has no TF32 and computes IEEE fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import torch
@@ -70,6 +75,27 @@ class GRUBackward(NamedTuple):
     dghn: torch.Tensor  # [T, B, D, H], gradient of W_hn h + b_hn (the hidden side's n block)
     dh0: torch.Tensor  # [D, B, H]
     dh_steps: torch.Tensor | None  # [T, B, D, H] float32, with record=True
+
+
+@contextlib.contextmanager
+def fp32_products(precision: str, device: torch.device) -> Iterator[None]:
+    """Inside the block, torch's fp32 matmuls on ``device`` run in ``precision``: "ieee" or "tf32"
+    (CUDA only: the CPU has no TF32). The previous setting comes back after."""
+    if precision not in ("ieee", "tf32"):
+        raise ValueError(f"precision: expected 'ieee' or 'tf32', got {precision!r}")
+    if device.type != "cuda":
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    # torch >= 2.9 has fp32_precision (mixing it with the older allow_tf32 is refused there)
+    new_api = hasattr(matmul, "fp32_precision")
+    name, value = ("fp32_precision", precision) if new_api else ("allow_tf32", precision == "tf32")
+    previous = getattr(matmul, name)
+    setattr(matmul, name, value)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, previous)
 
 
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -160,6 +186,7 @@ def rnn_fwd(
     *,
     nonlinearity: str = "tanh",
     training: bool = True,
+    precision: str = "ieee",
 ) -> RNNForward:
     """Elman RNN forward: h_t = act(gx_t + W_hh h_{t-1}), act = tanh or relu.
 
@@ -172,20 +199,21 @@ def rnn_fwd(
     Returns:
         RNNForward(y [T, B, D, H], h_n [D, B, H]) in gx's dtype.
     """
-    T, B, D, H = gx.shape
-    ct = compute_dtype(gx)
-    act = torch.tanh if nonlinearity == "tanh" else torch.relu
-    gxp = _processing_order(gx).to(ct)  # [T, D, B, H]
-    w_t = w_hh.to(ct).transpose(1, 2)  # [D, H, H]
-    h = _init_state(h0, (D, B, H), gx, ct)  # [D, B, H]
-    valid = _valid_steps(lengths, T, D)
-    yp = gx.new_empty(T, D, B, H)
-    for s in range(T):
-        v = None if valid is None else valid[s]
-        h_new = act(torch.baddbmm(gxp[s], h, w_t))
-        yp[s] = _keep(h_new, 0.0, v)
-        h = _keep(h_new, h, v)
-    return RNNForward(_time_order(yp), h.to(gx.dtype, copy=True))
+    with fp32_products(precision, gx.device):
+        T, B, D, H = gx.shape
+        ct = compute_dtype(gx)
+        act = torch.tanh if nonlinearity == "tanh" else torch.relu
+        gxp = _processing_order(gx).to(ct)  # [T, D, B, H]
+        w_t = w_hh.to(ct).transpose(1, 2)  # [D, H, H]
+        h = _init_state(h0, (D, B, H), gx, ct)  # [D, B, H]
+        valid = _valid_steps(lengths, T, D)
+        yp = gx.new_empty(T, D, B, H)
+        for s in range(T):
+            v = None if valid is None else valid[s]
+            h_new = act(torch.baddbmm(gxp[s], h, w_t))
+            yp[s] = _keep(h_new, 0.0, v)
+            h = _keep(h_new, h, v)
+        return RNNForward(_time_order(yp), h.to(gx.dtype, copy=True))
 
 
 def rnn_bwd(
@@ -197,6 +225,7 @@ def rnn_bwd(
     *,
     nonlinearity: str = "tanh",
     record: bool = False,
+    precision: str = "ieee",
 ) -> RNNBackward:
     """Elman RNN backward through time.
 
@@ -208,26 +237,27 @@ def rnn_bwd(
     Returns:
         RNNBackward(dgx [T, B, D, H], dh0 [D, B, H], dh_steps [T, B, D, H] float32 or None).
     """
-    T, B, D, H = y.shape
-    ct = compute_dtype(y)
-    yp = _processing_order(y).to(ct)
-    dyp = None if dy is None else _processing_order(dy).to(ct)
-    w = w_hh.to(ct)  # [D, H, H]
-    dh = _init_state(dh_n, (D, B, H), y, ct)  # gradient carried into the step being processed
-    valid = _valid_steps(lengths, T, D)
-    dgp = y.new_empty(T, D, B, H)
-    recp = y.new_empty(T, D, B, H, dtype=ct) if record else None
-    for s in reversed(range(T)):
-        v = None if valid is None else valid[s]
-        dh_total = dh if dyp is None else dh + dyp[s]
-        h = yp[s]
-        dpre = _keep(dh_total * (1 - h * h if nonlinearity == "tanh" else h > 0), 0.0, v)
-        dgp[s] = dpre
-        if recp is not None:
-            recp[s] = _keep(dh_total, 0.0, v)
-        dh = _keep(torch.bmm(dpre, w), dh, v)
-    dh_steps = None if recp is None else _time_order(recp)
-    return RNNBackward(_time_order(dgp), dh.to(y.dtype, copy=True), dh_steps)
+    with fp32_products(precision, y.device):
+        T, B, D, H = y.shape
+        ct = compute_dtype(y)
+        yp = _processing_order(y).to(ct)
+        dyp = None if dy is None else _processing_order(dy).to(ct)
+        w = w_hh.to(ct)  # [D, H, H]
+        dh = _init_state(dh_n, (D, B, H), y, ct)  # gradient carried into the step being processed
+        valid = _valid_steps(lengths, T, D)
+        dgp = y.new_empty(T, D, B, H)
+        recp = y.new_empty(T, D, B, H, dtype=ct) if record else None
+        for s in reversed(range(T)):
+            v = None if valid is None else valid[s]
+            dh_total = dh if dyp is None else dh + dyp[s]
+            h = yp[s]
+            dpre = _keep(dh_total * (1 - h * h if nonlinearity == "tanh" else h > 0), 0.0, v)
+            dgp[s] = dpre
+            if recp is not None:
+                recp[s] = _keep(dh_total, 0.0, v)
+            dh = _keep(torch.bmm(dpre, w), dh, v)
+        dh_steps = None if recp is None else _time_order(recp)
+        return RNNBackward(_time_order(dgp), dh.to(y.dtype, copy=True), dh_steps)
 
 
 def lstm_fwd(
@@ -239,6 +269,7 @@ def lstm_fwd(
     lengths: torch.Tensor | None = None,
     *,
     training: bool = True,
+    precision: str = "ieee",
 ) -> LSTMForward:
     """LSTM forward (gate order i, f, g, o as torch.nn), with optional projection.
 
@@ -254,47 +285,48 @@ def lstm_fwd(
         LSTMForward(y [T, B, D, P], h_n [D, B, P], c_n [D, B, H],
         gates [T, B, D, 4H] or None, c_steps [T, B, D, H] or None), in gx's dtype.
     """
-    T, B, D, G = gx.shape
-    H, P = G // 4, w_hh.shape[2]
-    ct = compute_dtype(gx)
-    gxp = _processing_order(gx).to(ct)  # [T, D, B, 4H]
-    w_t = w_hh.to(ct).transpose(1, 2)  # [D, P, 4H]
-    w_hr_t = None if w_hr is None else w_hr.to(ct).transpose(1, 2)  # [D, H, P]
-    h = _init_state(h0, (D, B, P), gx, ct)
-    c = _init_state(c0, (D, B, H), gx, ct)
-    valid = _valid_steps(lengths, T, D)
-    yp = gx.new_empty(T, D, B, P, dtype=ct)
-    # the loop writes the gates and c_t of every step in place (a scratch row without training)
-    gates_p = gx.new_empty(T if training else 1, D, B, G, dtype=ct)
-    c_p = gx.new_empty(T if training else 1, D, B, H, dtype=ct)
-    for s in range(T):
-        v = None if valid is None else valid[s]
-        gates = gates_p[s if training else 0]
-        c_new = c_p[s if training else 0]
-        pre = torch.baddbmm(gxp[s], h, w_t)  # [D, B, 4H]
-        torch.sigmoid(pre, out=gates)
-        torch.tanh(pre[..., 2 * H : 3 * H], out=gates[..., 2 * H : 3 * H])
-        i, f, g, o = gates.chunk(4, dim=-1)
-        torch.addcmul(f * c, i, g, out=c_new)
-        h_new = o * torch.tanh(c_new)
-        if w_hr_t is not None:
-            h_new = torch.bmm(h_new, w_hr_t)
-        if v is None:
-            yp[s], h, c = h_new, h_new, c_new
-            continue
-        yp[s] = torch.where(v, h_new, 0.0)
-        h, c = torch.where(v, h_new, h), torch.where(v, c_new, c)
-        if training:
-            gates.masked_fill_(~v, 0.0)
-            c_new.masked_fill_(~v, 0.0)
-    dtype = gx.dtype
-    return LSTMForward(
-        _time_order(yp).to(dtype),
-        h.to(dtype, copy=True),
-        c.to(dtype, copy=True),
-        _time_order(gates_p).to(dtype) if training else None,
-        _time_order(c_p).to(dtype) if training else None,
-    )
+    with fp32_products(precision, gx.device):
+        T, B, D, G = gx.shape
+        H, P = G // 4, w_hh.shape[2]
+        ct = compute_dtype(gx)
+        gxp = _processing_order(gx).to(ct)  # [T, D, B, 4H]
+        w_t = w_hh.to(ct).transpose(1, 2)  # [D, P, 4H]
+        w_hr_t = None if w_hr is None else w_hr.to(ct).transpose(1, 2)  # [D, H, P]
+        h = _init_state(h0, (D, B, P), gx, ct)
+        c = _init_state(c0, (D, B, H), gx, ct)
+        valid = _valid_steps(lengths, T, D)
+        yp = gx.new_empty(T, D, B, P, dtype=ct)
+        # the loop writes the gates and c_t of every step in place (a scratch row without training)
+        gates_p = gx.new_empty(T if training else 1, D, B, G, dtype=ct)
+        c_p = gx.new_empty(T if training else 1, D, B, H, dtype=ct)
+        for s in range(T):
+            v = None if valid is None else valid[s]
+            gates = gates_p[s if training else 0]
+            c_new = c_p[s if training else 0]
+            pre = torch.baddbmm(gxp[s], h, w_t)  # [D, B, 4H]
+            torch.sigmoid(pre, out=gates)
+            torch.tanh(pre[..., 2 * H : 3 * H], out=gates[..., 2 * H : 3 * H])
+            i, f, g, o = gates.chunk(4, dim=-1)
+            torch.addcmul(f * c, i, g, out=c_new)
+            h_new = o * torch.tanh(c_new)
+            if w_hr_t is not None:
+                h_new = torch.bmm(h_new, w_hr_t)
+            if v is None:
+                yp[s], h, c = h_new, h_new, c_new
+                continue
+            yp[s] = torch.where(v, h_new, 0.0)
+            h, c = torch.where(v, h_new, h), torch.where(v, c_new, c)
+            if training:
+                gates.masked_fill_(~v, 0.0)
+                c_new.masked_fill_(~v, 0.0)
+        dtype = gx.dtype
+        return LSTMForward(
+            _time_order(yp).to(dtype),
+            h.to(dtype, copy=True),
+            c.to(dtype, copy=True),
+            _time_order(gates_p).to(dtype) if training else None,
+            _time_order(c_p).to(dtype) if training else None,
+        )
 
 
 def lstm_bwd(
@@ -309,6 +341,7 @@ def lstm_bwd(
     lengths: torch.Tensor | None = None,
     *,
     record: bool = False,
+    precision: str = "ieee",
 ) -> LSTMBackward:
     """LSTM backward through time.
 
@@ -323,53 +356,54 @@ def lstm_bwd(
         dh_steps [T, B, D, P] float32 comes with record=True and always with w_hr (the
         projection's weight gradient needs it); dc_steps [T, B, D, H] float32 with record=True.
     """
-    T, B, D, G = gates.shape
-    H, P = G // 4, w_hh.shape[2]
-    ct = compute_dtype(gates)
-    i, f, g, o = _processing_order(gates).to(ct).chunk(4, dim=-1)  # [T, D, B, H] each
-    c_p = _processing_order(c_steps).to(ct)
-    c_prev_p = _previous_p(c_p, _init_state(c0, (D, B, H), gates, ct), lengths)
-    # what does not depend on the recurrence, for every step at once (zero at masked steps,
-    # where the saved gates are zero):
-    tanh_c = torch.tanh(c_p)
-    to_c = o * (1 - tanh_c * tanh_c)  # δc_t = carried + δm_t ⊙ to_c
-    # [T, D, B, 4, H]: δa_{i,f,g} = δc_t ⊙ factor, δa_o = δm_t ⊙ factor
-    factors = torch.stack(
-        (g * i * (1 - i), c_prev_p * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)), dim=3
-    )
-    dyp = None if dy is None else _processing_order(dy).to(ct)
-    w = w_hh.to(ct)  # [D, 4H, P]
-    w_r = None if w_hr is None else w_hr.to(ct)  # [D, P, H]
-    dh = _init_state(dh_n, (D, B, P), gates, ct)
-    dc = _init_state(dc_n, (D, B, H), gates, ct)
-    valid = _valid_steps(lengths, T, D)
-    dgp = gates.new_empty(T, D, B, G, dtype=ct)
-    rec_h = gates.new_empty(T, D, B, P, dtype=ct) if record or w_hr is not None else None
-    rec_c = gates.new_empty(T, D, B, H, dtype=ct) if record else None
-    for s in reversed(range(T)):
-        v = None if valid is None else valid[s]
-        dh_total = dh if dyp is None else dh + dyp[s]
-        dm = dh_total if w_r is None else torch.bmm(dh_total, w_r)  # [D, B, H]
-        dc_total = torch.addcmul(dc, dm, to_c[s])
-        dpre = dgp[s]  # [D, B, 4H]
-        gates_s = dpre.view(D, B, 4, H)  # δa_{i,f,g} = δc ⊙ factor, δa_o = δm ⊙ factor: no stacked copy
-        torch.mul(factors[s, :, :, :3], dc_total.unsqueeze(2), out=gates_s[:, :, :3])
-        torch.mul(factors[s, :, :, 3], dm, out=gates_s[:, :, 3])
-        if rec_h is not None:
-            rec_h[s] = _keep(dh_total, 0.0, v)
-        if rec_c is not None:
-            rec_c[s] = _keep(dc_total, 0.0, v)
-        if v is not None:
-            dpre.masked_fill_(~v, 0.0)
-        dh = _keep(torch.bmm(dpre, w), dh, v)
-        dc = _keep(dc_total * f[s], dc, v)
-    return LSTMBackward(
-        _time_order(dgp).to(gates.dtype),
-        dh.to(gates.dtype, copy=True),
-        dc.to(gates.dtype, copy=True),
-        None if rec_h is None else _time_order(rec_h),
-        None if rec_c is None else _time_order(rec_c),
-    )
+    with fp32_products(precision, gates.device):
+        T, B, D, G = gates.shape
+        H, P = G // 4, w_hh.shape[2]
+        ct = compute_dtype(gates)
+        i, f, g, o = _processing_order(gates).to(ct).chunk(4, dim=-1)  # [T, D, B, H] each
+        c_p = _processing_order(c_steps).to(ct)
+        c_prev_p = _previous_p(c_p, _init_state(c0, (D, B, H), gates, ct), lengths)
+        # what does not depend on the recurrence, for every step at once (zero at masked steps,
+        # where the saved gates are zero):
+        tanh_c = torch.tanh(c_p)
+        to_c = o * (1 - tanh_c * tanh_c)  # δc_t = carried + δm_t ⊙ to_c
+        # [T, D, B, 4, H]: δa_{i,f,g} = δc_t ⊙ factor, δa_o = δm_t ⊙ factor
+        factors = torch.stack(
+            (g * i * (1 - i), c_prev_p * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)), dim=3
+        )
+        dyp = None if dy is None else _processing_order(dy).to(ct)
+        w = w_hh.to(ct)  # [D, 4H, P]
+        w_r = None if w_hr is None else w_hr.to(ct)  # [D, P, H]
+        dh = _init_state(dh_n, (D, B, P), gates, ct)
+        dc = _init_state(dc_n, (D, B, H), gates, ct)
+        valid = _valid_steps(lengths, T, D)
+        dgp = gates.new_empty(T, D, B, G, dtype=ct)
+        rec_h = gates.new_empty(T, D, B, P, dtype=ct) if record or w_hr is not None else None
+        rec_c = gates.new_empty(T, D, B, H, dtype=ct) if record else None
+        for s in reversed(range(T)):
+            v = None if valid is None else valid[s]
+            dh_total = dh if dyp is None else dh + dyp[s]
+            dm = dh_total if w_r is None else torch.bmm(dh_total, w_r)  # [D, B, H]
+            dc_total = torch.addcmul(dc, dm, to_c[s])
+            dpre = dgp[s]  # [D, B, 4H]
+            gates_s = dpre.view(D, B, 4, H)  # δa_{i,f,g} = δc ⊙ factor, δa_o = δm ⊙ factor: no stacked copy
+            torch.mul(factors[s, :, :, :3], dc_total.unsqueeze(2), out=gates_s[:, :, :3])
+            torch.mul(factors[s, :, :, 3], dm, out=gates_s[:, :, 3])
+            if rec_h is not None:
+                rec_h[s] = _keep(dh_total, 0.0, v)
+            if rec_c is not None:
+                rec_c[s] = _keep(dc_total, 0.0, v)
+            if v is not None:
+                dpre.masked_fill_(~v, 0.0)
+            dh = _keep(torch.bmm(dpre, w), dh, v)
+            dc = _keep(dc_total * f[s], dc, v)
+        return LSTMBackward(
+            _time_order(dgp).to(gates.dtype),
+            dh.to(gates.dtype, copy=True),
+            dc.to(gates.dtype, copy=True),
+            None if rec_h is None else _time_order(rec_h),
+            None if rec_c is None else _time_order(rec_c),
+        )
 
 
 def gru_fwd(
@@ -380,6 +414,7 @@ def gru_fwd(
     lengths: torch.Tensor | None = None,
     *,
     training: bool = True,
+    precision: str = "ieee",
 ) -> GRUForward:
     """GRU forward (gate order r, z, n as torch.nn).
 
@@ -396,38 +431,39 @@ def gru_fwd(
         GRUForward(y [T, B, D, H], h_n [D, B, H], gates [T, B, D, 3H] or None,
         ghn [T, B, D, H] or None), in gx's dtype.
     """
-    T, B, D, G = gx.shape
-    H = G // 3
-    ct = compute_dtype(gx)
-    gxp = _processing_order(gx).to(ct)  # [T, D, B, 3H]
-    w_t = w_hh.to(ct).transpose(1, 2)  # [D, H, 3H]
-    bias_n = None if b_hn is None else b_hn.to(ct)[:, None, :]  # [D, 1, H]
-    h = _init_state(h0, (D, B, H), gx, ct)
-    valid = _valid_steps(lengths, T, D)
-    yp = gx.new_empty(T, D, B, H)
-    gates_p = gx.new_empty(T, D, B, G) if training else None
-    ghn_p = gx.new_empty(T, D, B, H) if training else None
-    for s in range(T):
-        v = None if valid is None else valid[s]
-        x_r, x_z, x_n = gxp[s].chunk(3, dim=-1)
-        h_r, h_z, ghn = torch.bmm(h, w_t).chunk(3, dim=-1)
-        if bias_n is not None:
-            ghn = ghn + bias_n
-        r = torch.sigmoid(x_r + h_r)
-        z = torch.sigmoid(x_z + h_z)
-        n = torch.tanh(x_n + r * ghn)
-        h_new = n + z * (h - n)
-        yp[s] = _keep(h_new, 0.0, v)
-        if training:
-            gates_p[s] = _keep(torch.cat((r, z, n), dim=-1), 0.0, v)
-            ghn_p[s] = _keep(ghn, 0.0, v)
-        h = _keep(h_new, h, v)
-    return GRUForward(
-        _time_order(yp),
-        h.to(gx.dtype, copy=True),
-        None if gates_p is None else _time_order(gates_p),
-        None if ghn_p is None else _time_order(ghn_p),
-    )
+    with fp32_products(precision, gx.device):
+        T, B, D, G = gx.shape
+        H = G // 3
+        ct = compute_dtype(gx)
+        gxp = _processing_order(gx).to(ct)  # [T, D, B, 3H]
+        w_t = w_hh.to(ct).transpose(1, 2)  # [D, H, 3H]
+        bias_n = None if b_hn is None else b_hn.to(ct)[:, None, :]  # [D, 1, H]
+        h = _init_state(h0, (D, B, H), gx, ct)
+        valid = _valid_steps(lengths, T, D)
+        yp = gx.new_empty(T, D, B, H)
+        gates_p = gx.new_empty(T, D, B, G) if training else None
+        ghn_p = gx.new_empty(T, D, B, H) if training else None
+        for s in range(T):
+            v = None if valid is None else valid[s]
+            x_r, x_z, x_n = gxp[s].chunk(3, dim=-1)
+            h_r, h_z, ghn = torch.bmm(h, w_t).chunk(3, dim=-1)
+            if bias_n is not None:
+                ghn = ghn + bias_n
+            r = torch.sigmoid(x_r + h_r)
+            z = torch.sigmoid(x_z + h_z)
+            n = torch.tanh(x_n + r * ghn)
+            h_new = n + z * (h - n)
+            yp[s] = _keep(h_new, 0.0, v)
+            if training:
+                gates_p[s] = _keep(torch.cat((r, z, n), dim=-1), 0.0, v)
+                ghn_p[s] = _keep(ghn, 0.0, v)
+            h = _keep(h_new, h, v)
+        return GRUForward(
+            _time_order(yp),
+            h.to(gx.dtype, copy=True),
+            None if gates_p is None else _time_order(gates_p),
+            None if ghn_p is None else _time_order(ghn_p),
+        )
 
 
 def gru_bwd(
@@ -441,6 +477,7 @@ def gru_bwd(
     lengths: torch.Tensor | None = None,
     *,
     record: bool = False,
+    precision: str = "ieee",
 ) -> GRUBackward:
     """GRU backward through time.
 
@@ -454,37 +491,38 @@ def gru_bwd(
         dh_steps [T, B, D, H] float32 or None). The hidden side's gate gradient is
         (dgx_r, dgx_z, dghn): dW_hh and db_hh come from it.
     """
-    T, B, D, G = gates.shape
-    H = G // 3
-    ct = compute_dtype(gates)
-    gates_p = _processing_order(gates).to(ct)
-    ghn_p = _processing_order(ghn).to(ct)
-    h_prev_p = _previous_p(_processing_order(y).to(ct), _init_state(h0, (D, B, H), y, ct), lengths)
-    dyp = None if dy is None else _processing_order(dy).to(ct)
-    w = w_hh.to(ct)  # [D, 3H, H]
-    dh = _init_state(dh_n, (D, B, H), y, ct)
-    valid = _valid_steps(lengths, T, D)
-    dgx_p = gates.new_empty(T, D, B, G)
-    dghn_p = gates.new_empty(T, D, B, H)
-    recp = gates.new_empty(T, D, B, H, dtype=ct) if record else None
-    for s in reversed(range(T)):
-        v = None if valid is None else valid[s]
-        r, z, n = gates_p[s].chunk(3, dim=-1)
-        dh_total = dh if dyp is None else dh + dyp[s]
-        dn_pre = dh_total * (1 - z) * (1 - n * n)
-        dr_pre = dn_pre * ghn_p[s] * r * (1 - r)
-        dz_pre = dh_total * (h_prev_p[s] - n) * z * (1 - z)
-        dghn = _keep(dn_pre * r, 0.0, v)
-        dgx = _keep(torch.cat((dr_pre, dz_pre, dn_pre), dim=-1), 0.0, v)
-        dgx_p[s] = dgx
-        dghn_p[s] = dghn
-        if recp is not None:
-            recp[s] = _keep(dh_total, 0.0, v)
-        dgh = torch.cat((dgx[..., : 2 * H], dghn), dim=-1)
-        dh = _keep(dh_total * z + torch.bmm(dgh, w), dh, v)
-    return GRUBackward(
-        _time_order(dgx_p),
-        _time_order(dghn_p),
-        dh.to(y.dtype, copy=True),
-        None if recp is None else _time_order(recp),
-    )
+    with fp32_products(precision, gates.device):
+        T, B, D, G = gates.shape
+        H = G // 3
+        ct = compute_dtype(gates)
+        gates_p = _processing_order(gates).to(ct)
+        ghn_p = _processing_order(ghn).to(ct)
+        h_prev_p = _previous_p(_processing_order(y).to(ct), _init_state(h0, (D, B, H), y, ct), lengths)
+        dyp = None if dy is None else _processing_order(dy).to(ct)
+        w = w_hh.to(ct)  # [D, 3H, H]
+        dh = _init_state(dh_n, (D, B, H), y, ct)
+        valid = _valid_steps(lengths, T, D)
+        dgx_p = gates.new_empty(T, D, B, G)
+        dghn_p = gates.new_empty(T, D, B, H)
+        recp = gates.new_empty(T, D, B, H, dtype=ct) if record else None
+        for s in reversed(range(T)):
+            v = None if valid is None else valid[s]
+            r, z, n = gates_p[s].chunk(3, dim=-1)
+            dh_total = dh if dyp is None else dh + dyp[s]
+            dn_pre = dh_total * (1 - z) * (1 - n * n)
+            dr_pre = dn_pre * ghn_p[s] * r * (1 - r)
+            dz_pre = dh_total * (h_prev_p[s] - n) * z * (1 - z)
+            dghn = _keep(dn_pre * r, 0.0, v)
+            dgx = _keep(torch.cat((dr_pre, dz_pre, dn_pre), dim=-1), 0.0, v)
+            dgx_p[s] = dgx
+            dghn_p[s] = dghn
+            if recp is not None:
+                recp[s] = _keep(dh_total, 0.0, v)
+            dgh = torch.cat((dgx[..., : 2 * H], dghn), dim=-1)
+            dh = _keep(dh_total * z + torch.bmm(dgh, w), dh, v)
+        return GRUBackward(
+            _time_order(dgx_p),
+            _time_order(dghn_p),
+            dh.to(y.dtype, copy=True),
+            None if recp is None else _time_order(recp),
+        )

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-from kernels._config import alloc, launch, launch_config, optional, step_gradients
+from kernels._config import alloc, check_contiguous, launch, launch_config, or_absent, step_gradients
 from kernels._tiles import (
     carry_back,
     copy_rows,
@@ -52,7 +52,8 @@ def _rnn_fwd_kernel(
     BH: tl.constexpr,
     BK: tl.constexpr,
 ):
-    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    d, D, rows, row_mask = program_rows(B, BB)
+    length = tl.load(len_ptr + rows, mask=row_mask & HAS_LENGTHS, other=T).to(tl.int64)  # [BB] steps
     w_hh = w_hh_ptr + d.to(tl.int64) * H * H
     st_h = state_offset(rows, B, d, H)
     buf_stride = D.to(tl.int64) * B * H
@@ -99,7 +100,8 @@ def _rnn_fwd_resident_kernel(
     BH: tl.constexpr,
 ):
     # W_hh on chip for the whole loop, h in registers: one tile of BH >= H units
-    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    d, D, rows, row_mask = program_rows(B, BB)
+    length = tl.load(len_ptr + rows, mask=row_mask & HAS_LENGTHS, other=T).to(tl.int64)  # [BB] steps
     w_t = tl.trans(resident_weights(w_hh_ptr + d.to(tl.int64) * H * H, H, 1, 1, BH))  # [BH, BH]
     j = tl.arange(0, BH)
     jm = j < H
@@ -144,7 +146,8 @@ def _rnn_bwd_kernel(
     BH: tl.constexpr,
     BK: tl.constexpr,
 ):
-    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    d, D, rows, row_mask = program_rows(B, BB)
+    length = tl.load(len_ptr + rows, mask=row_mask & HAS_LENGTHS, other=T).to(tl.int64)  # [BB] steps
     w_hh = w_hh_ptr + d.to(tl.int64) * H * H
     st_h = state_offset(rows, B, d, H)
     copy_rows(dh_buf_ptr, dhn_ptr, st_h, row_mask, H, HAS_DHN, BK)
@@ -215,7 +218,8 @@ def _rnn_bwd_resident_kernel(
     BH: tl.constexpr,
 ):
     # W_hh on chip, the carried δh in registers: one tile of BH >= H units
-    d, D, rows, row_mask, length = program_rows(len_ptr, B, T, HAS_LENGTHS, BB)
+    d, D, rows, row_mask = program_rows(B, BB)
+    length = tl.load(len_ptr + rows, mask=row_mask & HAS_LENGTHS, other=T).to(tl.int64)  # [BB] steps
     w = resident_weights(w_hh_ptr + d.to(tl.int64) * H * H, H, 1, 1, BH)  # [BH, BH]
     j = tl.arange(0, BH)
     jm = j < H
@@ -245,16 +249,18 @@ def rnn_fwd(
     *,
     nonlinearity: str = "tanh",
     training: bool = True,
+    precision: str = "ieee",
 ) -> RNNForward:
     """The Triton twin of `kernels.reference.rnn_fwd`: same arguments, same return values."""
     T, B, D, H = gx.shape
-    cfg = launch_config(B, H, H, gx.dtype)
+    check_contiguous("rnn_fwd", gx=gx, w_hh=w_hh, h0=h0, lengths=lengths)
+    cfg = launch_config(B, H, H, 1, gx, precision)
     y, h_n = alloc((T, B, D, H), gx), alloc((D, B, H), gx)
     absent = gx
     if cfg.resident:
         launch(
             wrap_triton(_rnn_fwd_resident_kernel), (triton.cdiv(B, cfg.BB), D),
-            gx.contiguous(), w_hh.contiguous(), optional(h0, absent), optional(lengths, absent),
+            gx, w_hh, or_absent(h0, absent), or_absent(lengths, absent),
             y, h_n, T, B, H,
             RELU=nonlinearity == "relu", HAS_H0=h0 is not None, HAS_LENGTHS=lengths is not None,
             PRECISION=cfg.PRECISION, BB=cfg.BB, BH=cfg.BH, num_warps=cfg.num_warps,
@@ -262,8 +268,8 @@ def rnn_fwd(
         return RNNForward(y, h_n)
     launch(
         wrap_triton(_rnn_fwd_kernel), (triton.cdiv(B, cfg.BB), D),
-        gx.contiguous(), w_hh.contiguous(), optional(h0, absent),
-        optional(lengths, absent), y, h_n, alloc((2, D, B, H), gx, torch.float32),
+        gx, w_hh, or_absent(h0, absent),
+        or_absent(lengths, absent), y, h_n, alloc((2, D, B, H), gx, torch.float32),
         T, B, H,
         RELU=nonlinearity == "relu", HAS_H0=h0 is not None, HAS_LENGTHS=lengths is not None,
         PRECISION=cfg.PRECISION, BB=cfg.BB, BH=cfg.BH, BK=cfg.BK, num_warps=cfg.num_warps,
@@ -280,10 +286,12 @@ def rnn_bwd(
     *,
     nonlinearity: str = "tanh",
     record: bool = False,
+    precision: str = "ieee",
 ) -> RNNBackward:
     """The Triton twin of `kernels.reference.rnn_bwd`: same arguments, same return values."""
     T, B, D, H = y.shape
-    cfg = launch_config(B, H, H, y.dtype)
+    check_contiguous("rnn_bwd", dy=dy, dh_n=dh_n, y=y, w_hh=w_hh, lengths=lengths)
+    cfg = launch_config(B, H, H, 1, y, precision, backward=True)
     f32 = torch.float32
     dgx, dh0 = alloc((T, B, D, H), y), alloc((D, B, H), y)
     dh_steps, dh_step_stride = step_gradients(record, T, B, D, H, y)
@@ -291,8 +299,8 @@ def rnn_bwd(
     if cfg.resident:
         launch(
             wrap_triton(_rnn_bwd_resident_kernel), (triton.cdiv(B, cfg.BB), D),
-            optional(dy, absent), optional(dh_n, absent), y.contiguous(), w_hh.contiguous(),
-            optional(lengths, absent), dgx, dh0, dh_steps, T, B, H,
+            or_absent(dy, absent), or_absent(dh_n, absent), y, w_hh,
+            or_absent(lengths, absent), dgx, dh0, dh_steps, T, B, H,
             RELU=nonlinearity == "relu", HAS_DY=dy is not None, HAS_DHN=dh_n is not None,
             HAS_LENGTHS=lengths is not None, RECORD=record, PRECISION=cfg.PRECISION,
             BB=cfg.BB, BH=cfg.BH, num_warps=cfg.num_warps,
@@ -300,8 +308,8 @@ def rnn_bwd(
         return RNNBackward(dgx, dh0, dh_steps if record else None)
     launch(
         wrap_triton(_rnn_bwd_kernel), (triton.cdiv(B, cfg.BB), D),
-        optional(dy, absent), optional(dh_n, absent),
-        y.contiguous(), w_hh.contiguous(), optional(lengths, absent),
+        or_absent(dy, absent), or_absent(dh_n, absent),
+        y, w_hh, or_absent(lengths, absent),
         dgx, dh0, dh_steps, alloc((D, B, H), y, f32), alloc((D, B, H), y, f32),
         T, B, H, dh_step_stride,
         RELU=nonlinearity == "relu", HAS_DY=dy is not None, HAS_DHN=dh_n is not None,

@@ -74,13 +74,19 @@ def _sum_over_steps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([a[:, :, d].reshape(T * B, M).T @ b[:, :, d].reshape(T * B, -1) for d in range(D)])
 
 
-def _setup(ctx, training: bool, saved, saved_only) -> None:
+def _setup(ctx, training: bool, precision: str, saved, saved_only) -> None:
     ctx.training = training
+    ctx.precision = precision
     ctx.save_for_backward(*saved)
     ctx.mark_non_differentiable(*saved_only)
     ctx.set_materialize_grads(False)
     ctx.record = getattr(_pending, "hook", None)
     ctx.device_type = saved[0].device.type
+
+
+def _dense(*grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    # the kernels take dense tensors; an incoming gradient may be expanded or strided (a sum's)
+    return tuple(None if g is None else g.contiguous() for g in grads)
 
 
 def _check_saved(ctx, cell: str) -> None:
@@ -101,40 +107,44 @@ def no_autocast(device_type: str) -> contextlib.AbstractContextManager:
 
 def _rnn_autograd(bwd):
     def setup_context(ctx, inputs, output):
-        _, w_hh, h0, lengths, nonlinearity, training = inputs
+        _, w_hh, h0, lengths, nonlinearity, training, precision = inputs
         y, _ = output
-        _setup(ctx, training, (w_hh, h0, lengths, y), ())
+        _setup(ctx, training, precision, (w_hh, h0, lengths, y), ())
         ctx.nonlinearity = nonlinearity
 
     def backward(ctx, dy, dh_n):
         _check_saved(ctx, "rnn")
         w_hh, h0, lengths, y = ctx.saved_tensors
         record = _recording(ctx)
+        dy, dh_n = _dense(dy, dh_n)
         with no_autocast(ctx.device_type):
-            dgx, dh0, dh_steps = bwd(dy, dh_n, y, w_hh, lengths, ctx.nonlinearity, record is not None)
+            dgx, dh0, dh_steps = bwd(
+                dy, dh_n, y, w_hh, lengths, ctx.nonlinearity, record is not None, ctx.precision
+            )
             if record is not None:
                 record(StepGradients(dh_steps, None, lengths))
             dw_hh = None
             if ctx.needs_input_grad[1]:
                 dw_hh = _sum_over_steps(dgx, previous_states(y, h0, lengths))
-        return _only_needed(ctx, dgx, dw_hh, dh0, None, None, None)
+        return _only_needed(ctx, dgx, dw_hh, dh0, None, None, None, None)
 
     return setup_context, backward
 
 
 def _lstm_autograd(bwd):
     def setup_context(ctx, inputs, output):
-        _, w_hh, h0, c0, w_hr, lengths, training = inputs
+        _, w_hh, h0, c0, w_hr, lengths, training, precision = inputs
         y, _, _, gates, c_steps = output
-        _setup(ctx, training, (w_hh, w_hr, h0, c0, lengths, y, gates, c_steps), (gates, c_steps))
+        _setup(ctx, training, precision, (w_hh, w_hr, h0, c0, lengths, y, gates, c_steps), (gates, c_steps))
 
     def backward(ctx, dy, dh_n, dc_n, _gates, _c_steps):
         _check_saved(ctx, "lstm")
         w_hh, w_hr, h0, c0, lengths, y, gates, c_steps = ctx.saved_tensors
         record = _recording(ctx)
+        dy, dh_n, dc_n = _dense(dy, dh_n, dc_n)
         with no_autocast(ctx.device_type):
             dgx, dh0, dc0, dh_steps, dc_steps = bwd(
-                dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record is not None
+                dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record is not None, ctx.precision
             )
             if record is not None:
                 record(StepGradients(dh_steps, dc_steps, lengths))
@@ -146,23 +156,26 @@ def _lstm_autograd(bwd):
                 ct = compute_dtype(gates)
                 m = gates[..., 3 * H :].to(ct) * torch.tanh(c_steps.to(ct))  # projection input o ⊙ tanh c
                 dw_hr = _sum_over_steps(dh_steps, m).to(w_hr.dtype)
-        return _only_needed(ctx, dgx, dw_hh, dh0, dc0, dw_hr, None, None)
+        return _only_needed(ctx, dgx, dw_hh, dh0, dc0, dw_hr, None, None, None)
 
     return setup_context, backward
 
 
 def _gru_autograd(bwd):
     def setup_context(ctx, inputs, output):
-        _, w_hh, _, h0, lengths, training = inputs
+        _, w_hh, _, h0, lengths, training, precision = inputs
         y, _, gates, ghn = output
-        _setup(ctx, training, (w_hh, h0, lengths, y, gates, ghn), (gates, ghn))
+        _setup(ctx, training, precision, (w_hh, h0, lengths, y, gates, ghn), (gates, ghn))
 
     def backward(ctx, dy, dh_n, _gates, _ghn):
         _check_saved(ctx, "gru")
         w_hh, h0, lengths, y, gates, ghn = ctx.saved_tensors
         record = _recording(ctx)
+        dy, dh_n = _dense(dy, dh_n)
         with no_autocast(ctx.device_type):
-            dgx, dghn, dh0, dh_steps = bwd(dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record is not None)
+            dgx, dghn, dh0, dh_steps = bwd(
+                dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record is not None, ctx.precision
+            )
             if record is not None:
                 record(StepGradients(dh_steps, None, lengths))
             H = ghn.shape[-1]
@@ -172,7 +185,7 @@ def _gru_autograd(bwd):
                 dw_hh = _sum_over_steps(dgh, previous_states(y, h0, lengths))
             if ctx.needs_input_grad[2]:
                 db_hn = dghn.sum(dim=(0, 1))
-        return _only_needed(ctx, dgx, dw_hh, db_hn, dh0, None, None)
+        return _only_needed(ctx, dgx, dw_hh, db_hn, dh0, None, None, None)
 
     return setup_context, backward
 

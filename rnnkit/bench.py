@@ -4,16 +4,21 @@ in one run on one machine. Every number is measured here.
 
 GPU timing: `triton.testing.do_bench` (warm-up, then the median and the 20th/80th percentiles).
 CPU timing: warm-up runs, then ``repeats`` timed runs with `time.perf_counter`.
+
+fp32 rows on a GPU run twice, like against like (`FP32_MATH`): ``tf32``, torch's defaults, where
+cuDNN's RNN, and rnnkit's recurrence, which follows its flag, use TF32 (torch's matmuls, rnnkit's
+input projection included, stay IEEE fp32); and ``ieee``, TF32 off for both. The CPU has no TF32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
@@ -26,6 +31,8 @@ PROVIDERS = ("torch.nn", "rnnkit-triton", "rnnkit-reference", "naive-cell-loop",
 # torch.compile unrolls the cell loop: compiling T·layers = 100 LSTM steps took ~90 s on a 2-core CPU
 COMPILE_MAX_STEPS = 256
 MODES = ("fwd", "fwd+bwd")
+# how fp32 rows multiply on a GPU: torch's defaults (TF32 in cuDNN's RNN) and IEEE fp32 for both sides
+FP32_MATH = ("tf32", "ieee")
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class BenchResult:
     peak_mem_mb: float | None
     skipped: str | None = None
     first_call_s: float | None = None  # the first run alone: includes torch.compile's compilation
+    fp32_math: str = "-"  # fp32 rows: "tf32" (torch's defaults on a GPU) or "ieee"; "-" for other dtypes
 
 
 def machine() -> dict[str, str]:
@@ -187,6 +195,21 @@ def _time_gpu(fn: Callable[[], None]) -> tuple[float, float, float]:
     return median, p20, p80
 
 
+@contextlib.contextmanager
+def fp32_math(setting: str) -> Iterator[None]:
+    """Inside the block, on a GPU: ``"tf32"`` = torch's defaults (cuDNN's RNN may use TF32, matmuls
+    do not), ``"ieee"`` = TF32 off for both. The previous flags come back after."""
+    if setting not in FP32_MATH:
+        raise ValueError(f"fp32 math: expected one of {', '.join(FP32_MATH)}, got {setting!r}")
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    previous = cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.allow_tf32, matmul.allow_tf32 = setting == "tf32", False
+    try:
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = previous
+
+
 def run_bench(
     rows: tuple[BenchRow, ...] = DEFAULT_ROWS,
     *,
@@ -197,6 +220,7 @@ def run_bench(
     repeats: int = 5,
     compile_max_steps: int = COMPILE_MAX_STEPS,
     on_result: Callable[[BenchResult], None] | None = None,
+    fp32: tuple[str, ...] = FP32_MATH,
 ) -> list[BenchResult]:
     """Time every (row, provider, mode) on ``device``; torch.nn first, for the ratios.
 
@@ -206,6 +230,8 @@ def run_bench(
         compile_max_steps: the compiled cell loop runs on rows of at most this many T·layers
             steps (compiling unrolls the loop; its time is the first call's, reported apart).
         on_result: called with each result as it is measured, for progress display.
+        fp32: on a GPU, the ways fp32 rows run (`FP32_MATH`), each a pass of every provider; the
+            ratio compares with torch.nn in the same pass. On the CPU fp32 is IEEE.
 
     Returns:
         One `BenchResult` per (row, provider, mode); a provider that cannot run here (Triton
@@ -220,55 +246,83 @@ def run_bench(
     for m in modes:
         if m not in MODES:
             raise ValueError(f"modes: expected names among {', '.join(MODES)}, got {m!r}")
+    for f in fp32:
+        if f not in FP32_MATH:
+            raise ValueError(f"fp32: expected names among {', '.join(FP32_MATH)}, got {f!r}")
     dev = torch.device(device)
     gpu = dev.type == "cuda"
     ordered = sorted(providers, key=lambda p: p != "torch.nn")
     results = []
     for row in rows:
-        torch_ms: dict[str, float] = {}
-        shape = f"B{row.B} T{row.T} I{row.I} H{row.H}" + (f" L{row.num_layers}" if row.num_layers > 1 else "")
-        for provider in ordered:
-            for mode in modes:
-                skipped = None
-                steps = row.T * row.num_layers
-                if provider == "rnnkit-triton" and not gpu:
-                    skipped = "needs CUDA"
-                if provider == "compiled-cell-loop" and steps > compile_max_steps:
-                    skipped = f"{steps} steps to unroll > {compile_max_steps}"
-                if skipped is None:
-                    torch.manual_seed(0)
-                    model = build_model(row, provider, dev)
-                    x = torch.randn(row.T, row.B, row.I, device=dev, dtype=getattr(torch, row.dtype))
-                    fn = _step(model, x, mode)
-                    if gpu:
-                        torch.cuda.synchronize()
-                        torch.cuda.reset_peak_memory_stats()
-                    start = time.perf_counter()
-                    fn()
-                    if gpu:
-                        torch.cuda.synchronize()
-                    first = time.perf_counter() - start
-                    if gpu:
-                        peak = torch.cuda.max_memory_allocated() / 2**20
-                        median, p20, p80 = _time_gpu(fn)
-                    else:
-                        peak = None
-                        median, p20, p80 = _time_cpu(fn, warmup, repeats)
-                    if provider == "torch.nn":
-                        torch_ms[mode] = median
-                    ratio = median / torch_ms[mode] if mode in torch_ms else None
-                    result = BenchResult(
-                        row.name, row.cell, shape, row.dtype, provider, mode,
-                        median, p20, p80, ratio, row.B / (median / 1e3), peak, None, first,
-                    )  # fmt: skip
+        # fp32 on a GPU: one pass per setting of the TF32 flags; on the CPU, or another dtype, one pass
+        passes = (fp32 if gpu else ("ieee",)) if row.dtype == "float32" else ("-",)
+        for setting in passes:
+            flags = fp32_math(setting) if gpu and setting != "-" else contextlib.nullcontext()
+            with flags:
+                results += _time_row(
+                    row, ordered, modes, dev, warmup, repeats, compile_max_steps, on_result, setting
+                )
+    return results
+
+
+def _time_row(
+    row: BenchRow,
+    ordered: list[str],
+    modes: tuple[str, ...],
+    dev: torch.device,
+    warmup: int,
+    repeats: int,
+    compile_max_steps: int,
+    on_result: Callable[[BenchResult], None] | None,
+    setting: str,
+) -> list[BenchResult]:
+    # every provider and mode of one row, torch.nn first (the ratios divide by its medians)
+    gpu = dev.type == "cuda"
+    results = []
+    torch_ms: dict[str, float] = {}
+    shape = f"B{row.B} T{row.T} I{row.I} H{row.H}" + (f" L{row.num_layers}" if row.num_layers > 1 else "")
+    for provider in ordered:
+        for mode in modes:
+            skipped = None
+            steps = row.T * row.num_layers
+            if provider == "rnnkit-triton" and not gpu:
+                skipped = "needs CUDA"
+            if provider == "compiled-cell-loop" and steps > compile_max_steps:
+                skipped = f"{steps} steps to unroll > {compile_max_steps}"
+            if skipped is None:
+                torch.manual_seed(0)
+                model = build_model(row, provider, dev)
+                x = torch.randn(row.T, row.B, row.I, device=dev, dtype=getattr(torch, row.dtype))
+                fn = _step(model, x, mode)
+                if gpu:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                start = time.perf_counter()
+                fn()
+                if gpu:
+                    torch.cuda.synchronize()
+                first = time.perf_counter() - start
+                if gpu:
+                    peak = torch.cuda.max_memory_allocated() / 2**20
+                    median, p20, p80 = _time_gpu(fn)
                 else:
-                    result = BenchResult(
-                        row.name, row.cell, shape, row.dtype, provider, mode,
-                        None, None, None, None, None, None, skipped,
-                    )  # fmt: skip
-                results.append(result)
-                if on_result:
-                    on_result(result)
+                    peak = None
+                    median, p20, p80 = _time_cpu(fn, warmup, repeats)
+                if provider == "torch.nn":
+                    torch_ms[mode] = median
+                ratio = median / torch_ms[mode] if mode in torch_ms else None
+                result = BenchResult(
+                    row.name, row.cell, shape, row.dtype, provider, mode,
+                    median, p20, p80, ratio, row.B / (median / 1e3), peak, None, first, setting,
+                )  # fmt: skip
+            else:
+                result = BenchResult(
+                    row.name, row.cell, shape, row.dtype, provider, mode,
+                    None, None, None, None, None, None, skipped, None, setting,
+                )  # fmt: skip
+            results.append(result)
+            if on_result:
+                on_result(result)
     return results
 
 
@@ -282,19 +336,29 @@ def markdown_header(header: dict[str, str]) -> list[str]:
     return [f"### {header.get('device', '?')} — {header.get('date', '')}", "", versions, ""]
 
 
+FP32_NOTE = (
+    "fp32 math: `tf32` = torch's defaults on a GPU (cuDNN's RNN, and rnnkit's recurrence, which follows "
+    "its flag, in TF32; torch's matmuls, rnnkit's input projection among them, in IEEE fp32); `ieee` = "
+    "TF32 off for both. Each ratio compares with torch.nn in the same setting."
+)
+
+
 def to_markdown(results: list[BenchResult], header: dict[str, str]) -> str:
     """A Markdown section: the machine header and one table row per measurement."""
+    note = [FP32_NOTE, ""] if any(r.fp32_math == "tf32" for r in results) else []
     lines = [
         *markdown_header(header),
-        "| row | shape | dtype | provider | mode | median ms | p20–p80 ms | × torch.nn | seq/s | peak MiB "
-        "| first call s |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        *note,
+        "| row | shape | dtype | fp32 math | provider | mode | median ms | p20–p80 ms | × torch.nn | seq/s "
+        "| peak MiB | first call s |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         spread = "-" if r.p20_ms is None else f"{r.p20_ms:.3g}–{r.p80_ms:.3g}"
         median = r.skipped if r.skipped else _fmt(r.median_ms, ".4g")
         lines.append(
-            f"| {r.row} | {r.shape} | {r.dtype} | {r.provider} | {r.mode} | {median} | {spread} | "
+            f"| {r.row} | {r.shape} | {r.dtype} | {r.fp32_math} | {r.provider} | {r.mode} | {median} | "
+            f"{spread} | "
             f"{_fmt(r.ratio_to_torch, '.2f')} | {_fmt(r.seq_per_s, '.4g')} | {_fmt(r.peak_mem_mb, '.4g')} | "
             f"{_fmt(r.first_call_s, '.3g')} |"
         )
@@ -317,8 +381,11 @@ TARGETS = (
 
 
 def check_targets(results: list[BenchResult], device: str) -> list[str]:
-    """One line per target measured in ``results``: met, or missed and by how much."""
-    by_key = {(r.row, r.provider, r.mode): r for r in results}
+    """One line per target measured in ``results``: met, or missed and by how much. On a GPU the fp32
+    rows are judged in torch's default setting (``fp32_math == "tf32"``), where cuDNN runs as users
+    get it."""
+    gpu = torch.device(device).type == "cuda"
+    by_key = {(r.row, r.provider, r.mode): r for r in results if not (gpu and r.fp32_math == "ieee")}
     lines = []
     for dev, provider, mode, rows, limit in TARGETS:
         if dev != torch.device(device).type:

@@ -9,6 +9,9 @@ The input projection for all steps is computed beforehand as one matrix product
 Direction 1 runs backwards in time; with ``lengths`` each sequence stops at its own length
 (outputs past it are zero, its state is carried unchanged), and the reverse direction starts at
 each sequence's own last step, as `torch.nn` does with a `PackedSequence`.
+
+Precision: the recurrent products of float32 tensors on a GPU use TF32 where torch.nn's recurrent
+layers would (`recurrent_precision`); ``precision="ieee"`` or ``"tf32"`` chooses it for one call.
 """
 
 from __future__ import annotations
@@ -60,6 +63,49 @@ def _check_common(
     return B, D, H, P, check_lengths(lengths, B, gx.device)
 
 
+def _cudnn_rnn_allows_tf32() -> bool:
+    # what cuDNN's RNN follows: torch >= 2.9 resolves torch.backends.cudnn.rnn.fp32_precision, then
+    # cudnn's, then the global one ("none" passes on; none set means IEEE); older torch has one flag
+    cudnn = torch.backends.cudnn
+    rnn = getattr(cudnn, "rnn", None)
+    if rnn is None or not hasattr(rnn, "fp32_precision"):
+        return bool(cudnn.allow_tf32)
+    for value in (rnn.fp32_precision, cudnn.fp32_precision, torch.backends.fp32_precision):
+        if value != "none":
+            return value == "tf32"
+    return False
+
+
+@torch.compiler.assume_constant_result
+def recurrent_precision(device: torch.device, dtype: torch.dtype) -> str:
+    """The precision of the recurrent products, as torch.nn's recurrent layers choose it: "tf32" for
+    float32 on a GPU while cuDNN's RNN may use TF32 (``torch.backends.cudnn.allow_tf32``, on by
+    default; in torch >= 2.9 ``torch.backends.cudnn.rnn.fp32_precision``), else "ieee". Other dtypes
+    and the CPU: "ieee" (the argument then changes nothing). A compiled graph keeps the answer it
+    was traced with.
+
+    Example:
+        >>> recurrent_precision(torch.device("cpu"), torch.float32)
+        'ieee'
+    """
+    if device.type != "cuda" or dtype != torch.float32:
+        return "ieee"
+    return "tf32" if _cudnn_rnn_allows_tf32() else "ieee"
+
+
+def _precision(precision: str | None, gx: torch.Tensor) -> str:
+    if precision is None:
+        return recurrent_precision(gx.device, gx.dtype)
+    if precision not in ("ieee", "tf32"):
+        raise ValueError(f"precision: expected 'ieee', 'tf32' or None (as torch.nn), got {precision!r}")
+    return precision
+
+
+def _dense(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    # the kernels read every tensor as dense and row-major
+    return tuple(None if t is None else t.contiguous() for t in tensors)
+
+
 def _needs_graph(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
@@ -86,6 +132,7 @@ def rnn(
     nonlinearity: str = "tanh",
     backend: str = "auto",
     record: StepGradientsHook | None = None,
+    precision: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Elman RNN recurrence h_t = act(gx_t + W_hh h_{t-1}).
 
@@ -96,6 +143,7 @@ def rnn(
         nonlinearity: "tanh" or "relu".
         backend: "auto", "triton" or "reference" (see `rnnkit.backends`).
         record: called during backward with the per-step `StepGradients`.
+        precision: "ieee" or "tf32" for float32 on a GPU; None follows torch.nn (`recurrent_precision`).
 
     Returns:
         y [T, B, D, H] (zero past each length), h_n [D, B, H].
@@ -110,9 +158,11 @@ def rnn(
     if h0 is not None:
         check_tensor("h0", h0, (D, B, H), "[D, B, H]", dtype=gx.dtype, device=gx.device)
     ops = operators_for(backend, gx.device, gx.dtype)
+    precision = _precision(precision, gx)
     with no_autocast(gx.device.type):
         training = _needs_graph(gx, w_hh, h0)
-        return _call(record if training else None, ops.rnn_fwd, gx, w_hh, h0, lengths, nonlinearity, training)
+        args = (*_dense(gx, w_hh, h0, lengths), nonlinearity, training, precision)
+        return _call(record if training else None, ops.rnn_fwd, *args)
 
 
 def lstm(
@@ -125,6 +175,7 @@ def lstm(
     lengths: torch.Tensor | Sequence[int] | None = None,
     backend: str = "auto",
     record: StepGradientsHook | None = None,
+    precision: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LSTM recurrence (gates i, f, g, o), with torch.nn's optional projection.
 
@@ -136,6 +187,7 @@ def lstm(
         lengths: [B] valid steps per sequence (1..T), or None.
         backend: "auto", "triton" or "reference".
         record: called during backward with the per-step `StepGradients` (h and c).
+        precision: "ieee" or "tf32" for float32 on a GPU; None follows torch.nn (`recurrent_precision`).
 
     Returns:
         y [T, B, D, P] (zero past each length), h_n [D, B, P], c_n [D, B, H].
@@ -159,11 +211,11 @@ def lstm(
     if c0 is not None:
         check_tensor("c0", c0, (D, B, H), "[D, B, H]", **like)
     ops = operators_for(backend, gx.device, gx.dtype)
+    precision = _precision(precision, gx)
     with no_autocast(gx.device.type):
         training = _needs_graph(gx, w_hh, h0, c0, w_hr)
-        y, h_n, c_n, _, _ = _call(
-            record if training else None, ops.lstm_fwd, gx, w_hh, h0, c0, w_hr, lengths, training
-        )
+        args = (*_dense(gx, w_hh, h0, c0, w_hr, lengths), training, precision)
+        y, h_n, c_n, _, _ = _call(record if training else None, ops.lstm_fwd, *args)
         return y, h_n, c_n
 
 
@@ -176,6 +228,7 @@ def gru(
     lengths: torch.Tensor | Sequence[int] | None = None,
     backend: str = "auto",
     record: StepGradientsHook | None = None,
+    precision: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GRU recurrence (gates r, z, n), as torch.nn: the reset gate multiplies W_hn h + b_hn.
 
@@ -186,6 +239,7 @@ def gru(
         lengths: [B] valid steps per sequence (1..T), or None.
         backend: "auto", "triton" or "reference".
         record: called during backward with the per-step `StepGradients`.
+        precision: "ieee" or "tf32" for float32 on a GPU; None follows torch.nn (`recurrent_precision`).
 
     Returns:
         y [T, B, D, H] (zero past each length), h_n [D, B, H].
@@ -200,7 +254,9 @@ def gru(
     if h0 is not None:
         check_tensor("h0", h0, (D, B, H), "[D, B, H]", **like)
     ops = operators_for(backend, gx.device, gx.dtype)
+    precision = _precision(precision, gx)
     with no_autocast(gx.device.type):
         training = _needs_graph(gx, w_hh, b_hn, h0)
-        y, h_n, _, _ = _call(record if training else None, ops.gru_fwd, gx, w_hh, b_hn, h0, lengths, training)
+        args = (*_dense(gx, w_hh, b_hn, h0, lengths), training, precision)
+        y, h_n, _, _ = _call(record if training else None, ops.gru_fwd, *args)
         return y, h_n

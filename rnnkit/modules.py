@@ -266,11 +266,12 @@ class _RecurrentLayer(nn.RNNBase):
         T, B, _ = x.shape
         D = self._directions
         ops = functional.operators_for(self.backend, x.device, x.dtype)
+        precision = functional.recurrent_precision(x.device, x.dtype)
         result = []
         layer_input = x
         for layer in range(self.num_layers):
             states = slice(layer * D, (layer + 1) * D)
-            h0_l = None if h0 is None else h0[states]
+            h0_l = None if h0 is None else h0[states].contiguous()
             gx, b_hn = self._input_projection(layer, layer_input)
             w_hh = _stack(self._params(layer, "weight_hh", layer_input.dtype))
             if self.mode == "LSTM":
@@ -279,15 +280,15 @@ class _RecurrentLayer(nn.RNNBase):
                     if self.proj_size > 0
                     else None
                 )
-                c0_l = None if c0 is None else c0[states]
-                y, _, _, gates, c_steps = ops.lstm_fwd(gx, w_hh, h0_l, c0_l, w_hr, lengths, True)
+                c0_l = None if c0 is None else c0[states].contiguous()
+                y, _, _, gates, c_steps = ops.lstm_fwd(gx, w_hh, h0_l, c0_l, w_hr, lengths, True, precision)
                 acts = LayerActivations(layer, gates, c_steps, y, lengths)
             elif self.mode == "GRU":
-                y, _, gates, _ = ops.gru_fwd(gx, w_hh, b_hn, h0_l, lengths, True)
+                y, _, gates, _ = ops.gru_fwd(gx, w_hh, b_hn, h0_l, lengths, True, precision)
                 acts = LayerActivations(layer, gates, None, y, lengths)
             else:
                 nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
-                y, _ = ops.rnn_fwd(gx, w_hh, h0_l, lengths, nonlinearity, True)
+                y, _ = ops.rnn_fwd(gx, w_hh, h0_l, lengths, nonlinearity, True, precision)
                 acts = LayerActivations(layer, None, None, y, lengths)
             result.append(acts)
             layer_input = acts.y.reshape(T, B, D * self._width)

@@ -9,9 +9,10 @@ are `torch.library.triton_op`s, whose kernels `torch.compile` sees through `wrap
 forward op has its autograd registered (`rnnkit.autograd`), so ``torch.compile(fullgraph=True)``
 and ``torch.export`` trace a layer as a handful of ops, not as a Python loop over time steps.
 
-The arguments are those of `kernels.reference` in order, keyword ones last. An op cannot return
-None: where a kernel returns None (nothing saved in inference, no record), the op returns an
-empty tensor.
+The arguments are those of `kernels.reference` in order, keyword ones last (``precision``, "ieee"
+or "tf32", is that of the fp32 recurrent products: `rnnkit.functional` picks it as torch.nn would).
+An op cannot return None: where a kernel returns None (nothing saved in inference, no record), the
+op returns an empty tensor.
 """
 
 from types import SimpleNamespace
@@ -62,10 +63,18 @@ def _implementations(fns: SimpleNamespace) -> dict[str, object]:
     run_gru_fwd, run_gru_bwd = fns.gru_fwd, fns.gru_bwd
 
     def rnn_fwd(
-        gx: Tensor, w_hh: Tensor, h0: Tensor | None, lengths: Tensor | None, nonlinearity: str, training: bool
+        gx: Tensor,
+        w_hh: Tensor,
+        h0: Tensor | None,
+        lengths: Tensor | None,
+        nonlinearity: str,
+        training: bool,
+        precision: str,
     ) -> tuple[Tensor, Tensor]:
         check_length_values(lengths, gx.shape[0])
-        out = run_rnn_fwd(gx, w_hh, h0, lengths, nonlinearity=nonlinearity, training=training)
+        out = run_rnn_fwd(
+            gx, w_hh, h0, lengths, nonlinearity=nonlinearity, training=training, precision=precision
+        )
         return out.y, out.h_n
 
     def rnn_bwd(
@@ -76,8 +85,11 @@ def _implementations(fns: SimpleNamespace) -> dict[str, object]:
         lengths: Tensor | None,
         nonlinearity: str,
         record: bool,
+        precision: str,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        out = run_rnn_bwd(dy, dh_n, y, w_hh, lengths, nonlinearity=nonlinearity, record=record)
+        out = run_rnn_bwd(
+            dy, dh_n, y, w_hh, lengths, nonlinearity=nonlinearity, record=record, precision=precision
+        )
         return out.dgx, out.dh0, _or_nothing(out.dh_steps, y)
 
     def lstm_fwd(
@@ -88,9 +100,10 @@ def _implementations(fns: SimpleNamespace) -> dict[str, object]:
         w_hr: Tensor | None,
         lengths: Tensor | None,
         training: bool,
+        precision: str,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         check_length_values(lengths, gx.shape[0])
-        out = run_lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training=training)
+        out = run_lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training=training, precision=precision)
         return out.y, out.h_n, out.c_n, _or_nothing(out.gates, gx), _or_nothing(out.c_steps, gx)
 
     def lstm_bwd(
@@ -104,8 +117,11 @@ def _implementations(fns: SimpleNamespace) -> dict[str, object]:
         c_steps: Tensor,
         lengths: Tensor | None,
         record: bool,
+        precision: str,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        out = run_lstm_bwd(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record=record)
+        out = run_lstm_bwd(
+            dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record=record, precision=precision
+        )
         steps = (_or_nothing(out.dh_steps, gates), _or_nothing(out.dc_steps, gates))
         return out.dgx, out.dh0, out.dc0, *steps
 
@@ -116,9 +132,10 @@ def _implementations(fns: SimpleNamespace) -> dict[str, object]:
         h0: Tensor | None,
         lengths: Tensor | None,
         training: bool,
+        precision: str,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         check_length_values(lengths, gx.shape[0])
-        out = run_gru_fwd(gx, w_hh, b_hn, h0, lengths, training=training)
+        out = run_gru_fwd(gx, w_hh, b_hn, h0, lengths, training=training, precision=precision)
         return out.y, out.h_n, _or_nothing(out.gates, gx), _or_nothing(out.ghn, gx)
 
     def gru_bwd(
@@ -131,8 +148,9 @@ def _implementations(fns: SimpleNamespace) -> dict[str, object]:
         ghn: Tensor,
         lengths: Tensor | None,
         record: bool,
+        precision: str,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        out = run_gru_bwd(dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record=record)
+        out = run_gru_bwd(dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record=record, precision=precision)
         return out.dgx, out.dghn, out.dh0, _or_nothing(out.dh_steps, y)
 
     return {
@@ -153,24 +171,24 @@ def _steps_or_nothing(keep: bool, like: Tensor, *shape) -> Tensor:
     return like.new_empty(shape, dtype=torch.float32) if keep else _nothing(like)
 
 
-def _fake_rnn_fwd(gx, w_hh, h0, lengths, nonlinearity, training):
+def _fake_rnn_fwd(gx, w_hh, h0, lengths, nonlinearity, training, precision):
     T, B, D, H = gx.shape
     return gx.new_empty(T, B, D, H), gx.new_empty(D, B, H)
 
 
-def _fake_rnn_bwd(dy, dh_n, y, w_hh, lengths, nonlinearity, record):
+def _fake_rnn_bwd(dy, dh_n, y, w_hh, lengths, nonlinearity, record, precision):
     T, B, D, H = y.shape
     return y.new_empty(T, B, D, H), y.new_empty(D, B, H), _steps_or_nothing(record, y, T, B, D, H)
 
 
-def _fake_lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training):
+def _fake_lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training, precision):
     T, B, D, G = gx.shape
     H, P = G // 4, w_hh.shape[2]
     saved = (gx.new_empty(T, B, D, G), gx.new_empty(T, B, D, H)) if training else (_nothing(gx), _nothing(gx))
     return gx.new_empty(T, B, D, P), gx.new_empty(D, B, P), gx.new_empty(D, B, H), *saved
 
 
-def _fake_lstm_bwd(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record):
+def _fake_lstm_bwd(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record, precision):
     T, B, D, G = gates.shape
     H, P = G // 4, w_hh.shape[2]
     return (
@@ -182,14 +200,14 @@ def _fake_lstm_bwd(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, reco
     )
 
 
-def _fake_gru_fwd(gx, w_hh, b_hn, h0, lengths, training):
+def _fake_gru_fwd(gx, w_hh, b_hn, h0, lengths, training, precision):
     T, B, D, G = gx.shape
     H = G // 3
     saved = (gx.new_empty(T, B, D, G), gx.new_empty(T, B, D, H)) if training else (_nothing(gx), _nothing(gx))
     return gx.new_empty(T, B, D, H), gx.new_empty(D, B, H), *saved
 
 
-def _fake_gru_bwd(dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record):
+def _fake_gru_bwd(dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record, precision):
     T, B, D, H = y.shape
     return (
         gates.new_empty(T, B, D, 3 * H),

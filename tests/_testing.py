@@ -3,6 +3,9 @@ error, and a spy on the calls of rnnkit's operators."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -44,3 +47,15 @@ class OpCalls(TorchDispatchMode):
         if func is self.op:
             self.args.append(args)
         return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def tf32_flags(*, cudnn: bool, matmul: bool) -> Iterator[None]:
+    """torch's TF32 flags for cuDNN (its RNNs, and rnnkit's recurrence) and for CUDA matmuls, set
+    inside the block and restored after (pytest's monkeypatch cannot restore the matmul one)."""
+    previous = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous

@@ -23,6 +23,20 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True)
+def _ieee_fp32_on_gpu():
+    """fp32 comparisons on a GPU hold to ~1e-5 only with IEEE products on both sides: TF32 off for
+    cuDNN (torch.nn's RNNs, and rnnkit's layers, which follow its flag as torch.nn does) and for
+    torch's matmuls (rnnkit's input projection and weight gradients). Tests of TF32 turn it on."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    from tests._testing import tf32_flags
+
+    with tf32_flags(cudnn=False, matmul=False):
+        yield
+
+
 @pytest.fixture
 def poisoned(monkeypatch):
     """Kernel outputs and scratch start as NaN: a slot a kernel leaves unwritten fails the test."""

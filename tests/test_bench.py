@@ -8,8 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from rnnkit import bench
+from tests._testing import tf32_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = (
@@ -33,8 +35,10 @@ def test_run_bench_fields_and_ratios():
         assert r.seq_per_s > 0 and r.ratio_to_torch > 0 and r.first_call_s > 0
         if r.provider == "torch.nn":
             assert r.ratio_to_torch == 1.0
+    assert {r.fp32_math for r in results} == {"ieee"}  # the CPU has no TF32
     md = bench.to_markdown(results, bench.machine())
-    assert "| tiny-gru | B3 T2 I4 H6 L2 | float32 | rnnkit-reference | fwd+bwd |" in md
+    assert "| tiny-gru | B3 T2 I4 H6 L2 | float32 | ieee | rnnkit-reference | fwd+bwd |" in md
+    assert bench.FP32_NOTE not in md
     data = bench.to_json(results, bench.machine())
     assert {"device", "torch", "triton", "date"} <= set(data["machine"])
     fields = {"median_ms", "p20_ms", "p80_ms", "ratio_to_torch", "seq_per_s", "peak_mem_mb", "first_call_s"}
@@ -67,6 +71,29 @@ def test_targets_are_judged_from_the_results():
         "rnnkit-reference fwd+bwd on mnist-rowwise: 1.20× torch.nn (target ≤ 1.5×): met",
         "rnnkit-reference fwd+bwd on imdb-rnn: 3.00× torch.nn (target ≤ 1.5×): missed by 2.00×",
     ]
+
+
+def test_fp32_settings_are_torch_defaults_or_ieee_and_restored():
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    with tf32_flags(cudnn=False, matmul=True):
+        with bench.fp32_math("tf32"):  # torch's defaults
+            assert cudnn.allow_tf32 and not matmul.allow_tf32
+        with bench.fp32_math("ieee"):
+            assert not cudnn.allow_tf32 and not matmul.allow_tf32
+        assert not cudnn.allow_tf32 and matmul.allow_tf32
+    with pytest.raises(ValueError, match="fp32: expected names among tf32, ieee, got 'fp16'"):
+        bench.run_bench(TINY, providers=("torch.nn",), device="cpu", fp32=("fp16",))
+
+
+def test_gpu_targets_are_judged_in_torch_defaults():
+    def result(setting, ratio):
+        return bench.BenchResult(
+            "imdb-rnn", "rnn", "", "float32", "rnnkit-triton", "fwd+bwd", 1, 1, 1, ratio, 1, None,
+            fp32_math=setting,
+        )  # fmt: skip
+
+    lines = bench.check_targets([result("tf32", 2.0), result("ieee", 0.5)], "cuda")
+    assert lines == ["rnnkit-triton fwd+bwd on imdb-rnn: 2.00× torch.nn (target ≤ 1.0×): missed by 2.00×"]
 
 
 def test_bad_provider_is_named():

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from kernels import reference
+from kernels._config import KernelPathError
 from tests._data import shared_data
 from tests._testing import assert_close
 
@@ -66,6 +67,21 @@ def run_backward(module, cell, args, kwargs, fwd, upstream, record):
     return bwd(dy, dh_n, upstream["dc_n"], w_hh, w_hr, c0, fwd.gates, fwd.c_steps, lengths, record=record)
 
 
+def resident_refused(kernel_path, cell, B, H, *, backward) -> bool:
+    """Whether `kernels._config` refuses a forced resident launch here: W_hh and its scratch would
+    not fit in the device's shared memory (sm_90's 227 KiB under the interpreter)."""
+    from kernels._config import KernelPathError, launch_config
+
+    if kernel_path != "resident" or cell == "lstm_proj":
+        return False
+    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell.split("_")[0]]
+    try:
+        launch_config(B, H, H, G, torch.empty(0, device=DEVICE), backward=backward)
+    except KernelPathError:
+        return True
+    return False
+
+
 def compare_outputs(prefix, ours, theirs, dtype):
     for name, a, b in zip(theirs._fields, ours, theirs, strict=True):
         if b is None:
@@ -96,8 +112,17 @@ def test_kernel_matches_reference(poisoned, kernel_path, cell, shape, D, variant
     name = cell.split("_")[0]
     ours_mod = kernel_module(cell)
     fwd_ref = getattr(reference, f"{name}_fwd")(*args, **kwargs)
+    if resident_refused(kernel_path, cell, B, H, backward=False):
+        # a forced path that cannot fit says so before launching (never Triton's OutOfResources)
+        with pytest.raises(KernelPathError, match="bytes of shared memory per program"):
+            getattr(ours_mod, f"{name}_fwd")(*args, **kwargs)
+        return
     fwd_ours = getattr(ours_mod, f"{name}_fwd")(*args, **kwargs)
     compare_outputs("fwd.", fwd_ours, fwd_ref, torch.float32)
+    if resident_refused(kernel_path, cell, B, H, backward=True):
+        with pytest.raises(KernelPathError, match="bytes of shared memory per program"):
+            run_backward(ours_mod, cell, args, kwargs, fwd_ref, upstream, False)
+        return
     for record in (False, True):
         ref = run_backward(reference, cell, args, kwargs, fwd_ref, upstream, record)
         ours = run_backward(ours_mod, cell, args, kwargs, fwd_ref, upstream, record)
@@ -126,12 +151,61 @@ def test_auto_path_by_hidden_size(monkeypatch):
 
     monkeypatch.setattr(_config, "KERNEL_PATH", "auto")
     limit = _config.RESIDENT_MAX_H
-    assert _config.launch_config(8, limit, limit, torch.float32).resident
-    assert not _config.launch_config(8, limit + 1, limit + 1, torch.float32).resident
-    assert not _config.launch_config(8, 32, 16, torch.float32).resident  # LSTM proj_size
+    fp32 = torch.empty(0)
+    for G in (1, 3, 4):
+        assert _config.launch_config(8, limit, limit, G, fp32).resident
+        assert _config.launch_config(8, limit, limit, G, fp32, backward=True).resident
+        assert not _config.launch_config(8, limit + 1, limit + 1, G, fp32).resident
+    assert not _config.launch_config(8, 32, 16, 4, fp32).resident  # LSTM proj_size
     monkeypatch.setattr(_config, "KERNEL_PATH", "fastest")
     with pytest.raises(ValueError, match=r"KERNEL_PATH must be .* got 'fastest'"):
-        _config.launch_config(8, 32, 32, torch.float32)
+        _config.launch_config(8, 32, 32, 4, fp32)
+
+
+def test_resident_path_only_where_it_fits_in_shared_memory(monkeypatch):
+    """sm_90 allows 227 KiB per program: an LSTM's or GRU's W_hh at H = 100 (tile 128, 4 gates: 256
+    KiB in fp32) does not fit, an RNN's (64 KiB) does. Forced, the resident path says so; chosen
+    automatically, it falls back to streaming W_hh."""
+    from kernels import _config
+
+    fp32 = torch.empty(0, device="meta")  # no device to ask: the sm_90 figure
+    assert _config.shared_memory_limit(fp32.device) == _config.SM90_SHARED_MEMORY == 232448
+    monkeypatch.setattr(_config, "KERNEL_PATH", "resident")
+    assert _config.launch_config(16, 100, 100, 1, fp32, backward=True).resident
+    for G in (3, 4):
+        with pytest.raises(_config.KernelPathError, match=r"needs 2\d{5} bytes .* allows 232448; use"):
+            _config.launch_config(16, 100, 100, G, fp32)
+    assert not _config.launch_config(16, 100, 50, 4, fp32).resident  # a projection streams, forced or not
+    monkeypatch.setattr(_config, "KERNEL_PATH", "auto")
+    monkeypatch.setattr(_config, "RESIDENT_MAX_H", 1 << 20)  # the rules would take it: the budget does not
+    assert _config.launch_config(16, 100, 100, 1, fp32).resident
+    assert not _config.launch_config(16, 100, 100, 4, fp32).resident
+    assert not _config.launch_config(16, 100, 100, 3, fp32, backward=True).resident
+
+
+def test_launch_precision(monkeypatch):
+    """TF32 only where it was asked for, on fp32 storage, and compiled (the interpreter has none)."""
+    from kernels import _config
+
+    fp32, bf16 = torch.empty(0), torch.empty(0, dtype=torch.bfloat16)
+    assert _config.launch_config(8, 64, 64, 4, fp32, "tf32").PRECISION == "ieee"  # interpreted here
+    monkeypatch.setattr(_config, "interpreted", lambda: False)
+    assert _config.launch_config(8, 64, 64, 4, fp32, "tf32").PRECISION == "tf32"
+    assert _config.launch_config(8, 64, 64, 4, fp32, "ieee").PRECISION == "ieee"
+    assert _config.launch_config(8, 64, 64, 4, bf16, "tf32").PRECISION == "ieee"
+    with pytest.raises(ValueError, match="precision: expected 'ieee' or 'tf32', got 'fp16'"):
+        _config.launch_config(8, 64, 64, 4, fp32, "fp16")
+
+
+def test_launchers_refuse_strided_inputs():
+    """The kernels read dense tensors; the launchers do not copy (their callers do)."""
+    from kernels import lstm
+
+    args, _, _ = make_inputs("lstm", 3, 4, 1, 8, with_state=True, with_lengths=False)
+    gx, w_hh, h0, c0, _, _ = args
+    strided = h0.transpose(1, 2).contiguous().transpose(1, 2)
+    with pytest.raises(ValueError, match=r"lstm_fwd: h0 must be contiguous, got shape \[1, 4, 8\]"):
+        lstm.lstm_fwd(gx, w_hh, strided, c0)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

@@ -18,11 +18,6 @@ pytestmark = pytest.mark.cuda
 SHAPES = [(100, 256, 256), (1000, 8, 128), (200, 16, 1024)]
 
 
-@pytest.fixture(autouse=True)
-def _no_tf32(monkeypatch):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-
-
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "lstm_proj", "gru"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}-B{}-H{}".format(*s))
 def test_kernel_matches_reference_on_gpu(poisoned, cell, shape):

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
-from tests._testing import assert_close
+from tests._testing import assert_close, tf32_flags
 
 # (class name, extra constructor arguments)
 CELLS = {
@@ -295,3 +295,80 @@ def test_layer_on_gpu_matches_cudnn(cell):
     hx = initial_states(theirs, 16, torch.float32)
     hx = tuple(h.cuda() for h in hx) if isinstance(hx, tuple) else hx.cuda()
     compare(forward_backward(ours, x, hx), forward_backward(theirs, x, hx), torch.float32)
+
+
+# --- precision: fp32 on a GPU follows torch.nn ------------------------------------------------------
+
+
+def test_recurrent_precision_follows_cudnn_flag(monkeypatch):
+    """As torch.nn's recurrent layers: TF32 for fp32 on a GPU while cuDNN's RNN flag allows it (on
+    by default), IEEE when it is off, and always IEEE on the CPU and for other dtypes. Asked of a
+    device, not a tensor: no GPU needed."""
+    from rnnkit.functional import recurrent_precision
+
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
+    tf32_before = torch.backends.cudnn.allow_tf32
+    with tf32_flags(cudnn=True, matmul=False):  # torch's defaults
+        assert recurrent_precision(gpu, torch.float32) == "tf32"
+        assert recurrent_precision(gpu, torch.bfloat16) == recurrent_precision(cpu, torch.float32) == "ieee"
+    with tf32_flags(cudnn=False, matmul=True):  # the matmul flag is not the RNN's
+        assert recurrent_precision(gpu, torch.float32) == "ieee"
+    rnn_flag = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn_flag is not None and hasattr(rnn_flag, "fp32_precision"):  # torch >= 2.9: the RNN's own flag
+        with tf32_flags(cudnn=False, matmul=False), monkeypatch.context() as patch:  # restored in this order
+            patch.setattr(rnn_flag, "fp32_precision", "tf32")
+            assert recurrent_precision(gpu, torch.float32) == "tf32"
+            patch.setattr(rnn_flag, "fp32_precision", "ieee")
+            assert recurrent_precision(gpu, torch.float32) == "ieee"
+        assert torch.backends.cudnn.allow_tf32 == tf32_before  # the flags are consistent again
+
+
+@pytest.mark.interpreter
+def test_precision_reaches_the_kernels_forward_and_backward():
+    """The precision chosen for a call is the one its forward and backward operators get."""
+    from rnnkit import functional, ops
+    from tests._testing import OpCalls
+
+    ops.backend_ops("triton")  # registered on first use
+    gx = torch.randn(4, 2, 1, 32, requires_grad=True)
+    w_hh = torch.randn(1, 32, 8, requires_grad=True)
+    for asked, expected in ((None, "ieee"), ("tf32", "tf32"), ("ieee", "ieee")):  # None: the CPU's
+        with OpCalls("triton_lstm_fwd") as fwd, OpCalls("triton_lstm_bwd") as bwd:
+            y, _, _ = functional.lstm(gx, w_hh, backend="triton", precision=asked)
+            y.sum().backward()
+        assert [call[-1] for call in fwd.args + bwd.args] == [expected, expected]
+    with pytest.raises(ValueError, match=r"precision: expected 'ieee', 'tf32' or None .* got 'high'"):
+        functional.lstm(gx, w_hh, precision="high")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_fp32_on_gpu_runs_tf32_like_cudnn(monkeypatch, cell):
+    """With torch's defaults (cuDNN may use TF32) the kernels' products run in TF32 and agree with
+    cuDNN to TF32's precision; with the flag off they run IEEE fp32 and agree to fp32's."""
+    from kernels import _config
+
+    precisions = []
+    launch = _config.launch
+
+    def spy(wrapped, grid, *args, **meta):
+        precisions.append(meta["PRECISION"])
+        launch(wrapped, grid, *args, **meta)
+
+    monkeypatch.setattr(_config, "launch", spy)
+    for module in ("kernels.lstm", "kernels.gru"):
+        monkeypatch.setattr(f"{module}.launch", spy)
+    theirs = getattr(nn, cell)(32, 128, num_layers=2).cuda()
+    ours = getattr(rnnkit, cell)(32, 128, num_layers=2, backend="triton").cuda()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(50, 16, 32, device="cuda")
+    outputs = {}
+    for tf32 in (True, False):
+        precisions.clear()
+        with torch.no_grad(), tf32_flags(cudnn=tf32, matmul=False):
+            outputs[tf32] = (ours(x)[0], theirs(x)[0])
+        assert set(precisions) == {"tf32" if tf32 else "ieee"}, precisions
+    assert_close("IEEE fp32 against cuDNN", outputs[False][0], outputs[False][1], torch.float32)
+    tf32_error = (outputs[True][0] - outputs[True][1]).abs().max().item()
+    assert tf32_error <= 1e-2, f"TF32 against cuDNN's TF32: max abs error {tf32_error:.2e}"
+    assert not torch.equal(outputs[True][0], outputs[False][0]), "TF32 and IEEE gave the same bits"

@@ -39,11 +39,13 @@ SHAPES = [
 ]
 
 
-def _compile_all(shapes) -> list[dict]:
+def _compile_all(shapes, path: str = "auto") -> list[dict]:
     script = textwrap.dedent(
         f"""
         import dataclasses, json, torch
+        from kernels import _config
         from kernels.resources import cell_launches, compile_resources
+        _config.KERNEL_PATH = {path!r}
         out = []
         for cell, B, H, dtype in {shapes!r}:
             for launch in cell_launches(cell, B, H, dtype=getattr(torch, dtype)):
@@ -97,3 +99,27 @@ def test_chosen_launch_settings_do_not_spill(compiled):
         if r["spill_stores"] or r["spill_loads"]
     ]
     assert not spilled, "\n".join(spilled)
+
+
+# the resident path forced where its scratch is largest: every cell at the tiles a GPU picks for B = 64
+# (32 rows), up to H = 64 (an LSTM's W_hh of 64 KiB), and bf16, whose scratch differs
+FORCED_RESIDENT = [
+    ("rnn", 64, 64, "float32"),
+    ("lstm", 64, 64, "float32"),
+    ("gru", 64, 64, "float32"),
+    ("lstm", 64, 32, "bfloat16"),
+    ("gru", 8, 64, "bfloat16"),
+]
+
+
+def test_shared_memory_model_covers_the_resident_kernels():
+    """`kernels._config.resident_shared_memory` decides whether a resident launch fits the device
+    (no OutOfResources at launch time): it must not be below what the compiler allocates."""
+    from kernels._config import resident_shared_memory
+
+    compiled = _compile_all(FORCED_RESIDENT, path="resident")
+    assert all("resident" in r["kernel"] for r in compiled)
+    for r in compiled:
+        G = {"rnn": 1, "lstm": 4, "gru": 3}[r["shape"][0]]
+        modelled = resident_shared_memory(G, r["meta"]["BB"], r["meta"]["BH"], backward="bwd" in r["kernel"])
+        assert modelled >= r["shared"], f"{r['kernel']} at {r['shape']}: model {modelled} B < {r['shared']} B"

@@ -1,0 +1,49 @@
+"""tools/gpu_check.py, the one command to run on a GPU machine, on tiny settings on the CPU: every
+stage runs, logs to its folder, and the summary says what passed, failed or timed out."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_BENCH = "--device cpu --config mnist-rowwise --modes fwd --warmup 0 --repeats 1"
+TINY_TRAIN = "--task adding --seq-len 10 --epochs 1 --steps-per-epoch 2 --batch-size 4 --device cpu --quiet"
+
+
+def _check(tmp_path: Path, *args: str) -> tuple[int, str]:
+    cmd = [sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--out", str(tmp_path), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary in done.stdout
+    return done.returncode, summary
+
+
+def test_gpu_check_runs_every_stage_and_summarizes(tmp_path):
+    code, summary = _check(
+        tmp_path,
+        "--pytest-args", "tests/test_kernels.py -k test_launch_precision -q -p no:cacheprovider",
+        "--bench-args", f"{TINY_BENCH} --providers torch.nn,rnnkit-reference",
+        "--train-args", TINY_TRAIN,
+    )  # fmt: skip
+    assert code == 0, summary
+    assert "## tests: passed" in summary and "- 1 passed" in summary
+    assert "## bench: passed" in summary
+    assert "- mnist-rowwise float32 ieee rnnkit-reference fwd:" in summary
+    assert "## train: passed" in summary and "test_" in summary
+    assert {p.name for p in tmp_path.iterdir()} >= {"tests.log", "bench.log", "bench.json", "train.log"}
+
+
+def test_gpu_check_reports_failures_and_timeouts(tmp_path):
+    code, summary = _check(
+        tmp_path,
+        "--pytest-args", "tests/test_gpu_check.py::test_no_such_test -q -p no:cacheprovider",
+        "--bench-args", f"{TINY_BENCH} --providers torch.nn",
+        "--bench-limit", "0.5",
+        "--skip", "train",
+    )  # fmt: skip
+    assert code == 1
+    assert "## tests: failed (exit 4)" in summary
+    assert "## bench: timed out after 0 s" in summary or "## bench: timed out after 1 s" in summary
+    assert "## train: skipped: --skip" in summary
