@@ -110,8 +110,13 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
         bar = progress.add_task("timing", total=total)
 
+        measured = []
+
         def on_result(r):
             progress.update(bar, advance=1, description=f"{r.row} {r.provider} {r.mode}")
+            measured.append(r)
+            if args.json:  # after every measurement: a run cut short keeps what it measured
+                Path(args.json).write_text(json.dumps(bench.to_json(measured, header), indent=1))
 
         results = bench.run_bench(
             rows, providers=providers, modes=modes, device=args.device, fp32=tuple(args.fp32.split(",")),
@@ -123,21 +128,21 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     for row in rows:
         table = Table(title=f"{row.name}: {row.cell.upper()} B={row.B} T={row.T} I={row.I} H={row.H} "
                       f"layers={row.num_layers} {row.dtype}")  # fmt: skip
-        names = ("fp32 math", "provider", "mode", "median ms", "p20–p80", "× torch.nn", "seq/s", "peak MiB",
-                 "first s")  # fmt: skip
+        names = ("fp32 math", "provider", "mode", "median ms", "µs/step", "p20–p80", "× torch.nn", "seq/s",
+                 "peak MiB", "first s")  # fmt: skip
         for col in names:
             table.add_column(col, justify="left" if col in names[:3] else "right")
         for r in (r for r in results if r.row == row.name):
             if r.skipped:
-                table.add_row(r.fp32_math, r.provider, r.mode, f"[dim]{r.skipped}[/]", "", "", "", "", "")
+                table.add_row(r.fp32_math, r.provider, r.mode, f"[dim]{r.skipped}[/]", "", "", "", "", "", "")
                 continue
             ratio = "-" if r.ratio_to_torch is None else f"{r.ratio_to_torch:.2f}"
             peak = "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.4g}"
             spread = f"{r.p20_ms:.3g}–{r.p80_ms:.3g}"
             first = f"{r.first_call_s:.3g}"
             table.add_row(
-                r.fp32_math, r.provider, r.mode, f"{r.median_ms:.4g}", spread, ratio, f"{r.seq_per_s:.4g}",
-                peak, first,
+                r.fp32_math, r.provider, r.mode, f"{r.median_ms:.4g}", f"{r.us_per_step:.4g}", spread, ratio,
+                f"{r.seq_per_s:.4g}", peak, first,
             )  # fmt: skip
         console.print(table)
     if any(r.fp32_math == "tf32" for r in results):

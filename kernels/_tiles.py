@@ -144,17 +144,38 @@ def load_previous(
 
 
 @triton.jit
-def resident_weights(w_ptr, H, NG, G: tl.constexpr, BH: tl.constexpr):
-    # [G*BH, BH] fp32: W_hh [NG*H, H] with each unit's gates side by side, row n*G + q holding
-    # W[q*H + n, :] (zero past H and past NG gates; G = NG rounded up to a power of two). Loaded
-    # once, before the time loop: one product per step covers every gate (see `split4`, `join4`);
-    # the forward multiplies by its transpose
+def weight_rows(w_ptr, unit0, H, K, NG, GP: tl.constexpr, BH: tl.constexpr, KP: tl.constexpr):
+    # [GP*BH, KP] in w's dtype: units unit0 .. unit0+BH-1 of W [NG*H, K] (row-major) with each unit's
+    # gates side by side, row n*GP + q holding W[q*H + unit0 + n, :K] (zero past H, past NG gates and
+    # past K; GP = NG rounded up to a power of two). One product with it gives every gate of those
+    # units (see `split4`); loaded before a time loop, Triton keeps it in shared memory
     n = tl.arange(0, BH)[:, None, None]
-    q = tl.arange(0, G)[None, :, None]
-    k = tl.arange(0, BH)[None, None, :]
-    mask = (n < H) & (q < NG) & (k < H)
-    w = tl.load(w_ptr + (q * H + n).to(tl.int64) * H + k, mask=mask, other=0.0).to(tl.float32)
-    return tl.reshape(w, (G * BH, BH))
+    q = tl.arange(0, GP)[None, :, None]
+    k = tl.arange(0, KP)[None, None, :]
+    unit = unit0 + n
+    mask = (unit < H) & (q < NG) & (k < K)
+    w = tl.load(w_ptr + (q * H + unit).to(tl.int64) * K + k, mask=mask, other=0.0)
+    return tl.reshape(w, (GP * BH, KP))
+
+
+@triton.jit
+def resident_weights(w_ptr, H, NG, G: tl.constexpr, BH: tl.constexpr):
+    # [G*BH, BH] fp32: all of W_hh [NG*H, H] for the resident kernels (one tile of BH >= H units); the
+    # forward multiplies by its transpose
+    return weight_rows(w_ptr, 0, H, H, NG, G, BH, BH).to(tl.float32)
+
+
+@triton.jit
+def grid_barrier(counter_ptr, target):
+    # wait until the programs of the grid have arrived `target` times in all at this counter (zero at
+    # launch): what each wrote before is then visible to the `.cg` loads of every other. Only for grids
+    # whose programs are all resident at once (never under the interpreter: it runs them in turn)
+    tl.debug_barrier()
+    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+    arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    while arrived < target:
+        arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
 
 
 @triton.jit
@@ -183,12 +204,12 @@ def load_state(ptr, row_off, cols, row_mask, col_mask, HAS_STATE: tl.constexpr):
 
 
 @triton.jit
-def resident_step_grad(
+def step_grad(
     carried, dy_ptr, dh_steps_ptr, rows_t, cols, row_mask, col_mask, valid,
     HAS_DY: tl.constexpr, RECORD: tl.constexpr,
 ):  # fmt: skip
-    # δh_t = carried + dy_t in registers (zero at masked steps), written to the record when kept:
-    # `total_step_grad` of the resident kernels (dy and the record share the [T, B, D, H] layout)
+    # δh_t = carried + dy_t in registers (zero at masked steps), written to the record when kept (dy
+    # and the record share the [T, B, D, P] layout): the resident and the split kernels' step
     dh = carried
     if HAS_DY:
         dh += load_tile(dy_ptr, rows_t, cols, row_mask, col_mask)

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from kernels._cells import gru_units_bwd
 from kernels._config import alloc, check_contiguous, launch, launch_config, or_absent, step_gradients
 from kernels._tiles import (
     carry_back,
@@ -24,17 +25,18 @@ from kernels._tiles import (
     load_state,
     load_tile,
     program_rows,
-    resident_step_grad,
     resident_weights,
     seq_offset,
     sigmoid,
     split4,
     state_offset,
+    step_grad,
     store_tile,
     tanh,
     total_step_grad,
 )
 from kernels.reference import GRUBackward, GRUForward
+from kernels.split import split_backward, split_forward
 
 
 @triton.jit
@@ -221,19 +223,11 @@ def _gru_bwd_kernel(
             j = j0 + tl.arange(0, BH)
             jm = j < H
             dh = load_tile(dh_steps_ptr, dh_rows, j, row_mask, jm)
-            r = load_tile(gates_ptr, gx_rows, j, row_mask, jm)
-            z = load_tile(gates_ptr, gx_rows, H + j, row_mask, jm)
-            n = load_tile(gates_ptr, gx_rows, 2 * H + j, row_mask, jm)
-            ghn = load_tile(ghn_ptr, y_rows, j, row_mask, jm)
-            h_prev = load_previous(y_ptr, prev_rows, h0_ptr, st_h, j, jm, is_valid, is_first, HAS_H0)
-            dn = tl.where(valid, dh * (1.0 - z) * (1.0 - n * n), 0.0)
-            dr = tl.where(valid, dn * ghn * r * (1.0 - r), 0.0)
-            dz = tl.where(valid, dh * (h_prev - n) * z * (1.0 - z), 0.0)
-            dghn = dn * r
-            _store_gates(dgx_ptr, gx_rows, j, row_mask, jm, H, dr, dz, dn)
-            _store_gates(dg_buf_ptr, st_g, j, row_mask, jm, H, dr, dz, dghn)
-            store_tile(dghn_ptr, y_rows, j, row_mask, jm, dghn)
-            store_tile(direct_buf_ptr, st_h, j, row_mask, jm, dh * z)
+            direct = gru_units_bwd(
+                dh, gates_ptr, ghn_ptr, y_ptr, h0_ptr, dgx_ptr, dghn_ptr, dg_buf_ptr, gx_rows, y_rows,
+                prev_rows, st_h, st_g, j, jm, row_mask, valid, is_valid, is_first, H, HAS_H0,
+            )  # fmt: skip
+            store_tile(direct_buf_ptr, st_h, j, row_mask, jm, direct)
         tl.debug_barrier()
         carry_back(
             dh_buf_ptr,
@@ -300,7 +294,7 @@ def _gru_bwd_resident_kernel(
         gx_rows = seq_offset(t, rows, B, D, d, 3 * H)
         y_rows = seq_offset(t, rows, B, D, d, H)
         prev_rows = seq_offset(t + tl.where(d == 0, -1, 1), rows, B, D, d, H)
-        dh_t = resident_step_grad(dh, dy_ptr, dh_steps_ptr, y_rows, j, row_mask, jm, valid, HAS_DY, RECORD)
+        dh_t = step_grad(dh, dy_ptr, dh_steps_ptr, y_rows, j, row_mask, jm, valid, HAS_DY, RECORD)
         r = load_tile(gates_ptr, gx_rows, j, row_mask, jm)
         z = load_tile(gates_ptr, gx_rows, H + j, row_mask, jm)
         n = load_tile(gates_ptr, gx_rows, 2 * H + j, row_mask, jm)
@@ -331,7 +325,12 @@ def gru_fwd(
     T, B, D, G = gx.shape
     H = G // 3
     check_contiguous("gru_fwd", gx=gx, w_hh=w_hh, b_hn=b_hn, h0=h0, lengths=lengths)
-    cfg = launch_config(B, H, H, 3, gx, precision)
+    cfg = launch_config(B, H, H, 3, gx, precision, D=D)
+    if cfg.path == "split":
+        y, h_n, _, gates, ghn = split_forward(
+            "gru", cfg, gx, w_hh, h0=h0, b_hn=b_hn, lengths=lengths, training=training
+        )
+        return GRUForward(y, h_n, gates, ghn)
     y, h_n = alloc((T, B, D, H), gx), alloc((D, B, H), gx)
     gates = alloc((T, B, D, G), gx) if training else None
     ghn = alloc((T, B, D, H), gx) if training else None
@@ -379,7 +378,12 @@ def gru_bwd(
     check_contiguous(
         "gru_bwd", dy=dy, dh_n=dh_n, w_hh=w_hh, h0=h0, y=y, gates=gates, ghn=ghn, lengths=lengths
     )
-    cfg = launch_config(B, H, H, 3, gates, precision, backward=True)
+    cfg = launch_config(B, H, H, 3, gates, precision, D=D, backward=True)
+    if cfg.path == "split":
+        dgx, dghn, dh0, _, dh_steps, _ = split_backward(
+            "gru", cfg, dy, dh_n, w_hh, y=y, h0=h0, gates=gates, aux=ghn, lengths=lengths, record=record
+        )
+        return GRUBackward(dgx, dghn, dh0, dh_steps)
     f32 = torch.float32
     dgx, dghn, dh0 = alloc((T, B, D, G), gates), alloc((T, B, D, H), gates), alloc((D, B, H), gates)
     dh_steps, dh_step_stride = step_gradients(record, T, B, D, H, gates)

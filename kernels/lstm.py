@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from kernels._cells import lstm_units_bwd
 from kernels._config import alloc, check_contiguous, launch, launch_config, or_absent, step_gradients
 from kernels._tiles import (
     carry_back,
@@ -27,17 +28,18 @@ from kernels._tiles import (
     load_state,
     load_tile,
     program_rows,
-    resident_step_grad,
     resident_weights,
     seq_offset,
     sigmoid,
     split4,
     state_offset,
+    step_grad,
     store_tile,
     tanh,
     total_step_grad,
 )
 from kernels.reference import LSTMBackward, LSTMForward
+from kernels.split import split_backward, split_forward
 
 
 @triton.jit
@@ -312,23 +314,11 @@ def _lstm_bwd_kernel(
                 )
             else:
                 dm = load_tile(dh_steps_ptr, dh_rows, j, row_mask, jm)
-            i = load_tile(gates_ptr, gx_rows, j, row_mask, jm)
-            f = load_tile(gates_ptr, gx_rows, H + j, row_mask, jm)
-            g = load_tile(gates_ptr, gx_rows, 2 * H + j, row_mask, jm)
-            o = load_tile(gates_ptr, gx_rows, 3 * H + j, row_mask, jm)
-            tanh_c = tanh(load_tile(c_steps_ptr, c_rows, j, row_mask, jm))
-            c_prev = load_previous(c_steps_ptr, c_prev_rows, c0_ptr, st_c, j, jm, is_valid, is_first, HAS_C0)
-            dc_carried = load_tile(dc_buf_ptr, st_c, j, row_mask, jm)
-            dc = dc_carried + dm * o * (1.0 - tanh_c * tanh_c)  # δc_t, the total
-            if RECORD:
-                store_tile(dc_steps_ptr, c_rows, j, row_mask, jm, tl.where(valid, dc, 0.0))
-            store_tile(dc_buf_ptr, st_c, j, row_mask, jm, tl.where(valid, dc * f, dc_carried))
-            da_i = tl.where(valid, dc * g * i * (1.0 - i), 0.0)
-            da_f = tl.where(valid, dc * c_prev * f * (1.0 - f), 0.0)
-            da_g = tl.where(valid, dc * i * (1.0 - g * g), 0.0)
-            da_o = tl.where(valid, dm * tanh_c * o * (1.0 - o), 0.0)
-            _store_gates(dgx_ptr, gx_rows, j, row_mask, jm, H, da_i, da_f, da_g, da_o)
-            _store_gates(dg_buf_ptr, st_g, j, row_mask, jm, H, da_i, da_f, da_g, da_o)
+            lstm_units_bwd(
+                dm, gates_ptr, c_steps_ptr, c0_ptr, dc_buf_ptr, dc_steps_ptr, dgx_ptr, dg_buf_ptr, gx_rows,
+                c_rows, c_prev_rows, st_c, st_g, j, jm, row_mask, valid, is_valid, is_first, H, HAS_C0,
+                RECORD,
+            )  # fmt: skip
         tl.debug_barrier()
         carry_back(
             dh_buf_ptr,
@@ -398,7 +388,7 @@ def _lstm_bwd_resident_kernel(
         gx_rows = seq_offset(t, rows, B, D, d, 4 * H)
         y_rows = seq_offset(t, rows, B, D, d, H)
         prev_rows = seq_offset(t + tl.where(d == 0, -1, 1), rows, B, D, d, H)
-        dh_t = resident_step_grad(dh, dy_ptr, dh_steps_ptr, y_rows, j, row_mask, jm, valid, HAS_DY, RECORD)
+        dh_t = step_grad(dh, dy_ptr, dh_steps_ptr, y_rows, j, row_mask, jm, valid, HAS_DY, RECORD)
         i = load_tile(gates_ptr, gx_rows, j, row_mask, jm)
         f = load_tile(gates_ptr, gx_rows, H + j, row_mask, jm)
         g = load_tile(gates_ptr, gx_rows, 2 * H + j, row_mask, jm)
@@ -435,7 +425,12 @@ def lstm_fwd(
     T, B, D, G = gx.shape
     H, P = G // 4, w_hh.shape[2]
     check_contiguous("lstm_fwd", gx=gx, w_hh=w_hh, h0=h0, c0=c0, w_hr=w_hr, lengths=lengths)
-    cfg = launch_config(B, H, P, 4, gx, precision)
+    cfg = launch_config(B, H, P, 4, gx, precision, D=D)
+    if cfg.path == "split":
+        out = split_forward(
+            "lstm", cfg, gx, w_hh, h0=h0, c0=c0, w_hr=w_hr, lengths=lengths, training=training
+        )
+        return LSTMForward(*out)
     y = alloc((T, B, D, P), gx)
     h_n, c_n = alloc((D, B, P), gx), alloc((D, B, H), gx)
     gates = alloc((T, B, D, G), gx) if training else None
@@ -488,7 +483,13 @@ def lstm_bwd(
     H, P = G // 4, w_hh.shape[2]
     check_contiguous("lstm_bwd", dy=dy, dh_n=dh_n, dc_n=dc_n, w_hh=w_hh, w_hr=w_hr, c0=c0, gates=gates,
                      c_steps=c_steps, lengths=lengths)  # fmt: skip
-    cfg = launch_config(B, H, P, 4, gates, precision, backward=True)
+    cfg = launch_config(B, H, P, 4, gates, precision, D=D, backward=True)
+    if cfg.path == "split":
+        dgx, _, dh0, dc0, dh_steps, dc_steps = split_backward(
+            "lstm", cfg, dy, dh_n, w_hh, dc_n=dc_n, w_hr=w_hr, c0=c0, gates=gates, aux=c_steps,
+            lengths=lengths, record=record,
+        )  # fmt: skip
+        return LSTMBackward(dgx, dh0, dc0, dh_steps, dc_steps)
     f32 = torch.float32
     dgx = alloc((T, B, D, G), gates)
     dh0, dc0 = alloc((D, B, P), gates), alloc((D, B, H), gates)

@@ -17,6 +17,7 @@ and the Triton version here may not be the GPU machine's.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import subprocess
@@ -29,7 +30,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kernels import gru, lstm, rnn
-from kernels._config import Launch, capture_launches
+from kernels._config import SM90_SMS, Launch, capture_launches
 
 _TYPES = {
     torch.float16: "fp16",
@@ -41,9 +42,17 @@ _TYPES = {
 }
 
 
+# sm_90 (H100, H200) per SM: registers, shared memory (228 KiB, 1 KiB of it reserved per program),
+# threads and programs; the SMs of an H100 SXM or H200
+SM90_REGISTERS, SM90_SHARED_PER_SM, SM90_THREADS, SM90_PROGRAMS = 65536, 233472, 2048, 32
+# SASS opcodes of the tensor cores: HMMA (mma.sync: fp16, bf16, tf32) and HGMMA (Hopper's wgmma)
+TENSOR_CORE_OPS = ("HMMA", "HGMMA")
+
+
 @dataclass(frozen=True)
 class Resources:
-    """What one compiled kernel needs per thread (registers, spills) and per program (shared)."""
+    """What one compiled kernel needs per thread (registers, spills) and per program (shared), how
+    many of its programs an SM holds at once, and the SASS instructions that matter."""
 
     kernel: str
     registers: int
@@ -52,10 +61,29 @@ class Resources:
     shared: int  # bytes of shared memory per program
     num_warps: int
     meta: tuple[tuple[str, object], ...]  # the launch's constexprs
+    programs: int = 1  # the launch's grid size
+    sass: tuple[tuple[str, int], ...] = ()  # opcode -> count in the kernel's SASS
 
     @property
     def spills(self) -> bool:
         return self.spill_stores > 0 or self.spill_loads > 0
+
+    @property
+    def per_sm(self) -> int:
+        """Programs of this kernel one sm_90 SM holds at once (registers are allocated per warp in
+        multiples of 256, i.e. per thread in multiples of 8)."""
+        threads = 32 * self.num_warps
+        by_registers = SM90_REGISTERS // (-(-self.registers // 8) * 8 * threads)
+        by_shared = SM90_SHARED_PER_SM // (self.shared + 1024)
+        return min(by_registers, by_shared, SM90_THREADS // threads, SM90_PROGRAMS)
+
+    def coresident(self, sms: int = SM90_SMS) -> bool:
+        """Every program of the launch on the device at once: what a grid barrier needs."""
+        return self.programs <= self.per_sm * sms
+
+    @property
+    def tensor_core_ops(self) -> int:
+        return sum(n for op, n in self.sass if op in TENSOR_CORE_OPS)
 
 
 def ptxas_available() -> bool:
@@ -73,25 +101,28 @@ def _ptxas(capability: int) -> str:
 
 
 def _signature(launch: Launch) -> tuple[dict[str, str], dict[str, object], dict[tuple[int], list]]:
+    # each parameter's type as Triton's JIT would specialize it: constexprs (and None) by value,
+    # tensors by dtype (16-byte aligned), ints as i32/i64 (divisible by 16 when they are)
     kernel = launch.kernel
     names = list(kernel.arg_names)
     unspecialized = {names[i] if isinstance(i, int) else i for i in kernel.do_not_specialize}
-    positional = dict(zip([n for n in names if n not in launch.meta], launch.args, strict=True))
+    constexpr = {p.name for p in kernel.params if p.is_constexpr}
+    values = dict(zip([n for n in names if n not in launch.meta], launch.args, strict=False))
+    values.update(launch.meta)
     signature, constexprs, attrs = {}, {}, {}
     for index, name in enumerate(names):
-        if name in launch.meta:
-            signature[name], constexprs[name] = "constexpr", launch.meta[name]
-            continue
-        value = positional[name]
-        if isinstance(value, torch.Tensor):
+        value = values[name]
+        if name in constexpr or value is None:
+            signature[name], constexprs[name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
             signature[name] = "*" + _TYPES[value.dtype]
             attrs[(index,)] = [["tt.divisibility", 16]]
-        elif isinstance(value, int):
+        elif isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"argument {name} of {kernel.__name__}: cannot type {type(value).__name__}")
+        else:
             signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
             if value % 16 == 0 and name not in unspecialized:
                 attrs[(index,)] = [["tt.divisibility", 16]]
-        else:
-            raise TypeError(f"argument {name} of {kernel.__name__}: cannot type {type(value).__name__}")
     return signature, constexprs, attrs
 
 
@@ -121,8 +152,10 @@ def compile_resources(launch: Launch, capability: int = 90) -> Resources:
         arch = f"sm_{capability}{'a' if capability >= 90 else ''}"
         # Triton's own ptxas flags (backends/nvidia/compiler.py), plus -v for the counts
         flags = ["-lineinfo", "-v", "--regAllocOptLevel=2", f"--gpu-name={arch}"]
-        command = [_ptxas(capability), *flags, ptx, "-o", os.path.join(tmp, "kernel.cubin")]
+        cubin = os.path.join(tmp, "kernel.cubin")
+        command = [_ptxas(capability), *flags, ptx, "-o", cubin]
         log = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+        sass = _sass_mix(cubin)
     used, spills = _USED.search(log), _SPILLS.search(log)
     if used is None or spills is None:
         raise RuntimeError(f"could not read registers and spills from ptxas -v:\n{log}")
@@ -134,9 +167,27 @@ def compile_resources(launch: Launch, capability: int = 90) -> Resources:
         shared=int(compiled.metadata.shared),
         num_warps=num_warps,
         meta=tuple(sorted(constexprs.items())),
+        programs=math.prod(launch.grid),
+        sass=sass,
     )
     _cache[(key, capability)] = result
     return result
+
+
+_OPCODE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)")
+
+
+def _sass_mix(cubin: str) -> tuple[tuple[str, int], ...]:
+    # opcode counts of the cubin's SASS (Triton's bundled cuobjdump), most frequent first
+    from triton import knobs
+
+    text = subprocess.run(
+        [knobs.nvidia.cuobjdump.path, "-sass", cubin], capture_output=True, text=True, check=True
+    ).stdout
+    counts: dict[str, int] = {}
+    for opcode in _OPCODE.findall(text):
+        counts[opcode] = counts.get(opcode, 0) + 1
+    return tuple(sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def cell_launches(
@@ -148,9 +199,11 @@ def cell_launches(
     T: int = 8,
     D: int = 1,
     proj_size: int = 0,
+    precision: str = "tf32",
 ) -> list[Launch]:
     """The forward and backward launches of one layer of ``cell`` ("rnn", "rnn_relu", "lstm", "gru")
-    at batch B, hidden H, made on meta tensors (nothing runs, nothing is allocated)."""
+    at batch B, hidden H, made on meta tensors (nothing runs, nothing is allocated). ``precision``
+    is that of fp32 products: "tf32", what torch.nn's layers use on a GPU by default, or "ieee"."""
     meta = dict(device="meta", dtype=dtype)
     G = {"rnn": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[cell]
     P = proj_size or H
@@ -158,15 +211,15 @@ def cell_launches(
     with capture_launches() as launches:
         if cell in ("rnn", "rnn_relu"):
             act = "relu" if cell == "rnn_relu" else "tanh"
-            out = rnn.rnn_fwd(gx, w_hh, nonlinearity=act)
-            rnn.rnn_bwd(out.y, None, out.y, w_hh, nonlinearity=act)
+            out = rnn.rnn_fwd(gx, w_hh, nonlinearity=act, precision=precision)
+            rnn.rnn_bwd(out.y, None, out.y, w_hh, nonlinearity=act, precision=precision)
         elif cell == "lstm":
             w_hr = torch.empty(D, P, H, **meta) if proj_size else None
-            out = lstm.lstm_fwd(gx, w_hh, w_hr=w_hr)
-            lstm.lstm_bwd(out.y, None, None, w_hh, w_hr, None, out.gates, out.c_steps)
+            out = lstm.lstm_fwd(gx, w_hh, w_hr=w_hr, precision=precision)
+            lstm.lstm_bwd(out.y, None, None, w_hh, w_hr, None, out.gates, out.c_steps, precision=precision)
         else:
-            out = gru.gru_fwd(gx, w_hh, torch.empty(D, H, **meta))
-            gru.gru_bwd(out.y, None, w_hh, None, out.y, out.gates, out.ghn)
+            out = gru.gru_fwd(gx, w_hh, torch.empty(D, H, **meta), precision=precision)
+            gru.gru_bwd(out.y, None, w_hh, None, out.y, out.gates, out.ghn, precision=precision)
     return launches
 
 
@@ -184,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proj-size", type=int, default=0)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     parser.add_argument("--capability", type=int, default=90, help="CUDA compute capability (90: H100, H200)")
+    parser.add_argument(
+        "--precision",
+        default="tf32",
+        choices=("tf32", "ieee"),
+        help="fp32 products (torch.nn's default: tf32)",
+    )
+    parser.add_argument("--sms", type=int, default=SM90_SMS, help="the device's SMs, for co-residency")
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -197,35 +257,34 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shapes = _shapes_from_bench()
     table = Table(title=f"Recurrent kernels compiled for sm_{args.capability} (ptxas -v, no GPU)")
-    columns = (
-        "shape",
-        "cell",
-        "B",
-        "H",
-        "dtype",
-        "kernel",
-        "BB/BH/BK",
-        "warps",
-        "regs",
-        "spills (B)",
-        "smem",
-    )
+    columns = ("shape", "cell", "B", "H", "dtype", "kernel", "BB/BH", "warps", "regs", "spills (B)", "smem",
+               "programs", "per SM", "co-resident", "tensor-core ops")  # fmt: skip
     for column in columns:
-        table.add_column(column, justify="right" if column in ("B", "H", "regs", "warps") else "left")
+        table.add_column(
+            column, justify="left" if column in ("shape", "cell", "dtype", "kernel") else "right"
+        )
     work = [
         (s, launch)
         for s in shapes
-        for launch in cell_launches(s[1], s[2], s[3], dtype=s[4], proj_size=args.proj_size)
+        for launch in cell_launches(
+            s[1], s[2], s[3], dtype=s[4], proj_size=args.proj_size, precision=args.precision
+        )
     ]
     for (name, cell, B, H, dtype), launch in track(work, description="compiling", transient=True):
         r = compile_resources(launch, args.capability)
         m = dict(r.meta)
         table.add_row(
             name, cell, str(B), str(H), str(dtype).removeprefix("torch."), r.kernel.strip("_"),
-            f"{m['BB']}/{m['BH']}/{m.get('BK', m['BH'])}", str(r.num_warps), str(r.registers),
+            f"{m['BB']}/{m['BH']}", str(r.num_warps), str(r.registers),
             f"[red]{r.spill_stores}/{r.spill_loads}[/]" if r.spills else "0", f"{r.shared // 1024} KiB",
+            str(r.programs), str(r.per_sm), "yes" if r.coresident(args.sms) else "[red]no[/]",
+            str(r.tensor_core_ops),
         )  # fmt: skip
     Console().print(table)
+    Console().print(
+        f"fp32 products: {args.precision}. Co-resident: every program of the launch on {args.sms} SMs at "
+        "once, which the split kernels' grid barrier needs (the others do not wait for each other)."
+    )
     return 0
 
 

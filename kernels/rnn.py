@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from kernels._cells import rnn_units_bwd
 from kernels._config import alloc, check_contiguous, launch, launch_config, or_absent, step_gradients
 from kernels._tiles import (
     carry_back,
@@ -21,15 +22,16 @@ from kernels._tiles import (
     load_state,
     load_tile,
     program_rows,
-    resident_step_grad,
     resident_weights,
     seq_offset,
     state_offset,
+    step_grad,
     store_tile,
     tanh,
     total_step_grad,
 )
 from kernels.reference import RNNBackward, RNNForward
+from kernels.split import split_backward, split_forward
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -166,11 +168,7 @@ def _rnn_bwd_kernel(
             j = j0 + tl.arange(0, BH)
             jm = j < H
             dh = load_tile(dh_steps_ptr, dh_rows, j, row_mask, jm)
-            h = load_tile(y_ptr, rows_t, j, row_mask, jm)
-            if RELU:
-                da = tl.where(valid & (h > 0), dh, 0.0)
-            else:
-                da = tl.where(valid, dh * (1.0 - h * h), 0.0)
+            da = rnn_units_bwd(dh, y_ptr, rows_t, j, jm, row_mask, valid, RELU)
             store_tile(dgx_ptr, rows_t, j, row_mask, jm, da)
             store_tile(dg_buf_ptr, st_h, j, row_mask, jm, da)
         tl.debug_barrier()
@@ -230,12 +228,8 @@ def _rnn_bwd_resident_kernel(
         t = tl.where(d == 0, s, T - 1 - s)
         valid = (row_mask & (t < length))[:, None]
         rows_t = seq_offset(t, rows, B, D, d, H)
-        dh_t = resident_step_grad(dh, dy_ptr, dh_steps_ptr, rows_t, j, row_mask, jm, valid, HAS_DY, RECORD)
-        h = load_tile(y_ptr, rows_t, j, row_mask, jm)
-        if RELU:
-            da = tl.where(valid & (h > 0), dh_t, 0.0)
-        else:
-            da = tl.where(valid, dh_t * (1.0 - h * h), 0.0)
+        dh_t = step_grad(dh, dy_ptr, dh_steps_ptr, rows_t, j, row_mask, jm, valid, HAS_DY, RECORD)
+        da = rnn_units_bwd(dh_t, y_ptr, rows_t, j, jm, row_mask, valid, RELU)
         store_tile(dgx_ptr, rows_t, j, row_mask, jm, da)
         dh = tl.where(valid, tl.dot(da, w, input_precision=PRECISION), dh)
     store_tile(dh0_ptr, st, j, row_mask, jm, dh)
@@ -254,7 +248,10 @@ def rnn_fwd(
     """The Triton twin of `kernels.reference.rnn_fwd`: same arguments, same return values."""
     T, B, D, H = gx.shape
     check_contiguous("rnn_fwd", gx=gx, w_hh=w_hh, h0=h0, lengths=lengths)
-    cfg = launch_config(B, H, H, 1, gx, precision)
+    cfg = launch_config(B, H, H, 1, gx, precision, D=D)
+    if cfg.path == "split":
+        y, h_n, *_ = split_forward(f"rnn_{nonlinearity}", cfg, gx, w_hh, h0=h0, lengths=lengths)
+        return RNNForward(y, h_n)
     y, h_n = alloc((T, B, D, H), gx), alloc((D, B, H), gx)
     absent = gx
     if cfg.resident:
@@ -291,7 +288,12 @@ def rnn_bwd(
     """The Triton twin of `kernels.reference.rnn_bwd`: same arguments, same return values."""
     T, B, D, H = y.shape
     check_contiguous("rnn_bwd", dy=dy, dh_n=dh_n, y=y, w_hh=w_hh, lengths=lengths)
-    cfg = launch_config(B, H, H, 1, y, precision, backward=True)
+    cfg = launch_config(B, H, H, 1, y, precision, D=D, backward=True)
+    if cfg.path == "split":
+        dgx, _, dh0, _, dh_steps, _ = split_backward(
+            f"rnn_{nonlinearity}", cfg, dy, dh_n, w_hh, y=y, lengths=lengths, record=record
+        )
+        return RNNBackward(dgx, dh0, dh_steps)
     f32 = torch.float32
     dgx, dh0 = alloc((T, B, D, H), y), alloc((D, B, H), y)
     dh_steps, dh_step_stride = step_gradients(record, T, B, D, H, y)

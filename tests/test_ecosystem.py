@@ -61,9 +61,9 @@ def _rnnkit_ops_in(graph: torch.fx.Graph) -> list[str]:
 # --- custom operators ----------------------------------------------------------------------------
 
 
-def _op_arguments(kind: str, lengths: bool, training: bool = True, device: str = "cpu") -> tuple:
+def _op_arguments(kind: str, lengths: bool, training: bool = True, device: str = "cpu", H: int = 4) -> tuple:
     # small, odd shapes, both directions; forward inputs require grad when the op is differentiated
-    T, B, D, H = 5, 3, 2, 4
+    T, B, D = 5, 3, 2
     g = kind.endswith("fwd") and training
 
     def r(*shape):
@@ -78,7 +78,7 @@ def _op_arguments(kind: str, lengths: bool, training: bool = True, device: str =
     if kind == "gru_fwd":
         return r(T, B, D, 3 * H), r(D, 3 * H, H), r(D, H), r(D, B, H), lens, training, "ieee"
     with torch.no_grad():
-        forward = _op_arguments(kind.replace("bwd", "fwd"), lengths, device=device)
+        forward = _op_arguments(kind.replace("bwd", "fwd"), lengths, device=device, H=H)
         forward = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in forward)
         out = getattr(reference, kind.replace("bwd", "fwd"))(*forward)
     r = functools.partial(torch.randn, device=device)
@@ -173,35 +173,46 @@ def test_triton_ops_trace_into_their_kernels():
         class Captured(Exception):
             pass
 
+        from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
+
         for kind in KINDS:
-            graphs = []
+            for H in (4, 40):  # the resident and the split path
+                graphs = []
 
-            def capture(gm, example_inputs):
-                graphs.append(gm.graph)
-                raise Captured
+                def capture(gm, example_inputs):
+                    graphs.append(gm.graph)
+                    raise Captured
 
-            op = getattr(ops.backend_ops("triton"), kind)
-            args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in _op_arguments(kind, True))
-            try:
-                compiler = aot_autograd(fw_compiler=capture)
-                torch.compile(op, backend=compiler, fullgraph=True, dynamic=True)(*args)
-            except Exception as err:
-                if not isinstance(getattr(err, "inner_exception", None), Captured):
-                    raise
-            launches = [n for n in graphs[0].nodes if "triton_kernel_wrapper" in str(n.target)]
-            written_inputs = sorted(
-                name for n in launches for name in n.kwargs["tensors_to_clone"]
-                if n.kwargs["kwargs"][name].op == "placeholder"
-            )
-            found = [k.fn.__name__ for k in get_triton_kernels_for_op(f"rnnkit::triton_{kind}")]
-            print(kind, len(launches), ",".join(written_inputs) or "-", *found)
+                op = getattr(ops.backend_ops("triton"), kind)
+                args = _op_arguments(kind, True, H=H)
+                args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+                try:
+                    compiler = aot_autograd(fw_compiler=capture)
+                    torch.compile(op, backend=compiler, fullgraph=True, dynamic=True)(*args)
+                except Exception as err:
+                    if not isinstance(getattr(err, "inner_exception", None), Captured):
+                        raise
+                launches = [n for n in graphs[0].nodes if "triton_kernel_wrapper" in str(n.target)]
+                kernels = [kernel_side_table.get_kernel(n.kwargs["kernel_idx"]) for n in launches]
+                launched = [k.fn.__name__ for k in kernels]
+                written_inputs = sorted(
+                    name for n in launches for name in n.kwargs["tensors_to_clone"]
+                    if n.kwargs["kwargs"][name].op == "placeholder"
+                )
+                found = [k.fn.__name__ for k in get_triton_kernels_for_op(f"rnnkit::triton_{kind}")]
+                print(kind, H, ",".join(launched), ",".join(written_inputs) or "-", *found)
         """
     seen = {}
     for line in _run_compiled_triton(script).splitlines():
-        kind, launches, written_inputs, *found = line.split()
-        seen[kind] = (launches, written_inputs, set(found))
-    # one launch each, writing no input; the operator may run either path's kernel (resident or streamed)
-    expected = {kind: ("1", "-", {f"_{kind}_kernel", f"_{kind}_resident_kernel"}) for kind in KINDS}
+        kind, H, launched, written_inputs, *found = line.split()
+        seen[kind, int(H)] = (launched, written_inputs, set(found))
+    # one launch each, writing no input; the operator finds every kernel it may run
+    expected = {}
+    for kind in KINDS:
+        every = {f"_{kind}_kernel", f"_{kind}_resident_kernel", f"_split_{kind[-3:]}_kernel"}
+        small = f"_split_{kind[-3:]}_kernel" if kind.startswith("lstm") else f"_{kind}_resident_kernel"
+        expected[kind, 4] = (small, "-", every)  # the LSTM here has a projection: never resident
+        expected[kind, 40] = (f"_split_{kind[-3:]}_kernel", "-", every)
     assert seen == expected
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_BENCH = "--device cpu --config mnist-rowwise --modes fwd --warmup 0 --repeats 1"
 TINY_TRAIN = "--task adding --seq-len 10 --epochs 1 --steps-per-epoch 2 --batch-size 4 --device cpu --quiet"
@@ -26,6 +28,7 @@ def test_gpu_check_runs_every_stage_and_summarizes(tmp_path):
         "--pytest-args", "tests/test_kernels.py -k test_launch_precision -q -p no:cacheprovider",
         "--bench-args", f"{TINY_BENCH} --providers torch.nn,rnnkit-reference",
         "--train-args", TINY_TRAIN,
+        "--skip", "barrier",  # needs a GPU: its loop is tested below
     )  # fmt: skip
     assert code == 0, summary
     assert "## tests: passed" in summary and "- 1 passed" in summary
@@ -41,9 +44,22 @@ def test_gpu_check_reports_failures_and_timeouts(tmp_path):
         "--pytest-args", "tests/test_gpu_check.py::test_no_such_test -q -p no:cacheprovider",
         "--bench-args", f"{TINY_BENCH} --providers torch.nn",
         "--bench-limit", "0.5",
-        "--skip", "train",
+        "--skip", "barrier,train",
     )  # fmt: skip
     assert code == 1
     assert "## tests: failed (exit 4)" in summary
     assert "## bench: timed out after 0 s" in summary or "## bench: timed out after 1 s" in summary
-    assert "## train: skipped: --skip" in summary
+    assert "## train: skipped: --skip" in summary and "## barrier: skipped: --skip" in summary
+
+
+@pytest.mark.interpreter
+def test_barrier_probe_loop_runs():
+    """The probe's loop under the interpreter: one program meets itself at the barrier every step
+    (more would wait forever there: programs run in turn); without the barrier any number runs."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import barrier_probe
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    assert barrier_probe.run_loop(1, 5, True, "cpu").tolist() == [5]
+    assert barrier_probe.run_loop(3, 4, False, "cpu").tolist() == [4, 4, 4]

@@ -91,10 +91,10 @@ def compare_outputs(prefix, ours, theirs, dtype):
         assert_close(f"{prefix}{name}", a, b, dtype)
 
 
-@pytest.fixture(params=["resident", "streamed"])
+@pytest.fixture(params=["resident", "split", "streamed"])
 def kernel_path(request, monkeypatch):
-    """Both kernel paths on every shape (`kernels._config` picks by H otherwise; the LSTM with a
-    projection always streams)."""
+    """Every kernel path on every shape (`kernels._config` picks by H otherwise; the LSTM with a
+    projection never runs resident). The split path runs one phase per launch here."""
     from kernels import _config
 
     monkeypatch.setattr(_config, "KERNEL_PATH", request.param)
@@ -140,8 +140,11 @@ def test_kernel_runs_the_path_it_was_given(kernel_path, cell):
     with capture_launches() as launches:
         fwd = getattr(module, f"{name}_fwd")(*args, **kwargs)
         run_backward(module, cell, args, kwargs, fwd, upstream, record=True)
-    resident = kernel_path == "resident"
     names = [launch.kernel.__name__ for launch in launches]
+    if kernel_path == "split":  # one launch per phase under the interpreter: the first and 3 steps
+        assert names == ["_split_fwd_kernel"] * 4 + ["_split_bwd_kernel"] * 4, names
+        return
+    resident = kernel_path == "resident"
     assert names == [f"_{name}_{p}_{'resident_' if resident else ''}kernel" for p in ("fwd", "bwd")], names
 
 
@@ -184,15 +187,22 @@ def test_resident_path_only_where_it_fits_in_shared_memory(monkeypatch):
 
 
 def test_launch_precision(monkeypatch):
-    """TF32 only where it was asked for, on fp32 storage, and compiled (the interpreter has none)."""
+    """fp32 products in TF32 only where asked for; bf16/fp16 on tensor cores: upcast (exactly) to TF32
+    on design A, as they are on the split path. Compiled only: the interpreter has no TF32."""
     from kernels import _config
 
     fp32, bf16 = torch.empty(0), torch.empty(0, dtype=torch.bfloat16)
     assert _config.launch_config(8, 64, 64, 4, fp32, "tf32").PRECISION == "ieee"  # interpreted here
     monkeypatch.setattr(_config, "interpreted", lambda: False)
-    assert _config.launch_config(8, 64, 64, 4, fp32, "tf32").PRECISION == "tf32"
-    assert _config.launch_config(8, 64, 64, 4, fp32, "ieee").PRECISION == "ieee"
-    assert _config.launch_config(8, 64, 64, 4, bf16, "tf32").PRECISION == "ieee"
+    for path in ("streamed", "split"):
+        monkeypatch.setattr(_config, "KERNEL_PATH", path)
+        assert _config.launch_config(8, 64, 64, 4, fp32, "tf32").PRECISION == "tf32"
+        assert _config.launch_config(8, 64, 64, 4, fp32, "ieee").PRECISION == "ieee"
+    bf16_precision = {}
+    for path in ("streamed", "split"):
+        monkeypatch.setattr(_config, "KERNEL_PATH", path)
+        bf16_precision[path] = _config.launch_config(8, 64, 64, 4, bf16, "ieee").PRECISION
+    assert bf16_precision == {"streamed": "tf32", "split": "ieee"}  # split: bf16 operands, "ieee" unused
     with pytest.raises(ValueError, match="precision: expected 'ieee' or 'tf32', got 'fp16'"):
         _config.launch_config(8, 64, 64, 4, fp32, "fp16")
 
@@ -206,6 +216,29 @@ def test_launchers_refuse_strided_inputs():
     strided = h0.transpose(1, 2).contiguous().transpose(1, 2)
     with pytest.raises(ValueError, match=r"lstm_fwd: h0 must be contiguous, got shape \[1, 4, 8\]"):
         lstm.lstm_fwd(gx, w_hh, strided, c0)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_split_kernels_with_the_narrowest_slices(poisoned, monkeypatch, cell):
+    """The split path with the fewest units per program tl.dot allows (LSTM and GRU 4, RNN 16, a
+    projection 16 units and 8 of its columns): padded lanes, many programs, both directions."""
+    from kernels import _config
+
+    monkeypatch.setattr(_config, "KERNEL_PATH", "split")
+    monkeypatch.setattr(_config, "INTERPRETER_SPLIT_UNITS", 1)
+    T, B, H = 5, 17, 51
+    args, kwargs, upstream = make_inputs(cell, T, B, 2, H, with_state=True, with_lengths=True)
+    name = cell.split("_")[0]
+    ours_mod = kernel_module(cell)
+    fwd_ref = getattr(reference, f"{name}_fwd")(*args, **kwargs)
+    with _config.capture_launches() as launches:
+        getattr(ours_mod, f"{name}_fwd")(*args, **kwargs)
+    units = 16 if name == "rnn" or cell == "lstm_proj" else 4
+    assert launches[0].grid == (-(-H // units), 2, 2)  # (programs splitting H, batch tiles, directions)
+    compare_outputs("fwd.", getattr(ours_mod, f"{name}_fwd")(*args, **kwargs), fwd_ref, torch.float32)
+    ref = run_backward(reference, cell, args, kwargs, fwd_ref, upstream, True)
+    ours = run_backward(ours_mod, cell, args, kwargs, fwd_ref, upstream, True)
+    compare_outputs("bwd.", ours, ref, torch.float32)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -236,8 +269,9 @@ LAYERS = {"RNN": {}, "LSTM": {}, "LSTM-proj": {"proj_size": 5}, "GRU": {}}
 
 
 @pytest.mark.parametrize("layer", LAYERS)
-def test_layer_triton_backend_matches_reference(poisoned, layer):
-    """rnnkit layers with backend="triton" against backend="reference": outputs and every gradient."""
+def test_layer_triton_backend_matches_reference(poisoned, kernel_path, layer):
+    """rnnkit layers with backend="triton" against backend="reference": outputs and every gradient,
+    on each kernel path."""
     import rnnkit
 
     cls = getattr(rnnkit, layer.split("-")[0])

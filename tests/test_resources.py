@@ -1,8 +1,10 @@
 """The kernels as an H100 would get them: compiled for sm_90 by Triton and ptxas, no GPU needed.
 
 Checks what the design rests on and the interpreter cannot show: every chosen launch compiles for
-the GPU, the resident path really keeps W_hh in shared memory, and the launch settings of
-`kernels._config` do not spill registers on the benchmark's shapes. Runs in a subprocess without
+the GPU, the resident path really keeps W_hh in shared memory, the launch settings of
+`kernels._config` do not spill registers on the benchmark's shapes, every product runs on tensor
+cores (fp32 as TF32, torch.nn's default on a GPU; bf16 and fp16 as they are), and the split kernels'
+programs are all resident at once (their grid barrier needs it). Runs in a subprocess without
 TRITON_INTERPRET (the test session has it set, and a compiler crash must fail one test, not the run).
 """
 
@@ -22,20 +24,22 @@ pytestmark = pytest.mark.skipif(
     not ptxas_available(), reason="Triton's CUDA backend (ptxas) is not installed"
 )
 
-# (cell, B, H, dtype): the fp32 benchmark rows (`rnnkit.bench.DEFAULT_ROWS`) and the resident path
-# at its limit and below a tile
+# (cell, B, H, dtype, the path `kernels._config` picks): the benchmark rows (`rnnkit.bench.DEFAULT_ROWS`),
+# fp32 compiled as TF32 (torch.nn's default on a GPU), and the resident path at and below its limits
 SHAPES = [
-    ("lstm", 64, 512, "float32"),  # pytorch-default
-    ("lstm", 128, 256, "float32"),  # mnist-rowwise, imdb-lstm
-    ("rnn", 100, 256, "float32"),  # imdb-rnn
-    ("lstm", 8, 128, "float32"),  # long-small-batch
-    ("gru", 32, 128, "float32"),  # gradflow-gru (and -lstm, -rnn at the same sizes below)
-    ("lstm", 32, 128, "float32"),
-    ("rnn", 32, 128, "float32"),
-    ("lstm", 8, 32, "float32"),  # resident
-    ("gru", 64, 32, "bfloat16"),
-    ("rnn", 64, 32, "float32"),
-    ("lstm", 64, 16, "bfloat16"),
+    ("lstm", 16, 768, "bfloat16", "split"),  # flashrnn-h768
+    ("lstm", 16, 768, "float16", "split"),
+    ("lstm", 64, 512, "float32", "split"),  # pytorch-default
+    ("lstm", 128, 256, "float32", "split"),  # mnist-rowwise, imdb-lstm
+    ("rnn", 100, 256, "float32", "split"),  # imdb-rnn
+    ("lstm", 8, 128, "float32", "split"),  # long-small-batch
+    ("gru", 32, 128, "float32", "split"),  # gradflow-gru (and -lstm, -rnn at the same sizes below)
+    ("lstm", 32, 128, "float32", "split"),
+    ("rnn", 32, 128, "float32", "resident"),  # an RNN's W_hh at H = 128: 64 KiB
+    ("lstm", 8, 32, "float32", "resident"),
+    ("gru", 64, 64, "bfloat16", "resident"),
+    ("lstm", 100, 64, "float32", "resident"),
+    ("lstm", 64, 16, "bfloat16", "resident"),
 ]
 
 
@@ -47,12 +51,13 @@ def _compile_all(shapes, path: str = "auto") -> list[dict]:
         from kernels.resources import cell_launches, compile_resources
         _config.KERNEL_PATH = {path!r}
         out = []
-        for cell, B, H, dtype in {shapes!r}:
+        for cell, B, H, dtype, *_ in {shapes!r}:
             for launch in cell_launches(cell, B, H, dtype=getattr(torch, dtype)):
                 r = compile_resources(launch)
                 out.append(dict(shape=[cell, B, H, dtype], kernel=r.kernel, registers=r.registers,
                                 spill_stores=r.spill_stores, spill_loads=r.spill_loads,
-                                shared=r.shared, meta=dict(r.meta)))
+                                shared=r.shared, meta=dict(r.meta), programs=r.programs,
+                                coresident=r.coresident(), tensor_core_ops=r.tensor_core_ops))
         print(json.dumps(out))
         """
     )
@@ -71,10 +76,39 @@ def compiled():
 
 
 def test_every_launch_compiles_for_the_gpu(compiled):
-    assert len(compiled) == 2 * len(SHAPES)  # a forward and a backward kernel per shape
-    limit = 32  # kernels._config.RESIDENT_MAX_H, written out: the test pins the measured limit
-    paths = {(r["shape"][2] <= limit, "resident" in r["kernel"]) for r in compiled}
-    assert paths == {(True, True), (False, False)}, f"H <= {limit} runs resident, larger H streams"
+    """A forward and a backward kernel per shape, each on the path the table pins."""
+
+    def path(kernel: str) -> str:
+        return "resident" if "resident" in kernel else "split" if "split" in kernel else "streamed"
+
+    got = [(tuple(r["shape"]), path(r["kernel"])) for r in compiled]
+    assert got == [(tuple(s[:4]), s[4]) for s in SHAPES for _ in ("fwd", "bwd")]
+
+
+def test_every_product_runs_on_tensor_cores(compiled):
+    """HMMA (or Hopper's HGMMA) in every kernel: fp32 compiled as TF32, bf16/fp16 as they are."""
+    scalar = [f"{r['kernel']} at {r['shape']}" for r in compiled if r["tensor_core_ops"] == 0]
+    assert not scalar, "no tensor-core instruction in:\n" + "\n".join(scalar)
+
+
+def test_split_kernels_are_coresident_and_fit_their_model(compiled):
+    """The grid barrier waits for every program: all must be on the device at once (one SM each),
+    and `_config.split_shared_memory`, which decides the path, must not be below the compiler's."""
+    from kernels._config import split_shared_memory
+
+    split = [r for r in compiled if "split" in r["kernel"]]
+    assert split
+    for r in split:
+        _, _, H, dtype = r["shape"]
+        m = r["meta"]
+        where = f"{r['kernel']} at {r['shape']}"
+        assert r["coresident"] and r["programs"] <= 132, f"{where}: {r['programs']} programs"
+        itemsize = 4 if dtype == "float32" else 2
+        backward = "bwd" in r["kernel"]
+        modelled = split_shared_memory(
+            m["NG"], m["BB"], m["BH"], m["BCP"], H, H, itemsize, backward=backward, BK=m.get("BK", 32)
+        )
+        assert modelled >= r["shared"], f"{where}: model {modelled} B < {r['shared']} B"
 
 
 def test_resident_kernels_keep_w_hh_in_shared_memory(compiled):

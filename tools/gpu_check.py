@@ -2,18 +2,22 @@
 
     PYTHONPATH=. python tools/gpu_check.py [--out DIR] [--data-dir MNIST_DIR]
 
-Three stages, each with its own time limit (about 5 minutes in all on one H100/H200), each logging to
+Four stages, each with its own time limit (about 5 minutes in all on one H100/H200), each logging to
 its own file in one folder (default ``runs/gpu-check-<time>``):
 
 1. tests: ``pytest -m "cuda or interpreter"`` (the interpreter-marked kernel tests run natively on
-   a GPU), in parallel where pytest-xdist is installed;
-2. bench: ``cli.py bench`` for torch.nn and rnnkit-triton on every row, fp32 rows under torch's
-   defaults (TF32) and in IEEE fp32 (``bench.json``, ``bench.md``);
-3. train: one epoch of ``cli.py train --task mnist --device cuda --backend triton`` (needs the MNIST
+   a GPU: there the split kernels meet at their grid barrier), in parallel where pytest-xdist is
+   installed, each test limited where pytest-timeout is (a kernel that never returns fails one test);
+2. barrier: ``tools/barrier_probe.py``, what one grid barrier costs (``barrier.json``);
+3. bench: ``cli.py bench`` for torch.nn and rnnkit-triton on every row, fp32 rows under torch's
+   defaults (TF32) and in IEEE fp32 (``bench.json``, rewritten after every measurement, so a stage
+   cut short keeps what it measured; ``bench.md``);
+4. train: one epoch of ``cli.py train --task mnist --device cuda --backend triton`` (needs the MNIST
    files: ``--data-dir``, else the cache; skipped, and said so, where there are none).
 
 Then it prints a summary (also ``summary.md``): each stage's outcome, the failures by name, the
-ratios to torch.nn, the epoch's test accuracy. The exit status is 0 when every stage that ran passed.
+barrier's cost, the ratios to torch.nn, the epoch's test accuracy. The exit status is 0 when every
+stage that ran passed.
 ``--pytest-args``, ``--bench-args`` and ``--train-args`` replace a stage's arguments (a CPU test runs
 the script on tiny settings); ``--skip`` leaves stages out.
 """
@@ -25,6 +29,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -32,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("tests", "bench", "train")
-LIMITS_S = {"tests": 150, "bench": 120, "train": 60}
+STAGES = ("tests", "barrier", "bench", "train")
+LIMITS_S = {"tests": 150, "barrier": 30, "bench": 120, "train": 60}
 
 
 @dataclass
@@ -46,12 +51,16 @@ class Stage:
     details: list[str] = field(default_factory=list)
 
 
-def _xdist() -> list[str]:
-    try:
-        import xdist  # noqa: F401
-    except ImportError:
-        return []
-    return ["-n", str(min(14, os.cpu_count() or 1))]
+def _plugins() -> list[str]:
+    # pytest-xdist: the tests in parallel; pytest-timeout: a test whose kernel never returns fails alone
+    import importlib.util
+
+    args = []
+    if importlib.util.find_spec("xdist"):
+        args += ["-n", str(min(14, os.cpu_count() or 1))]
+    if importlib.util.find_spec("pytest_timeout"):
+        args += ["--timeout", "120"]
+    return args
 
 
 def _mnist_dir(given: str | None) -> Path | None:
@@ -62,7 +71,7 @@ def _mnist_dir(given: str | None) -> Path | None:
 def _commands(args: argparse.Namespace, out: Path) -> dict[str, list[str]]:
     py = sys.executable
     pytest_args = shlex.split(args.pytest_args) if args.pytest_args is not None else [
-        "-m", "cuda or interpreter", *_xdist(), "-q", "-p", "no:cacheprovider", "-rfE",
+        "-m", "cuda or interpreter", *_plugins(), "-q", "-p", "no:cacheprovider", "-rfE",
     ]  # fmt: skip
     bench_args = shlex.split(args.bench_args) if args.bench_args is not None else [
         "--providers", "torch.nn,rnnkit-triton", "--modes", "fwd,fwd+bwd", "--fp32", "tf32,ieee",
@@ -74,6 +83,7 @@ def _commands(args: argparse.Namespace, out: Path) -> dict[str, list[str]]:
     data = _mnist_dir(args.data_dir)
     return {
         "tests": [py, "-m", "pytest", *pytest_args],
+        "barrier": [py, "tools/barrier_probe.py", "--json", str(out / "barrier.json")],
         "bench": [
             py,
             "cli.py",
@@ -90,22 +100,26 @@ def _commands(args: argparse.Namespace, out: Path) -> dict[str, list[str]]:
 
 
 def _run(stage: Stage, limit: float) -> None:
+    # the stage in a session of its own: past its limit every process of it goes (xdist's workers too)
     start = time.monotonic()
     with open(stage.log, "w") as log:
         log.write("$ " + shlex.join(stage.command) + "\n\n")
         log.flush()
+        process = subprocess.Popen(
+            stage.command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
         try:
-            done = subprocess.run(
-                stage.command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=limit,
-                env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-            stage.status = "passed" if done.returncode == 0 else f"failed (exit {done.returncode})"
+            code = process.wait(timeout=limit)
+            stage.status = "passed" if code == 0 else f"failed (exit {code})"
         except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
             stage.status = f"timed out after {limit:.0f} s"
     stage.seconds = time.monotonic() - start
 
 
-def _summarize_tests(stage: Stage) -> None:
+def _summarize_tests(stage: Stage, out: Path) -> None:
     text = stage.log.read_text()
     counts = re.findall(
         r"^=*\s*(\d+ (?:passed|failed|skipped|error|errors|xfailed|deselected).*?)\s*=*$", text, re.M
@@ -134,6 +148,13 @@ def _summarize_bench(stage: Stage, out: Path) -> None:
         )
 
 
+def _summarize_barrier(stage: Stage, out: Path) -> None:
+    path = out / "barrier.json"
+    if path.is_file():
+        stage.details += [f"{r['programs']} programs: {r['us_per_barrier']:.2f} µs per barrier"
+                          for r in json.loads(path.read_text())]  # fmt: skip
+
+
 def _summarize_train(stage: Stage, out: Path) -> None:
     metrics = out / "train" / "metrics.jsonl"
     if not metrics.is_file():
@@ -147,6 +168,10 @@ def _summarize_train(stage: Stage, out: Path) -> None:
             stage.details.append(
                 ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
             )
+
+
+SUMMARIES = {"tests": _summarize_tests, "barrier": _summarize_barrier, "bench": _summarize_bench,
+             "train": _summarize_train}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,8 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"[gpu-check] {name}: {shlex.join(stage.command)}", flush=True)
         _run(stage, getattr(args, f"{name}_limit"))
-        {"tests": _summarize_tests, "bench": lambda s: _summarize_bench(s, out),
-         "train": lambda s: _summarize_train(s, out)}[name](stage)  # fmt: skip
+        SUMMARIES[name](stage, out)
     lines = [f"# GPU check, {time.strftime('%Y-%m-%d %H:%M')} ({out})", ""]
     for stage in stages:
         lines.append(
