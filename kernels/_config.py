@@ -152,7 +152,7 @@ def _padded(n: int) -> int:
 # the split forward's A operand, all of h_{t-1} [BB, P] in fp32, in registers: at most this many values
 # per program (measured: BB·P = 16384 with 8 warps takes 112-158 registers and does not spill; 32768
 # spills), and 8 warps above half of it. The backward's product streams W_hh in chunks of BK = 32 rows
-# (64 spilled a few bytes in one kernel, 128 more)
+# (64 spilled a few bytes in one kernel, 128 more) with 4 warps (8 spilled 4 bytes in one kernel)
 SPLIT_MAX_OPERAND = 16384
 
 
@@ -181,9 +181,10 @@ def _split_config(
     needed = split_shared_memory(G, BB, BH, max(16, BC), H, P, like.element_size(), backward=backward)
     if needed > shared_memory_limit(like.device):
         return f"{needed} bytes of shared memory per program > {shared_memory_limit(like.device)}"
+    wide = BB * PP > SPLIT_MAX_OPERAND // 2 and not backward
     return LaunchConfig(
-        path="split", BB=BB, BH=BH, BK=32, num_warps=8 if BB * PP > SPLIT_MAX_OPERAND // 2 else 4,
-        PRECISION=PRECISION, BC=BC, why=f"{NJ} programs per batch tile and direction, {BH} units each",
+        path="split", BB=BB, BH=BH, BK=32, num_warps=8 if wide else 4, PRECISION=PRECISION, BC=BC,
+        why=f"{NJ} programs per batch tile and direction, {BH} units each",
     )  # fmt: skip
 
 

@@ -167,9 +167,9 @@ def resident_weights(w_ptr, H, NG, G: tl.constexpr, BH: tl.constexpr):
 
 @triton.jit
 def grid_barrier(counter_ptr, target):
-    # wait until the programs of the grid have arrived `target` times in all at this counter (zero at
-    # launch): what each wrote before is then visible to the `.cg` loads of every other. Only for grids
-    # whose programs are all resident at once (never under the interpreter: it runs them in turn)
+    # wait until the programs that share this counter (zero at launch) have arrived `target` times in
+    # all: what each wrote before is then visible to the `.cg` loads of every other. Only for programs
+    # all resident at once (never under the interpreter: it runs them in turn)
     tl.debug_barrier()
     tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
     arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")

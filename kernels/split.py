@@ -7,9 +7,10 @@
 
 Grid (NJ, NBT, D): program (k, bt, d) owns hidden units [k·BH, (k+1)·BH) (every gate of them, so the
 cell update stays local) and columns [k·BC, (k+1)·BC) of h, for batch rows [bt·BB, (bt+1)·BB) of
-direction d. Every program runs the whole sequence; after each phase it meets the others at a grid
-barrier, so that what one phase writes (h_t, m_t, the gate gradients) is complete before the next
-phase reads all of it. All programs must be resident at once: `_config` sizes the grid to at most one
+direction d. Every program runs the whole sequence; after each phase it meets the other programs of
+its batch tile and direction (the NJ that share h_t) at a barrier, so that what one phase writes
+(h_t, m_t, the gate gradients) is complete before the next phase reads all of it; other groups never
+wait for each other. All programs must be resident at once: `_config` sizes the grid to at most one
 program per SM.
 
 Forward, phase 0 writes the initial state, then per step (phases 1 + NPH·s ...):
@@ -78,17 +79,18 @@ def _load_all(ptr, row_off, N, row_mask, NP: tl.constexpr):
 
 @triton.jit
 def _program(B, H, P, BB: tl.constexpr, BH: tl.constexpr, BC: tl.constexpr, BCP: tl.constexpr):
-    # this program's direction d (of D), the programs of the grid, its batch rows (int64), its units j
-    # [k·BH, (k+1)·BH) and its columns of h [k·BC, (k+1)·BC) (j without a projection), padded to
-    # BCP >= 16 for tl.dot; each with its mask
+    # this program's direction d (of D), its barrier group (the programs of its batch tile and
+    # direction) and that group's size, its batch rows (int64), its units j [k·BH, (k+1)·BH) and its
+    # columns of h [k·BC, (k+1)·BC) (j without a projection), padded to BCP >= 16 for tl.dot; each
+    # with its mask
     k, d = tl.program_id(0), tl.program_id(2)
     D = tl.num_programs(2)
     rows = (tl.program_id(1) * BB + tl.arange(0, BB)).to(tl.int64)
     j = k * BH + tl.arange(0, BH)
     lane = tl.arange(0, BCP)
     cols = k * BC + lane
-    programs = tl.num_programs(0) * tl.num_programs(1) * D
-    return d, D, programs, rows, rows < B, j, j < H, cols, (lane < BC) & (cols < P)
+    group = tl.program_id(1) * D + d
+    return d, D, group, tl.num_programs(0), rows, rows < B, j, j < H, cols, (lane < BC) & (cols < P)
 
 
 @triton.jit
@@ -114,7 +116,7 @@ def _split_fwd_kernel(
     h_buf_ptr,  # [2, D, B, P] fp32: h_{t-1} and h_t
     c_buf_ptr,  # [D, B, H] fp32 (LSTM)
     m_buf_ptr,  # [D, B, H] fp32: o ⊙ tanh(c_t) (PROJ)
-    counter_ptr,  # [1] int32, zero: the grid barrier (SYNC)
+    counter_ptr,  # [NBT*D] int32, zero: the barrier of each batch tile and direction (SYNC)
     T,
     B,
     H,
@@ -141,7 +143,7 @@ def _split_fwd_kernel(
     HP: tl.constexpr,
 ):
     NPH: tl.constexpr = 2 if PROJ else 1
-    d, D, programs, rows, row_mask, j, jm, cols, cm = _program(B, H, P, BB, BH, BC, BCP)
+    d, D, group, programs, rows, row_mask, j, jm, cols, cm = _program(B, H, P, BB, BH, BC, BCP)
     k = tl.program_id(0)
     if HAS_LENGTHS:  # loaded here, not in a helper: torch.compile then sees len_ptr only read
         length = tl.load(len_ptr + rows, mask=row_mask, other=0).to(tl.int64)  # [BB] valid steps
@@ -210,7 +212,7 @@ def _split_fwd_kernel(
                     store_tile(h_nxt, st_p, cols, row_mask, cm, tl.where(valid, h_new, h_prev))
                     store_tile(y_ptr, y_rows, cols, row_mask, cm, tl.where(valid, h_new, 0.0))
         if SYNC:
-            grid_barrier(counter_ptr, (i + 1 - i_begin) * programs)
+            grid_barrier(counter_ptr + group, (i + 1 - i_begin) * programs)
         else:
             tl.debug_barrier()
     if i_end == 1 + NPH * T:  # the final state of the program's slices
@@ -242,7 +244,7 @@ def _split_bwd_kernel(
     carry_ptr,  # [D, B, P] fp32: the gradient carried to h_{t-1}
     dc_buf_ptr,  # [D, B, H] fp32: the gradient carried to c_{t-1} (LSTM)
     da_buf_ptr,  # [2, D, B, NG*H] fp32: the gate gradients of steps t and t+1, for the recurrent product
-    counter_ptr,  # [1] int32, zero: the grid barrier (SYNC)
+    counter_ptr,  # [NBT*D] int32, zero: the barrier of each batch tile and direction (SYNC)
     T,
     B,
     H,
@@ -271,7 +273,7 @@ def _split_bwd_kernel(
     BK: tl.constexpr,
 ):
     NPH: tl.constexpr = 2 if PROJ else 1
-    d, D, programs, rows, row_mask, j, jm, cols, cm = _program(B, H, P, BB, BH, BC, BCP)
+    d, D, group, programs, rows, row_mask, j, jm, cols, cm = _program(B, H, P, BB, BH, BC, BCP)
     if HAS_LENGTHS:  # loaded here, not in a helper: torch.compile then sees len_ptr only read
         length = tl.load(len_ptr + rows, mask=row_mask, other=0).to(tl.int64)  # [BB] valid steps
     else:
@@ -370,7 +372,7 @@ def _split_bwd_kernel(
                 if not PROJ:  # the carried gradient: what h_t gives h_{t-1} directly; the product adds to it
                     store_tile(carry_ptr, st_p, j, row_mask, jm, tl.where(valid, direct, carried_u))
         if SYNC:
-            grid_barrier(counter_ptr, (i + 1 - i_begin) * programs)
+            grid_barrier(counter_ptr + group, (i + 1 - i_begin) * programs)
         else:
             tl.debug_barrier()
     if i_end == 1 + NPH * T:  # what reaches the initial state
@@ -423,8 +425,8 @@ def split_forward(
     h_buf = alloc((2, D, B, P), gx, f32)
     c_buf = alloc((D, B, H), gx, f32) if cell == "lstm" else None
     m_buf = alloc((D, B, H), gx, f32) if w_hr is not None else None
-    counter = torch.zeros(1, dtype=torch.int32, device=gx.device)
     grid = (triton.cdiv(H, cfg.BH), triton.cdiv(B, cfg.BB), D)
+    counter = torch.zeros(grid[1] * D, dtype=torch.int32, device=gx.device)
 
     def launch_phases(i_begin, i_end, sync):
         launch(
@@ -486,8 +488,8 @@ def split_backward(
     carry = alloc((D, B, P), like, f32)
     dc_buf = alloc((D, B, H), like, f32) if cell == "lstm" else None
     da_buf = alloc((2, D, B, NG * H), like, f32)
-    counter = torch.zeros(1, dtype=torch.int32, device=like.device)
     grid = (triton.cdiv(H, cfg.BH), triton.cdiv(B, cfg.BB), D)
+    counter = torch.zeros(grid[1] * D, dtype=torch.int32, device=like.device)
 
     def launch_phases(i_begin, i_end, sync):
         launch(
