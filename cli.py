@@ -12,6 +12,8 @@ from contextlib import nullcontext
 from rich.console import Console
 from rich.table import Table
 
+from rnnkit._checks import ArgumentError, check_output_path
+
 
 def _check(args: argparse.Namespace, console: Console) -> int:
     from rnnkit.check import compare_with_torch
@@ -41,7 +43,6 @@ def _check(args: argparse.Namespace, console: Console) -> int:
 
 
 def _gradflow(args: argparse.Namespace, console: Console) -> int:
-    from pathlib import Path
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -65,6 +66,7 @@ def _gradflow(args: argparse.Namespace, console: Console) -> int:
         seed=args.seed,
     )
     cfg.validate()
+    out = check_output_path(args.out, "out", folder=True)  # before the work, not after it
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
     with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
         bar = progress.add_task("gradient flow", total=len(cfg.models()))
@@ -77,7 +79,6 @@ def _gradflow(args: argparse.Namespace, console: Console) -> int:
 
         reports = run_gradflow(cfg, on_model)
     render(reports, console)
-    out = Path(args.out)
     json_path = save_json(reports, out / "gradflow.json")
     title = f"Gradient flow, {cfg.task} task, T = {cfg.seq_len}, hidden {cfg.hidden} (dot: memory horizon)"
     png_path = plot(reports, out / "gradflow.png", title=title)
@@ -97,11 +98,17 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     wanted = list(names) if args.config == "all" else args.config.split(",")
     unknown = [n for n in wanted if n not in names]
     if unknown:
-        raise ValueError(
-            f"config: unknown rows {', '.join(unknown)}; expected names among {', '.join(names)}"
+        raise ArgumentError(
+            "config", f"expected row names among {', '.join(names)} or all, got {unknown[0]!r}"
         )
     rows = tuple(names[n] for n in wanted)
     providers, modes = tuple(args.providers.split(",")), tuple(args.modes.split(","))
+    bench.check_settings(
+        providers, modes, tuple(args.fp32.split(",")), args.device, args.warmup, args.repeats
+    )
+    for option in ("json", "markdown"):
+        if getattr(args, option):
+            check_output_path(getattr(args, option), option, folder=False)
     header = bench.machine()
     console.print("  ".join(f"[bold]{k}[/] {v}" for k, v in header.items()))
     gpu_fp32 = len(args.fp32.split(",")) if args.device.startswith("cuda") else 1
@@ -168,8 +175,9 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
 
 def _train_table(title: str, rows: list[dict], metric: str) -> Table:
     table = Table(title=title)
-    keys = [k for k in ("epoch", "train_loss", f"train_{metric}", "val_loss", f"val_{metric}", "test_loss",
-                        f"test_{metric}", "seconds") if any(k in r for r in rows)]  # fmt: skip
+    known = ("epoch", "train_loss", f"train_{metric}", "val_loss", f"val_{metric}", "test_loss",
+             f"test_{metric}", "test_examples", "seconds")  # fmt: skip
+    keys = [k for k in known if any(k in r for r in rows)]
     keys = list(dict.fromkeys(keys))
     for k in keys:
         table.add_column(k.replace("_", " "), justify="right")
@@ -180,41 +188,34 @@ def _train_table(title: str, rows: list[dict], metric: str) -> Table:
     return table
 
 
-def _train_sine(args: argparse.Namespace, console: Console, out, resume: bool) -> int:
-    from rnnkit.train import Run, SineConfig, train_sine
+def _train_sine(plan, console: Console, quiet: bool) -> int:
+    from rnnkit.train import Run, train_sine
     from rnnkit.train.sine import compare_plot
 
-    cells = args.compare.split(",") if args.compare else [args.cell]
     results, runs = {}, {}
-    for cell in cells:
-        settings = {
-            k: getattr(args, k)
-            for k in ("epochs", "lr", "hidden", "window", "noise", "seed", "backend", "device")
-        }
-        cfg = SineConfig(cell=cell, **settings)
-        run = Run(out / cell if len(cells) > 1 else out, {"task": "sine", **vars(cfg)})
-        console.print(f"[bold]sine[/] {cell}: {run.out}")
-        rows = []
+    for cfg in plan.sine:
+        out = plan.out / cfg.cell if len(plan.sine) > 1 else plan.out
+        run = Run(out, None if plan.resume else {"task": "sine", **vars(cfg)})
+        console.print(f"[bold]sine[/] {cfg.cell}: {run.out}")
 
-        def on_epoch(record, rows=rows, cell=cell):
-            rows.append(record)
-            if args.quiet:
+        def on_epoch(record, cell=cfg.cell):
+            if quiet:
                 console.print(f"{cell} epoch {record['epoch']}: train {record['train_loss']:.4g} "
                               f"test {record['test_loss']:.4g}")  # fmt: skip
 
         with (
-            console.status(f"training {cell} with LBFGS (one step per epoch)...", spinner="dots")
-            if not args.quiet
+            console.status(f"training {cfg.cell} with LBFGS (one step per epoch)...", spinner="dots")
+            if not quiet
             else nullcontext()
         ):
-            results[cell] = train_sine(cfg, run, resume=resume, on_epoch=on_epoch)
-        runs[cell] = run
-        console.print(_train_table(f"sine, {cell}", run.records("epoch"), "loss"))
-        if results[cell]["status"] == "interrupted":
+            results[cfg.cell] = train_sine(cfg, run, resume=plan.resume, on_epoch=on_epoch)
+        runs[cfg.cell] = run
+        console.print(_train_table(f"sine, {cfg.cell}", run.records("epoch"), "loss"))
+        if results[cfg.cell]["status"] == "interrupted":
             console.print(f"[yellow]interrupted[/]; resume with: python cli.py train --resume {run.out}")
             return 130
-    if len(cells) > 1:
-        path = compare_plot(out / "compare.png", results, runs, 999)
+    if len(plan.sine) > 1:
+        path = compare_plot(plan.out / "compare.png", results, runs, 999)
         console.print(f"wrote {path}")
     final = Table(title="sine: final")
     for col in ("cell", "train MSE", "test MSE"):
@@ -225,103 +226,72 @@ def _train_sine(args: argparse.Namespace, console: Console, out, resume: bool) -
     return 0
 
 
+# the options of `train` that are settings of the run (the rest: how the command runs)
+_TRAIN_SETTINGS = (
+    "task", "resume", "out", "cell", "epochs", "batch_size", "lr", "optimizer", "clip", "hidden", "layers",
+    "seed", "device", "backend", "data_dir", "download", "limit", "checkpoint_every", "log_every", "diagnose",
+    "compile", "val_fraction", "dataset", "pixel", "permuted", "max_len", "seq_len", "steps_per_epoch",
+    "compare", "window", "noise",
+)  # fmt: skip
+
+
 def _train(args: argparse.Namespace, console: Console) -> int:
     import json
     import time as _time
-    from dataclasses import fields
-    from pathlib import Path
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from rnnkit.datasets import DatasetError
-    from rnnkit.train import TASK_DEFAULTS, Run, TrainConfig, TrainingDivergedError, fit, make_task
     from rnnkit.train import Progress as LoopProgress
+    from rnnkit.train import Run, fit, make_task, plan_training
     from rnnkit.train.run import plot_curves
 
-    resume = args.resume is not None
-    if resume:
-        out = Path(args.resume)
-        saved = Run(out).config()
-        task_name = saved["task"]
-        if args.epochs is not None:
-            saved["epochs"] = args.epochs
-    else:
-        task_name = args.task
-        stamp = _time.strftime("%Y%m%d-%H%M%S")
-        out = Path(args.out or f"runs/{task_name}-{stamp}")
-    defaults = TASK_DEFAULTS[task_name]
-    for key, value in defaults.items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    try:
-        if task_name == "sine":
-            if args.compile:
-                raise ValueError(
-                    "compile: the sine model steps its cells one at a time (its future is fed back), "
-                    "which torch.compile would unroll for every step; use --compile with mnist, imdb, "
-                    "adding or copy"
-                )
-            if resume:
-                for key in ("cell", "epochs", "lr", "hidden", "window", "noise", "seed", "backend", "device"):
-                    setattr(args, key, saved.get(key, getattr(args, key)))
-            return _train_sine(args, console, out, resume)
-        if resume:
-            cfg = TrainConfig(**{f.name: saved[f.name] for f in fields(TrainConfig) if f.name in saved})
-        else:
-            given = {f.name: getattr(args, f.name, None) for f in fields(TrainConfig)}
-            cfg = TrainConfig(**{k: v for k, v in given.items() if v is not None})
-            cfg.task = task_name
-        task = make_task(cfg.task)
-        facts = task.prepare(cfg, console.print)
-        run = Run(out, {k: v for k, v in vars(cfg).items()})
-        console.print(f"[bold]{cfg.task}[/] {cfg.cell} hidden {cfg.hidden} × {cfg.layers} layers, "
-                      f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr} → {run.out}")  # fmt: skip
-        console.print("  ".join(f"{k}: {v}" for k, v in facts.items()))
-        if getattr(task, "permutation", None) is not None:
-            (run.out / "permutation.json").write_text(json.dumps(task.permutation.tolist()))
-        epochs_done = []
-        columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn())  # fmt: skip
-        with Progress(*columns, console=console, transient=True, disable=args.quiet) as bars:
-            epoch_bar = bars.add_task("epochs", total=cfg.epochs, stats="")
-            batch_bar = bars.add_task("batches", total=1, stats="")
-            clock = {"t": _time.perf_counter(), "n": 0}
+    plan = plan_training({k: getattr(args, k) for k in _TRAIN_SETTINGS})  # checks everything, writes nothing
+    if plan.task == "sine":
+        return _train_sine(plan, console, bool(args.quiet))
+    cfg = plan.config
+    task = make_task(cfg.task)
+    facts = task.prepare(cfg, console.print)
+    run = Run(plan.out, None if plan.resume else dict(vars(cfg)))
+    console.print(f"[bold]{cfg.task}[/] {cfg.cell} hidden {cfg.hidden} × {cfg.layers} layers, "
+                  f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr} → {run.out}")  # fmt: skip
+    console.print("  ".join(f"{k}: {v}" for k, v in facts.items()))
+    if getattr(task, "permutation", None) is not None:
+        (run.out / "permutation.json").write_text(json.dumps(task.permutation.tolist()))
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("{task.fields[stats]}"), TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=console, transient=True, disable=bool(args.quiet)) as bars:
+        epoch_bar = bars.add_task("epochs", total=cfg.epochs, stats="")
+        batch_bar = bars.add_task("batches", total=1, stats="")
+        clock = {"t": _time.perf_counter(), "n": 0}
 
-            def on_epoch_start(epoch, batches):
-                bars.update(epoch_bar, completed=epoch, description=f"epoch {epoch + 1}/{cfg.epochs}")
-                bars.reset(batch_bar, total=batches)
-                clock.update(t=_time.perf_counter(), n=0)
+        def on_epoch_start(epoch, batches):
+            bars.update(epoch_bar, completed=epoch, description=f"epoch {epoch + 1}/{cfg.epochs}")
+            bars.reset(batch_bar, total=batches)
+            clock.update(t=_time.perf_counter(), n=0)
 
-            def on_step(record):
-                clock["n"] += 1
-                rate = clock["n"] / max(_time.perf_counter() - clock["t"], 1e-9)
-                metric = record.get(task.metric)
-                stats = f"loss {record['loss']:.4f}  {task.metric} {metric:.4f}  {rate:.1f} steps/s"
-                bars.update(batch_bar, advance=1, stats=stats)
+        def on_step(record):
+            clock["n"] += 1
+            rate = clock["n"] / max(_time.perf_counter() - clock["t"], 1e-9)
+            metric = record.get(task.metric)
+            stats = f"loss {record['loss']:.4f}  {task.metric} {metric:.4f}  {rate:.1f} steps/s"
+            bars.update(batch_bar, advance=1, stats=stats)
 
-            def on_epoch_end(record):
-                epochs_done.append(record)
-                bars.update(epoch_bar, completed=record["epoch"] + 1)
-                line = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
-                console.print(f"epoch {record['epoch']}: {line}")
+        def on_epoch_end(record):
+            bars.update(epoch_bar, completed=record["epoch"] + 1)
+            line = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
+            console.print(f"epoch {record['epoch']}: {line}")
 
-            result = fit(
-                task, cfg, run, resume=resume, progress=LoopProgress(on_epoch_start, on_step, on_epoch_end)
-            )
-        plot_curves(run, task.metric)
-        console.print(_train_table(f"{cfg.task}: epochs", run.records("epoch"), task.metric))
-        if result["status"] == "interrupted":
-            console.print(f"[yellow]interrupted at step {result['step']}[/]; checkpoint saved. Resume: "
-                          f"python cli.py train --resume {run.out}")  # fmt: skip
-            return 130
-        console.print(_train_table(f"{cfg.task}: test", [result], task.metric))
-        return 0
-    except DatasetError as err:
-        console.print(f"[red]data:[/] {err}")
-        return 2
-    except TrainingDivergedError as err:
-        console.print(f"[red]diverged:[/] {err}")
-        return 1
+        result = fit(
+            task, cfg, run, resume=plan.resume, progress=LoopProgress(on_epoch_start, on_step, on_epoch_end)
+        )
+    plot_curves(run, task.metric)
+    console.print(_train_table(f"{cfg.task}: epochs", run.records("epoch"), task.metric))
+    if result["status"] == "interrupted":
+        console.print(f"[yellow]interrupted at step {result['step']}[/]; checkpoint saved. Resume: "
+                      f"python cli.py train --resume {run.out}")  # fmt: skip
+        return 130
+    console.print(_train_table(f"{cfg.task}: test", [result], task.metric))
+    return 0
 
 
 def _results(args: argparse.Namespace, console: Console) -> int:
@@ -330,6 +300,8 @@ def _results(args: argparse.Namespace, console: Console) -> int:
     from rnnkit.bench import machine
     from rnnkit.train.results import results_markdown
 
+    if args.markdown:
+        check_output_path(args.markdown, "markdown", folder=False)
     section = results_markdown([Path(p) for p in args.runs], machine())
     if args.markdown:
         path = Path(args.markdown)
@@ -342,8 +314,14 @@ def _results(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line on stderr, as every other error (exit 2)
+        _error(f"{self.prog}: {message}")
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rnnkit", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="rnnkit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     flow = sub.add_parser("gradflow", help="how far the gradient travels back through time, per model")
     flow.add_argument("--seq-len", type=int, default=500, help="steps from the first input to the loss")
@@ -367,40 +345,53 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--out", default="runs/gradflow", help="folder for gradflow.json and gradflow.png")
     flow.set_defaults(run=_gradflow)
     t = sub.add_parser("train", help="train on sine, mnist, imdb, adding or copy; checkpoints, resume")
-    t.add_argument("--task", default="sine", choices=("sine", "mnist", "imdb", "adding", "copy"))
+    # no defaults here: the library's (rnnkit.train.config) apply to what is not given, and a resumed
+    # run refuses what it would not use
+    t.add_argument("--task", choices=("sine", "mnist", "imdb", "adding", "copy"), help="default: sine")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR where it stopped")
     t.add_argument("--out", help="the run directory (default runs/<task>-<time>)")
-    t.add_argument("--cell", default="lstm", choices=("rnn", "rnn_relu", "lstm", "gru"))
+    t.add_argument("--cell", choices=("rnn", "rnn_relu", "lstm", "gru"), help="default: lstm")
     t.add_argument("--epochs", type=int)
     t.add_argument("--batch-size", dest="batch_size", type=int)
     t.add_argument("--lr", type=float)
-    t.add_argument("--optimizer", default="adam", choices=("adam", "sgd", "lbfgs"))
+    t.add_argument("--optimizer", choices=("adam", "sgd", "lbfgs"), help="default: adam")
     t.add_argument("--clip", type=float, help="clip the gradient norm to this")
     t.add_argument("--hidden", type=int)
     t.add_argument("--layers", type=int)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="cpu")
-    t.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"))
+    t.add_argument("--seed", type=int, help="default: 0")
+    t.add_argument("--device", help="cpu, cuda or cuda:N (default: cpu)")
+    t.add_argument("--backend", choices=("auto", "triton", "reference"), help="default: auto")
     t.add_argument("--data-dir", dest="data_dir", help="where the dataset files are (default: the cache)")
-    t.add_argument("--no-download", dest="download", action="store_false", help="never fetch data")
-    t.add_argument("--limit", type=int, help="at most this many examples per split (quick runs)")
     t.add_argument(
-        "--checkpoint-every", dest="checkpoint_every", type=int, default=0, help="steps (0: epochs)"
+        "--no-download", dest="download", action="store_const", const=False, help="never fetch data"
     )
-    t.add_argument("--log-every", dest="log_every", type=int, default=10)
-    t.add_argument("--diagnose", type=int, default=0, help="record the gradient-flow profile every N steps")
-    t.add_argument("--compile", action="store_true", help="train through torch.compile(model) (not for sine)")
-    t.add_argument("--quiet", action="store_true", help="log lines instead of progress bars")
+    t.add_argument(
+        "--limit", type=int, help="at most this many examples per split, a seeded stratified subset"
+    )
+    t.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="steps (default 0: epochs)")
+    t.add_argument("--log-every", dest="log_every", type=int, help="default: 10")
+    t.add_argument(
+        "--diagnose", type=int, help="record the gradient-flow profile every N steps (default 0: off)"
+    )
+    t.add_argument(
+        "--compile",
+        action="store_const",
+        const=True,
+        help="train through torch.compile(model) (not for sine)",
+    )
+    t.add_argument("--quiet", action="store_const", const=True, help="log lines instead of progress bars")
     t.add_argument("--val-fraction", dest="val_fraction", type=float)
-    t.add_argument("--dataset", default="mnist", choices=("mnist", "fashion-mnist"), help="mnist task")
-    t.add_argument("--pixel", action="store_true", help="mnist: 784 steps of one pixel")
-    t.add_argument("--permuted", action="store_true", help="mnist: pixels in a fixed random order")
-    t.add_argument("--max-len", dest="max_len", type=int, default=200, help="imdb: tokens per review")
+    t.add_argument("--dataset", choices=("mnist", "fashion-mnist"), help="mnist task (default: mnist)")
+    t.add_argument("--pixel", action="store_const", const=True, help="mnist: 784 steps of one pixel")
+    t.add_argument(
+        "--permuted", action="store_const", const=True, help="mnist: pixels in a fixed random order"
+    )
+    t.add_argument("--max-len", dest="max_len", type=int, help="imdb: tokens per review (default: 200)")
     t.add_argument("--seq-len", dest="seq_len", type=int, help="adding, copy: the sequence length")
-    t.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int, default=100, help="adding, copy")
+    t.add_argument("--steps-per-epoch", dest="steps_per_epoch", type=int, help="adding, copy (default: 100)")
     t.add_argument("--compare", help="sine: comma-separated cells trained on the same data, e.g. rnn,lstm")
-    t.add_argument("--window", type=int, default=0, help="sine: train on windows of this many steps")
-    t.add_argument("--noise", type=float, default=0.0, help="sine: Gaussian noise on the waves")
+    t.add_argument("--window", type=int, help="sine: train on windows of this many steps (default 0: whole)")
+    t.add_argument("--noise", type=float, help="sine: Gaussian noise on the waves (default: 0)")
     t.set_defaults(run=_train)
     res = sub.add_parser("results", help="summarize finished training runs as Markdown")
     res.add_argument("runs", nargs="+", help="run directories")
@@ -451,16 +442,56 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+# an ArgumentError's setting -> the option that sets it, where the two are not simply "--" + the name
+_OPTION_OF = {"download": "--no-download", "resume": "--resume", "runs": "RUN_DIR", "inits": "--init",
+              "num_layers": "--layers", "hidden_size": "--hidden", "layers_names": "--layers"}  # fmt: skip
+
+
+def _option(argument: str) -> str:
+    return _OPTION_OF.get(argument, "--" + argument.replace("_", "-"))
+
+
+def _error(message: str) -> None:
+    # one line on stderr, whatever the terminal's width
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Bad input ends in one line on stderr naming the argument (exit 2), before
+    any work starts or any file is written; nothing reaches the user as a traceback
+    (``RNNKIT_DEBUG=1`` shows one for an unexpected error)."""
     import os
+
+    from rnnkit.backends import BackendUnavailableError
+    from rnnkit.datasets import DatasetError
+    from rnnkit.train import TrainingDivergedError
 
     args = build_parser().parse_args(argv)
     console = Console(quiet=int(os.environ.get("RANK", "0")) > 0)  # under torchrun, rank 0 speaks
     try:
         return args.run(args, console)
-    except ValueError as err:  # bad arguments: the library's message names them
-        console.print(f"[red]error:[/] {err}")
+    except ArgumentError as err:  # a bad setting: named as the option that sets it
+        _error(f"{_option(err.argument)}: {err.detail}")
         return 2
+    except (ValueError, TypeError, BackendUnavailableError) as err:  # the library names the argument
+        _error(err)
+        return 2
+    except DatasetError as err:
+        _error(f"data: {err}")
+        return 2
+    except TrainingDivergedError as err:
+        _error(f"diverged: {err}")
+        return 1
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except Exception as err:
+        if os.environ.get("RNNKIT_DEBUG"):
+            raise
+        _error(
+            f"{type(err).__name__}: {err} (not a usage error: a bug in rnnkit? RNNKIT_DEBUG=1 shows where)"
+        )
+        return 1
 
 
 if __name__ == "__main__":

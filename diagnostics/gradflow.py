@@ -13,6 +13,7 @@ from diagnostics.probes import jacobian_norms
 from diagnostics.recorder import GradientFlowRecorder
 from diagnostics.report import GradientFlowReport, flow_line
 from diagnostics.weights import global_grad_norm, weight_statistics
+from rnnkit._checks import ArgumentError, check_at_least, check_choice, check_where
 from rnnkit.init import INITS, initialize
 from rnnkit.models import CELLS, SequenceModel
 from rnnkit.tasks import SequenceBatch, SyntheticTask, get_task
@@ -49,6 +50,7 @@ class GradflowConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        """Raise `ArgumentError` naming the first bad setting (the device and backend too)."""
         for name, value, low in (
             ("seq_len", self.seq_len, 2),
             ("hidden", self.hidden, 1),
@@ -56,19 +58,21 @@ class GradflowConfig:
             ("num_layers", self.num_layers, 1),
             ("probes", self.probes, 0),
         ):
-            if value < low:
-                raise ValueError(f"{name}: expected at least {low}, got {value}")
+            check_at_least(name, value, low)
         for cell in self.cells:
             if cell not in (*CELLS, "rnn_relu"):
-                raise ValueError(f"cells: expected names among rnn, rnn_relu, lstm, gru, got {cell!r}")
+                raise ArgumentError("cells", f"expected names among rnn, rnn_relu, lstm, gru, got {cell!r}")
         for init in self.inits:
             if init not in INITS:
-                raise ValueError(f"inits: expected names among {', '.join(INITS)}, got {init!r}")
-        if self.loss_at not in ("last", "all"):
-            raise ValueError(f"loss_at: expected 'last' or 'all', got {self.loss_at!r}")
+                raise ArgumentError("inits", f"expected names among {', '.join(INITS)}, got {init!r}")
+        check_choice("loss_at", self.loss_at, ("last", "all"))
+        check_choice("task", self.task, ("random", "adding", "copy"))
         if not self.models():
-            raise ValueError(f"cells {self.cells} and inits {self.inits}: no combination applies")
-        get_task(self.task)
+            raise ArgumentError(
+                "inits",
+                f"no model: {', '.join(self.cells)} with {', '.join(self.inits)} (chrono is for lstm, gru)",
+            )
+        check_where(self.device, self.backend)
 
     def models(self) -> list[tuple[str, str]]:
         """(cell, init) pairs to run, in order; chrono only for the gated cells."""

@@ -61,6 +61,21 @@ class StepNorms:
         """[K] batch-mean ||δ|| by lag (over the samples that reach it)."""
         return torch.nanmean(self.by_lag(), dim=0)
 
+    def first_nonfinite(self) -> tuple[int, int] | None:
+        """(lag k, time step t) of the first NaN or infinite ||δ|| a sample reaches, counting back from
+        where the gradient enters (t of the first such sample); None when every reached one is finite."""
+        by_lag = self.by_lag()
+        B, K = by_lag.shape
+        lengths = torch.full((B,), K) if self.lengths is None else self.lengths.cpu()
+        reached = torch.arange(K)[None, :] < lengths[:, None]
+        bad = reached & ~torch.isfinite(by_lag)
+        if not bad.any():
+            return None
+        k = int(torch.nonzero(bad.any(0))[0])
+        b = int(torch.nonzero(bad[:, k])[0])
+        t = int(lengths[b]) - 1 - k if self.direction == 0 else k
+        return k, t
+
     def mean_by_step(self) -> torch.Tensor:
         """[T] batch-mean ||δ_t|| by time step (over the samples whose sequence has step t)."""
         T = self.norms.shape[1]

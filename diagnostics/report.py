@@ -84,7 +84,7 @@ def flow_line(
 ) -> FlowLine:
     """Summarise one recorded `StepNorms` into a `FlowLine` (label with the module's name if asked)."""
     by_step = [None if math.isnan(v) else v for v in norms.mean_by_step().tolist()]
-    summary = summarize(norms.mean_by_lag(), threshold)
+    summary = summarize(norms.mean_by_lag(), threshold, nonfinite=norms.first_nonfinite())
     return FlowLine(norms.label(with_module), norms.layer, norms.direction, norms.path, by_step, summary)
 
 
@@ -124,7 +124,7 @@ def _fmt(x: float | None, digits: int = 3) -> str:
 
 def render(reports: list[GradientFlowReport], console: Console) -> None:
     """One table per model: horizon, τ, gain, σ_max(W_hh), verdict and a sparkline per line."""
-    colors = {"vanishing": "red", "exploding": "magenta", "stable": "green"}
+    colors = {"vanishing": "red", "exploding": "magenta", "stable": "green", "non-finite": "bold red"}
     for report in reports:
         sigma = {(w.layer, w.direction): w.sigma_max for w in report.weights}
         caption = f"global grad norm {_fmt(report.global_grad_norm)}"
@@ -139,7 +139,8 @@ def render(reports: list[GradientFlowReport], console: Console) -> None:
             table.add_column(col, justify=justify, no_wrap=spark, min_width=20 if spark else None)
         for line in report.lines:
             s = line.summary
-            horizon = "beyond T" if s.horizon is None and s.verdict != "no gradient" else _fmt(s.horizon)
+            beyond = s.horizon is None and s.verdict not in ("no gradient", "non-finite")
+            horizon = "beyond T" if beyond else _fmt(s.horizon)
             color = colors.get(s.verdict, "white")
             table.add_row(
                 line.label,
@@ -171,6 +172,13 @@ def plot(reports: list[GradientFlowReport], path: str | Path, *, title: str | No
     peak = 1.0
     for i, report in enumerate(reports):
         for line in report.lines:
+            if line.summary.verdict == "non-finite":  # nothing to draw but where it went non-finite
+                name = f"{report.name} {line.label}" if len(report.lines) > 1 else report.name
+                by_step.plot([], [], "x", color=cmap(i % 10), ms=9, label=f"{name}: non-finite")
+                note = f"{name}: {line.summary.reason}"
+                by_step.text(0.02, 0.95 - 0.05 * i, note, transform=by_step.transAxes, color=cmap(i % 10),
+                             fontsize=8, va="top")  # fmt: skip
+                continue
             r = torch.tensor(
                 [math.nan if v is None else v for v in line.summary.profile], dtype=torch.float64
             )

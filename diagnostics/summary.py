@@ -76,7 +76,8 @@ class ProfileSummary:
         tau: decay time in steps from the log-linear fit (inf: no decay).
         gain: mean per-step gain (geometric mean of r(k+1)/r(k)).
         peak: max r(k).
-        verdict: "vanishing", "stable", "exploding", or "no gradient".
+        verdict: "vanishing", "stable", "exploding", "non-finite" (a NaN or infinite gradient), or
+            "no gradient".
         reason: the numbers behind the verdict, in words.
     """
 
@@ -89,16 +90,32 @@ class ProfileSummary:
     reason: str
 
 
-def summarize(norms: torch.Tensor, threshold: float = HORIZON_THRESHOLD) -> ProfileSummary:
+def summarize(
+    norms: torch.Tensor, threshold: float = HORIZON_THRESHOLD, *, nonfinite: tuple[int, int] | None = None
+) -> ProfileSummary:
     """Summarise a profile of mean gradient norms by lag ([K], k = 0 at the loss step).
 
-    Verdict: "exploding" when r(k) rises above 1/threshold (1e3) within the sequence;
-    "vanishing" when it falls below threshold (1e-3), at the memory horizon; "stable" otherwise.
+    Verdict: "non-finite" when a gradient is NaN or infinite (``nonfinite``, the (lag, step) where a
+    sample's first is, from `StepNorms.first_nonfinite`, or an infinite mean norm); "no gradient"
+    when none reaches the loss step; "exploding" when r(k) rises above 1/threshold (1e3) within the
+    sequence; "vanishing" when it falls below threshold (1e-3), at the memory horizon; "stable"
+    otherwise.
 
     Example:
         >>> summarize(0.9 ** torch.arange(100.0)).horizon      # 0.9^66 < 1e-3
         66
     """
+    if norms.dim() != 1 or len(norms) == 0:
+        raise ValueError(f"norms: expected a profile [K] with K >= 1 lags, got shape {list(norms.shape)}")
+    if nonfinite is None and torch.isinf(norms).any():
+        nonfinite = (int(torch.nonzero(torch.isinf(norms))[0]), -1)
+    if nonfinite is not None:
+        k, t = nonfinite
+        where = f"k = {k} steps back from the loss" + (f" (time step t = {t})" if t >= 0 else "")
+        reason = f"the gradient is NaN or infinite from {where}: the loss or the input is not finite"
+        return ProfileSummary(
+            decay_profile(norms).tolist(), None, math.nan, math.nan, math.nan, "non-finite", reason
+        )
     r = decay_profile(norms)
     K = len(r)
     if not torch.isfinite(r[0]):

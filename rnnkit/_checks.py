@@ -3,7 +3,9 @@ what was expected and what was given. Nothing is silently cast, broadcast or tru
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -62,3 +64,80 @@ def check_lengths(
             f"lengths: expected shape [B] = [{batch}] (one length per sequence), got {list(lengths.shape)}"
         )
     return lengths.to(device=device, dtype=torch.int64)
+
+
+class ArgumentError(ValueError):
+    """A bad setting of a command or a config: ``argument`` names it (a config field, which the
+    command line shows as its ``--option``), the message says what was expected and what was given."""
+
+    def __init__(self, argument: str, detail: str) -> None:
+        super().__init__(f"{argument}: {detail}")
+        self.argument = argument
+        self.detail = detail
+
+
+def check_at_least(argument: str, value: int | float | None, least: int | float, what: str = "") -> None:
+    """``value`` must be at least ``least`` (None: not set, nothing to check)."""
+    if value is not None and value < least:
+        raise ArgumentError(argument, f"expected {what or f'at least {least}'}, got {value}")
+
+
+def check_choice(argument: str, value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ArgumentError(argument, f"expected one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def check_device(name: str, argument: str = "device") -> torch.device:
+    """The device ``name`` names, if this machine has it: "cpu", "cuda" or "cuda:N" (or "meta")."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ArgumentError(argument, f"expected cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ArgumentError(argument, f"{name!r}: this machine has no CUDA GPU (or torch is a CPU build)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ArgumentError(
+                argument, f"{name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type not in ("cpu", "meta"):
+        raise ArgumentError(argument, f"expected cpu, cuda or cuda:N, got {name!r}")
+    return device
+
+
+def check_output_path(path: str | Path, argument: str, *, folder: bool) -> Path:
+    """A place a command will write to (a folder, or a file), checked before any work: it can be
+    created, nothing in the way is a file (or a folder), and it is writable. Creates nothing."""
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise ArgumentError(argument, f"{path} is a file, not a folder")
+        if not folder and path.is_dir():
+            raise ArgumentError(argument, f"{path} is a folder, not a file")
+        if not os.access(path if folder else path.parent, os.W_OK):
+            raise ArgumentError(argument, f"{path} is not writable")
+        return path
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ArgumentError(argument, f"cannot create {path}: {parent} is a file")
+    if not os.access(parent, os.W_OK):
+        raise ArgumentError(argument, f"cannot create {path}: {parent} is not writable")
+    return path
+
+
+def check_where(device: str, backend: str) -> torch.device:
+    """The device a command computes on, and that ``backend`` can run there: `ArgumentError` naming
+    --device or --backend otherwise (before any work)."""
+    from rnnkit.backends import BackendUnavailableError, backend_name
+
+    where = check_device(device, "device")
+    try:
+        backend_name(backend, where)
+    except BackendUnavailableError as err:
+        raise ArgumentError("backend", str(err).removeprefix("backend ")) from None
+    except ValueError as err:
+        raise ArgumentError("backend", str(err).split(": ", 1)[-1]) from None
+    return where

@@ -194,6 +194,18 @@ _FORMULAS = {"rnn": _rnn_autograd, "lstm": _lstm_autograd, "gru": _gru_autograd}
 
 
 def register(fwd, bwd, cell: str) -> None:
-    """Register the autograd of forward op ``fwd`` of ``cell``, whose backward calls op ``bwd``."""
+    """Register the autograd of forward op ``fwd`` of ``cell``, whose backward calls op ``bwd``; the
+    backward op itself has no derivative, and says so when a second backward reaches it."""
     setup_context, backward = _FORMULAS[cell](bwd)
     fwd.register_autograd(backward, setup_context=setup_context)
+    bwd.register_autograd(_no_double_backward(bwd), setup_context=lambda ctx, inputs, output: None)
+
+
+def _no_double_backward(bwd):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"rnnkit's recurrent layers do not support double backward (a second backward through "
+            f"rnnkit.{bwd._name}, after create_graph=True): the gradient of their gradient is not implemented"
+        )
+
+    return backward

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 import rnnkit
+from rnnkit._checks import ArgumentError, check_at_least, check_device
 
 PROVIDERS = ("torch.nn", "rnnkit-triton", "rnnkit-reference", "naive-cell-loop", "compiled-cell-loop")
 # torch.compile unrolls the cell loop: compiling T·layers = 100 LSTM steps took ~90 s on a 2-core CPU
@@ -200,6 +201,28 @@ def _time_gpu(fn: Callable[[], None]) -> tuple[float, float, float]:
     return median, p20, p80
 
 
+def check_settings(
+    providers: tuple[str, ...],
+    modes: tuple[str, ...],
+    fp32: tuple[str, ...],
+    device: str,
+    warmup: int,
+    repeats: int,
+) -> None:
+    """`ArgumentError` naming the first bad setting of a benchmark run, before any timing."""
+    for name, values, known in (
+        ("providers", providers, PROVIDERS),
+        ("modes", modes, MODES),
+        ("fp32", fp32, FP32_MATH),
+    ):
+        for v in values:
+            if v not in known:
+                raise ArgumentError(name, f"expected names among {', '.join(known)}, got {v!r}")
+    check_device(device, "device")
+    check_at_least("warmup", warmup, 0)
+    check_at_least("repeats", repeats, 1)
+
+
 @contextlib.contextmanager
 def fp32_math(setting: str) -> Iterator[None]:
     """Inside the block, on a GPU: ``"tf32"`` = torch's defaults (cuDNN's RNN may use TF32, matmuls
@@ -245,15 +268,7 @@ def run_bench(
     Example:
         >>> run_bench(DEFAULT_ROWS[2:3], providers=("torch.nn", "rnnkit-reference"), device="cpu")
     """
-    for p in providers:
-        if p not in PROVIDERS:
-            raise ValueError(f"providers: expected names among {', '.join(PROVIDERS)}, got {p!r}")
-    for m in modes:
-        if m not in MODES:
-            raise ValueError(f"modes: expected names among {', '.join(MODES)}, got {m!r}")
-    for f in fp32:
-        if f not in FP32_MATH:
-            raise ValueError(f"fp32: expected names among {', '.join(FP32_MATH)}, got {f!r}")
+    check_settings(providers, modes, fp32, device, warmup, repeats)
     dev = torch.device(device)
     gpu = dev.type == "cuda"
     ordered = sorted(providers, key=lambda p: p != "torch.nn")

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import rnnkit
+from rnnkit._checks import ArgumentError, check_at_least, check_where
 from rnnkit.backends import backend_name
 
 
@@ -64,7 +65,13 @@ def compare_with_torch(
         >>> [r.output_error < 1e-4 for r in compare_with_torch(seq_len=5)]
         [True, True, True]
     """
-    dev = torch.device(device)
+    for name in layers:
+        if name not in ("RNN", "LSTM", "GRU"):
+            raise ArgumentError("layers", f"expected names among RNN, LSTM, GRU, got {name!r}")
+    check_at_least("seq_len", seq_len, 1)
+    check_at_least("batch", batch, 1)
+    check_at_least("hidden_size", hidden_size, 1)
+    dev = check_where(device, backend)
     results = []
     for name in layers:
         torch.manual_seed(seed)

@@ -38,13 +38,18 @@ def _check_gx(gx: torch.Tensor, cell: str) -> tuple[int, int, int, int]:
     T, B, D, GH = gx.shape
     if T == 0:
         raise ValueError("gx: the sequence is empty (T = 0); a recurrence needs at least one step")
-    if B == 0:
-        raise ValueError("gx: the batch is empty (B = 0); pass at least one sequence")
     if D not in (1, 2):
         raise ValueError(f"gx: expected D = 1 or 2 directions in dimension 2, got {D}")
-    if GH % G != 0 or GH == 0:
+    if GH % G != 0:
         raise ValueError(f"gx: the last dimension must be {G}*H for the {cell.upper()}, got {GH}")
     return T, B, D, GH // G
+
+
+def _empty(gx: torch.Tensor, *shapes: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    # an empty batch (B = 0), or a cell of hidden_size 0: nothing to compute. As torch.nn, empty
+    # outputs, still in gx's graph (their gradient reaches it as zeros)
+    zero = gx.sum() * 0
+    return tuple(zero.expand(shape).clone() for shape in shapes)
 
 
 def _check_common(
@@ -157,6 +162,8 @@ def rnn(
     B, D, H, _, lengths = _check_common(gx, w_hh, "rnn", None, lengths)
     if h0 is not None:
         check_tensor("h0", h0, (D, B, H), "[D, B, H]", dtype=gx.dtype, device=gx.device)
+    if B == 0 or H == 0:
+        return _empty(gx, (gx.shape[0], B, D, H), (D, B, H))
     ops = operators_for(backend, gx.device, gx.dtype)
     precision = _precision(precision, gx)
     with no_autocast(gx.device.type):
@@ -210,6 +217,8 @@ def lstm(
         check_tensor("h0", h0, (D, B, P), "[D, B, P]", **like)
     if c0 is not None:
         check_tensor("c0", c0, (D, B, H), "[D, B, H]", **like)
+    if B == 0 or H == 0:
+        return _empty(gx, (gx.shape[0], B, D, P), (D, B, P), (D, B, H))
     ops = operators_for(backend, gx.device, gx.dtype)
     precision = _precision(precision, gx)
     with no_autocast(gx.device.type):
@@ -253,6 +262,8 @@ def gru(
         check_tensor("b_hn", b_hn, (D, H), "[D, H]", **like)
     if h0 is not None:
         check_tensor("h0", h0, (D, B, H), "[D, B, H]", **like)
+    if B == 0 or H == 0:
+        return _empty(gx, (gx.shape[0], B, D, H), (D, B, H))
     ops = operators_for(backend, gx.device, gx.dtype)
     precision = _precision(precision, gx)
     with no_autocast(gx.device.type):

@@ -99,6 +99,14 @@ def _check_state(
     return t if batched else t.unsqueeze(1)
 
 
+def _check_pair(hx: object, layer: str) -> None:
+    # an LSTM's hx is (h_0, c_0): a tuple or list of exactly two
+    if not isinstance(hx, (tuple, list)):
+        raise TypeError(f"hx: expected a tuple (h_0, c_0) for the {layer}, got {type(hx).__name__}")
+    if len(hx) != 2:
+        raise ValueError(f"hx: expected a tuple (h_0, c_0) of 2 tensors for the {layer}, got {len(hx)}")
+
+
 class _LayerRecord:
     """Hands one layer's `StepGradients` to the module's step-gradient hooks.
 
@@ -143,6 +151,10 @@ class _RecurrentLayer(nn.RNNBase):
             >>> norms = {}
             >>> lstm.register_step_grad_hook(lambda m, layer, g: norms.__setitem__(layer, g.h.norm(dim=-1)))
         """
+        if not callable(hook):
+            raise TypeError(
+                f"hook: expected a callable hook(module, layer, grads), got {type(hook).__name__} {hook!r}"
+            )
         handle = RemovableHandle(self._step_grad_hooks)
         self._step_grad_hooks[handle.id] = hook
         return handle
@@ -184,7 +196,7 @@ class _RecurrentLayer(nn.RNNBase):
         b_gx = None if folded[0][0] is None else _cat([b for b, _ in folded])
         b_hn = None if folded[0][1] is None else _stack([b for _, b in folded])
         gx = F.linear(x, _cat(self._params(layer, "weight_ih", dtype)), b_gx)
-        return gx.view(T, B, self._directions, -1), b_hn
+        return gx.view(T, B, self._directions, gx.shape[-1] // self._directions), b_hn
 
     def _recurrence(self, layer, x, h0, c0, lengths, record):
         gx, b_hn = self._input_projection(layer, x)
@@ -205,8 +217,7 @@ class _RecurrentLayer(nn.RNNBase):
         legend_c = "[num_layers*num_directions, B, H]"
         legend_h = legend_c if self._width == self.hidden_size else legend_c.replace("H]", "P]")
         if self.mode == "LSTM":
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"hx: expected a tuple (h_0, c_0) for the LSTM, got {type(hx).__name__}")
+            _check_pair(hx, "LSTM")
             h0 = _check_state("h_0", hx[0], batched, lead, batch, self._width, legend_h, x)
             c0 = _check_state("c_0", hx[1], batched, lead, batch, self.hidden_size, legend_c, x)
             return h0, c0
@@ -232,8 +243,6 @@ class _RecurrentLayer(nn.RNNBase):
         T, B, _ = x.shape
         if T == 0:
             raise ValueError(f"input: the sequence is empty (T = 0), got shape {list(x.shape)}")
-        if B == 0:
-            raise ValueError(f"input: the batch is empty (B = 0), got shape {list(x.shape)}")
         h0, c0 = self._initial_states(hx, batched, B, x)
         cast = _autocast_dtype(x)  # as torch.nn: under autocast the layer computes in its dtype
         if cast is not None and cast != x.dtype:
@@ -445,14 +454,11 @@ class _RecurrentCell:
         if not batched:
             x = x.unsqueeze(0)
         B = x.shape[0]
-        if B == 0:
-            raise ValueError(f"input: the batch is empty (B = 0), got shape {list(input.shape)}")
         H = self.hidden_size
         legend, shape = ("[B, H]", (B, H)) if batched else ("[H]", (H,))
         like = {"dtype": x.dtype, "device": x.device}
         if self.mode == "LSTM" and hx is not None:
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"hx: expected a tuple (h_0, c_0) for the LSTMCell, got {type(hx).__name__}")
+            _check_pair(hx, "LSTMCell")
             states = [check_tensor(n, t, shape, legend, **like) for n, t in zip(("h_0", "c_0"), hx)]
         else:
             states = [] if hx is None else [check_tensor("hx", hx, shape, legend, **like)]
@@ -464,7 +470,8 @@ class _RecurrentCell:
 
         x, h0, c0 = cast(x), cast(h0), cast(c0)
         b_gx, b_hn = _fold_biases(self.mode, cast(self.bias_ih), cast(self.bias_hh))
-        gx = F.linear(x, cast(self.weight_ih), b_gx).view(1, B, 1, -1)  # [T=1, B, D=1, G*H]
+        gx = F.linear(x, cast(self.weight_ih), b_gx)
+        gx = gx.view(1, B, 1, gx.shape[-1])  # [T=1, B, D=1, G*H]
         w_hh = cast(self.weight_hh).unsqueeze(0)
         if self.mode == "LSTM":
             _, h, c = functional.lstm(gx, w_hh, h0, c0, backend=self.backend)

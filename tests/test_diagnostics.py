@@ -242,7 +242,7 @@ def test_cli_gradflow_rejects_bad_cell(tmp_path):
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 2
-    assert "cells: expected names among rnn, rnn_relu, lstm, gru, got 'transformer'" in done.stdout
+    assert "--cells: expected names among rnn, rnn_relu, lstm, gru, got 'transformer'" in done.stderr
 
 
 @pytest.mark.cuda

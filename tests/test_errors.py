@@ -47,7 +47,6 @@ CASES = [
         r"input: expected dtype torch.float32.*got torch.float64",
     ),
     ("not a tensor", lambda m: m([[1.0]]), TypeError, r"input: expected a torch.Tensor.*got list"),
-    ("empty batch", lambda m: m(torch.randn(5, 0, 28)), ValueError, r"input: the batch is empty \(B = 0\)"),
     (
         "empty sequence",
         lambda m: m(torch.randn(0, 2, 28)),
@@ -135,8 +134,6 @@ def test_cell_rejects():
         cell(torch.randn(2, 5))
     with pytest.raises(ValueError, match=r"h_0: expected shape \[B, H\] = \[2, 3\], got \[2, 4\]"):
         cell(torch.randn(2, 4), (torch.zeros(2, 4), torch.zeros(2, 3)))
-    with pytest.raises(ValueError, match=r"input: the batch is empty"):
-        rnnkit.GRUCell(4, 3)(torch.randn(0, 4))
     with pytest.raises(ValueError, match=r"hx: expected shape \[H\] = \[3\], got \[1, 3\]"):
         rnnkit.RNNCell(4, 3)(torch.randn(4), torch.zeros(1, 3))
 

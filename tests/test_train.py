@@ -338,7 +338,7 @@ def test_cli_train_writes_the_run_directory(tmp_path):
 
 def test_cli_compile_refuses_the_sine_task(tmp_path):
     done = cli("train", "--task", "sine", "--compile", "--out", str(tmp_path / "run"))
-    assert done.returncode != 0 and "compile: the sine model steps its cells one at a time" in done.stdout
+    assert done.returncode == 2 and "--compile: the sine model steps its cells one at a time" in done.stderr
 
 
 def test_cli_missing_data_fails_at_once(tmp_path):
@@ -346,7 +346,7 @@ def test_cli_missing_data_fails_at_once(tmp_path):
         "train", "--task", "mnist", "--data-dir", str(tmp_path), "--no-download", "--out", str(tmp_path / "r")
     )
     assert done.returncode == 2
-    text = " ".join(done.stdout.split())  # rich wraps long lines
+    text = done.stderr
     assert "train-images-idx3-ubyte.gz" in text and "could not be fetched (downloading is off)" in text
 
 
@@ -431,3 +431,25 @@ def test_diagnose_and_clip_are_recorded(tiny_mnist, tmp_path):
     assert all(len(line["norms_by_lag"]) == 28 and line["verdict"] for line in lines)
     norms = [r["grad_norm"] for r in run.records("step")]
     assert len(norms) == 5 and all(n > 0 for n in norms)
+
+
+def test_limit_takes_a_seeded_subset_with_every_class(tmp_path, monkeypatch, tiny_mnist):
+    """--limit N: a seeded random subset that keeps each class's share (the first N of a split sorted
+    by label once gave a test set of one class, and a below-chance accuracy printed as valid)."""
+    monkeypatch.setattr(datasets, "IMDB_REVIEWS_PER_FOLDER", 12)
+    folder = make_imdb_tree(tmp_path / "imdb", 12)  # the test reviews come sorted: 12 neg, then 12 pos
+    tasks = []
+    for _ in range(2):
+        task = make_task("imdb")
+        facts = task.prepare(imdb_config(folder, limit=6), print)
+        tasks.append(task)
+    assert facts["test examples"] == 6
+    for split in ("train", "test"):
+        labels = tasks[0].labels[tasks[0].splits[split]]
+        assert len(labels) == 6 and labels.bincount().tolist() == [3, 3], (split, labels)
+        assert torch.equal(tasks[0].splits[split], tasks[1].splits[split])  # seeded: the same subset
+    task = make_task("mnist")
+    task.prepare(mnist_config(tiny_mnist, limit=20), print)
+    test = task.labels[task.splits["test"]]
+    every = task.labels[len(task.labels) - 32 :]  # the 32 test digits
+    assert len(test) == 20 and set(test.tolist()) == set(every.tolist())

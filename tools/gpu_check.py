@@ -95,7 +95,7 @@ def _commands(args: argparse.Namespace, out: Path) -> dict[str, list[str]]:
             str(out / "bench.md"),
         ],
         "train": [py, "cli.py", "train", *train_args, "--out", str(out / "train")]
-        + (["--data-dir", str(data)] if data else []),
+        + (["--data-dir", str(data)] if data and args.train_args is None else []),
     }
 
 

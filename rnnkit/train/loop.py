@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rnnkit._checks import ArgumentError, check_at_least, check_choice
 from rnnkit.train.run import (
     Run,
     StopRequest,
@@ -66,19 +67,32 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "hidden", "layers", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: expected at least 1, got {getattr(self, name)}")
-        if self.optimizer not in ("adam", "sgd", "lbfgs"):
-            raise ValueError(f"optimizer: expected adam, sgd or lbfgs, got {self.optimizer!r}")
+        """Raise `ArgumentError` naming the first bad setting, what was expected and what was given."""
+        check_choice("task", self.task, ("mnist", "imdb", "adding", "copy"))
+        check_choice("cell", self.cell, ("rnn", "rnn_relu", "lstm", "gru"))
+        check_choice("optimizer", self.optimizer, ("adam", "sgd", "lbfgs"))
+        check_choice("dataset", self.dataset, ("mnist", "fashion-mnist"))
+        for name in ("epochs", "batch_size", "hidden", "layers", "log_every", "steps_per_epoch", "max_len"):
+            check_at_least(name, getattr(self, name), 1)
+        check_at_least("limit", self.limit, 1, "at least 1 example per split (or no --limit: all)")
+        check_at_least(
+            "checkpoint_every", self.checkpoint_every, 0, "0 (at the end of each epoch) or more steps"
+        )
+        check_at_least("diagnose", self.diagnose, 0, "0 (off) or a number of steps")
+        if self.task == "adding":
+            check_at_least("seq_len", self.seq_len, 2, "at least 2 steps (two marked numbers)")
+        check_at_least("seq_len", self.seq_len, 1)
+        if not self.lr > 0:
+            raise ArgumentError("lr", f"expected a positive learning rate, got {self.lr}")
         if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction: expected a fraction in [0, 1), got {self.val_fraction}")
-        if self.clip is not None and self.clip <= 0:
-            raise ValueError(f"clip: expected a positive gradient norm, got {self.clip}")
+            raise ArgumentError("val_fraction", f"expected a fraction in [0, 1), got {self.val_fraction}")
+        if self.clip is not None and not self.clip > 0:
+            raise ArgumentError("clip", f"expected a positive gradient norm, got {self.clip}")
         if self.compile and self.diagnose:
-            raise ValueError(
-                f"diagnose: the per-step gradient record runs Python in backward, which a compiled model "
-                f"cannot; got diagnose={self.diagnose} with compile=True: drop one of them"
+            raise ArgumentError(
+                "diagnose",
+                f"the per-step gradient record runs Python in backward, which a compiled model cannot; got "
+                f"--diagnose {self.diagnose} with --compile: drop one of them",
             )
 
 
@@ -120,7 +134,7 @@ def _shard(batch: Batch, rank: int, world: int) -> Batch:
 def evaluate(
     task: Task, model: nn.Module, split: str, cfg: TrainConfig, device: torch.device
 ) -> dict[str, float]:
-    """Mean loss and metric of ``split`` (eval mode, no gradients)."""
+    """Mean loss and metric of ``split`` (eval mode, no gradients), and the number of examples."""
     model.eval()
     total_loss = total_metric = count = examples = 0.0
     with torch.no_grad():
@@ -134,8 +148,9 @@ def evaluate(
             count += n
     model.train()
     if not examples:
-        return {f"{split}_loss": math.nan, f"{split}_{task.metric}": math.nan}
-    return {f"{split}_loss": total_loss / examples, f"{split}_{task.metric}": total_metric / count}
+        return {f"{split}_loss": math.nan, f"{split}_{task.metric}": math.nan, f"{split}_examples": 0}
+    return {f"{split}_loss": total_loss / examples, f"{split}_{task.metric}": total_metric / count,
+            f"{split}_examples": int(examples)}  # fmt: skip
 
 
 def _diagnose(model: nn.Module, step: int, run: Run, loss_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
@@ -146,7 +161,7 @@ def _diagnose(model: nn.Module, step: int, run: Run, loss_fn: Callable[[], torch
         loss.backward()
     lines = []
     for s in rec.records:
-        summary = summarize(s.mean_by_lag())
+        summary = summarize(s.mean_by_lag(), nonfinite=s.first_nonfinite())
         lines.append(
             {"line": s.label(), "horizon": summary.horizon, "tau": summary.tau, "gain": summary.gain,
              "verdict": summary.verdict, "norms_by_lag": s.mean_by_lag().tolist()}

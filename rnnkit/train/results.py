@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rnnkit._checks import ArgumentError
 from rnnkit.bench import markdown_header
-from rnnkit.train.run import Run
+from rnnkit.train.run import Run, RunFolderError
 
 _FLAGS = {  # config key -> command-line flag
     "cell": "--cell", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
@@ -65,8 +66,11 @@ def command(config: dict[str, Any]) -> str:
 
 def summarize_run(out: Path) -> dict[str, Any]:
     """The headline numbers of one finished run."""
-    run = Run(out)
-    config = run.config()
+    run = Run(out, create=False)
+    try:
+        config = run.config()
+    except RunFolderError as err:
+        raise ArgumentError("runs", str(err)) from None
     records = run.records()
     epochs = [r for r in records if r.get("kind") == "epoch"]
     times = [r["time"] for r in records if "time" in r]
@@ -83,12 +87,15 @@ def summarize_run(out: Path) -> dict[str, Any]:
     if test is None:
         row["result"] = "unfinished (no test evaluation)"
         return row
-    metric = next(k for k in test if k.startswith("test_") and k != "test_loss")
+    metric = next(k for k in test if k.startswith("test_") and k not in ("test_loss", "test_examples"))
     value = test[metric]
     row["result"] = (
         f"{metric.replace('_', ' ')} {value:.2%}" if metric.endswith("acc") else f"{metric} {value:.4g}"
     )
-    row["result"] += f" (test loss {test['test_loss']:.4g})"
+    examples = test.get("test_examples")
+    on = f" on {examples} examples" if examples is not None else ""
+    limited = f", --limit {config['limit']}" if config.get("limit") else ""
+    row["result"] += f"{on}{limited} (test loss {test['test_loss']:.4g})"
     return row
 
 

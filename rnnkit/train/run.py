@@ -3,6 +3,7 @@
 <out>/config.json      the arguments of the run (what --resume reads back)
 <out>/metrics.jsonl    one JSON record per line: steps, epochs, evaluations, diagnostics
 <out>/checkpoint.pt    model, optimizer, RNG states, epoch, step: replaced atomically
+<out>/checkpoint.prev.pt   the checkpoint before it: one bad write never loses the run
 <out>/*.png            curves (and the task's own plots)
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -24,6 +26,16 @@ from rnnkit.plotting import pyplot
 
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN or infinite; the message names the step. The last checkpoint stays."""
+
+
+class RunFolderError(ValueError):
+    """A folder is not a run (no config.json), or its config.json cannot be read: the message says
+    which file and why."""
+
+
+class CheckpointError(ValueError):
+    """checkpoint.pt cannot be read (corrupt or truncated): the message names it, and the previous
+    checkpoint where one is kept."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -43,10 +55,12 @@ class Run:
         >>> run.log({"kind": "epoch", "epoch": 0, "val_acc": 0.97})
     """
 
-    def __init__(self, out: Path, config: dict[str, Any] | None = None, *, rank: int | None = None) -> None:
+    def __init__(
+        self, out: Path, config: dict[str, Any] | None = None, *, rank: int | None = None, create: bool = True
+    ) -> None:
         self.out = Path(out)
         self.rank = int(os.environ.get("RANK", "0")) if rank is None else rank
-        if self.rank == 0:
+        if self.rank == 0 and create:
             self.out.mkdir(parents=True, exist_ok=True)
             if config is not None:
                 atomic_write_bytes(self.out / "config.json", json.dumps(config, indent=1).encode())
@@ -55,11 +69,26 @@ class Run:
     def checkpoint_path(self) -> Path:
         return self.out / "checkpoint.pt"
 
+    @property
+    def previous_checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.prev.pt"
+
     def config(self) -> dict[str, Any]:
+        """The run's settings (config.json); `RunFolderError` when the folder is not a run."""
         path = self.out / "config.json"
+        if not self.out.is_dir():
+            raise RunFolderError(f"{self.out} is not a run folder (no such folder)")
         if not path.is_file():
-            raise FileNotFoundError(f"--resume: {path} not found; is {self.out} a run directory?")
-        return json.loads(path.read_text())
+            raise RunFolderError(f"{self.out} is not a run folder (no config.json in it)")
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RunFolderError(f"{path} cannot be read ({err}); the file is corrupt") from None
+        if not isinstance(config, dict):
+            raise RunFolderError(
+                f"{path} cannot be read: expected a JSON object, got {type(config).__name__}"
+            )
+        return config
 
     def log(self, record: dict[str, Any]) -> None:
         """Append one JSON line to metrics.jsonl (flushed and synced: a crash keeps it)."""
@@ -86,7 +115,8 @@ class Run:
         atomic_write_bytes(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept).encode())
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        """torch.save to a temporary file, fsync, then rename over checkpoint.pt."""
+        """torch.save to a temporary file, fsync, then rename over checkpoint.pt; the one it replaces
+        becomes checkpoint.prev.pt (a hard link, so checkpoint.pt is never missing)."""
         if self.rank != 0:
             return
         tmp = self.checkpoint_path.with_name("checkpoint.pt.tmp")
@@ -94,12 +124,34 @@ class Run:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        if self.checkpoint_path.is_file():
+            previous = self.previous_checkpoint_path.with_name("checkpoint.prev.pt.tmp")
+            previous.unlink(missing_ok=True)
+            try:
+                os.link(self.checkpoint_path, previous)
+            except OSError:  # a file system without hard links
+                shutil.copy2(self.checkpoint_path, previous)
+            os.replace(previous, self.previous_checkpoint_path)
         os.replace(tmp, self.checkpoint_path)
 
     def load_checkpoint(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
+        """The last checkpoint, or None where the run has none yet; `CheckpointError` when it
+        cannot be read."""
         if not self.checkpoint_path.is_file():
             return None
-        return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+        try:
+            return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+        except Exception as err:  # torch.load: RuntimeError, EOFError, UnpicklingError, zip errors...
+            reason = f"{type(err).__name__}: {err}".splitlines()[0]
+            hint = (
+                f"the checkpoint before it is {self.previous_checkpoint_path}: move it over checkpoint.pt "
+                "to resume from one checkpoint earlier"
+                if self.previous_checkpoint_path.is_file()
+                else "no earlier checkpoint is kept: start the run again"
+            )
+            raise CheckpointError(
+                f"{self.checkpoint_path} cannot be read ({reason}): the file is corrupt; {hint}"
+            ) from None
 
     def resume(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnkit._checks import ArgumentError, check_at_least, check_choice
 from rnnkit.modules import GRUCell, LSTMCell, RNNCell
 from rnnkit.plotting import pyplot
 from rnnkit.train.run import (
@@ -45,6 +46,24 @@ class SineConfig:
     seed: int = 0
     backend: str = "auto"
     device: str = "cpu"
+
+    def validate(self, argument: str = "cell") -> None:
+        """Raise `ArgumentError` naming the first bad setting (the cell under ``argument``: "cell", or
+        "compare" for a list of cells)."""
+        check_choice(argument, self.cell, tuple(CELLS))
+        for name in ("epochs", "hidden", "waves", "length", "future"):
+            check_at_least(name, getattr(self, name), 1)
+        if self.waves < 4:
+            raise ArgumentError("waves", f"expected at least 4 (3 are the test set), got {self.waves}")
+        if self.window and not 2 <= self.window <= self.length:
+            raise ArgumentError(
+                "window", f"expected 0 (the whole waves) or 2 to {self.length} steps, got {self.window}"
+            )
+        check_at_least("window", self.window, 0, f"0 (the whole waves) or 2 to {self.length} steps")
+        if not self.lr > 0:
+            raise ArgumentError("lr", f"expected a positive learning rate, got {self.lr}")
+        if not self.noise >= 0:
+            raise ArgumentError("noise", f"expected a non-negative standard deviation, got {self.noise}")
 
 
 def make_waves(cfg: SineConfig) -> torch.Tensor:

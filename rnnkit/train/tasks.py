@@ -35,8 +35,21 @@ def _split(n: int, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     return order[n_val:], order[:n_val]
 
 
-def _limit(indices: torch.Tensor, limit: int | None) -> torch.Tensor:
-    return indices if not limit else indices[:limit]
+def _limit(indices: torch.Tensor, labels: torch.Tensor, limit: int | None) -> torch.Tensor:
+    """At most ``limit`` of ``indices``: a seeded random subset with each class in its share of the
+    split (largest remainders fill what rounding leaves), so that a limited split is never one class."""
+    if limit is None or limit >= len(indices):
+        return indices
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    shuffled = indices[torch.randperm(len(indices), generator=g)]
+    classes, counts = torch.unique(labels[shuffled], return_counts=True)
+    share = counts.double() * limit / len(indices)
+    take = share.floor().long()
+    for c in torch.argsort(share - take, descending=True)[: limit - int(take.sum())]:
+        take[c] += 1
+    of = labels[shuffled]
+    chosen = torch.cat([shuffled[of == c][:n] for c, n in zip(classes.tolist(), take.tolist(), strict=True)])
+    return chosen[torch.randperm(len(chosen), generator=g)]
 
 
 class Task:
@@ -102,9 +115,9 @@ class MNISTTask(_IndexedTask):
         n_train = len(train_images)
         train, val = _split(n_train, cfg.val_fraction)
         self.splits = {
-            "train": _limit(train, cfg.limit),
-            "val": _limit(val, cfg.limit),
-            "test": _limit(torch.arange(n_train, len(images)), cfg.limit),
+            "train": _limit(train, self.labels, cfg.limit),
+            "val": _limit(val, self.labels, cfg.limit),
+            "test": _limit(torch.arange(n_train, len(images)), self.labels, cfg.limit),
         }
         pixels = images.flatten(1)  # [N, 784]
         self.permutation = None
@@ -143,9 +156,9 @@ class IMDBTask(_IndexedTask):
         )
         self.ids, self.lengths = encode(tokens, self.vocab, cfg.max_len)  # [N, max_len], [N]
         self.splits = {
-            "train": _limit(train, cfg.limit),
-            "val": _limit(val, cfg.limit),
-            "test": _limit(torch.arange(n_train, len(texts)), cfg.limit),
+            "train": _limit(train, self.labels, cfg.limit),
+            "val": _limit(val, self.labels, cfg.limit),
+            "test": _limit(torch.arange(n_train, len(texts)), self.labels, cfg.limit),
         }
         cut = float((torch.tensor([len(t) for t in tokens]) > cfg.max_len).float().mean())
         return {
