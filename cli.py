@@ -1,6 +1,8 @@
-"""rnnkit's command line: parses arguments and renders; every number comes from the library.
+"""rnnkit: train RNN, LSTM and GRU models, see how their gradient flows back through time, and time
+rnnkit's layers against torch.nn's.
 
-python cli.py check        # rnnkit's layers against torch.nn on this machine
+This file parses the command line and renders what the library computes; every number comes from a
+library call that a test can make too.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from rnnkit._checks import ArgumentError, check_output_path
 
 
 def _check(args: argparse.Namespace, console: Console) -> int:
-    from rnnkit.check import compare_with_torch
+    from rnnkit.parity import compare_with_torch
 
     with console.status("running rnnkit and torch.nn forward and backward..."):
         results = compare_with_torch(
@@ -173,6 +175,57 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _resources(args: argparse.Namespace, console: Console) -> int:
+    import torch
+    from rich.progress import track
+
+    from kernels.resources import SM90_SMS, cell_launches, compile_resources, ptxas_available
+    from rnnkit import bench
+
+    if not ptxas_available():
+        raise ArgumentError("capability", "Triton's CUDA backend (its ptxas) is not installed here")
+    if args.cell or args.B or args.H:
+        if not (args.cell and args.B and args.H):
+            raise ArgumentError("cell", "--cell, -B and -H go together")
+        shapes = [("", args.cell, args.B, args.H, args.dtype)]
+    else:
+        shapes = [(r.name, r.cell, r.B, r.H, r.dtype) for r in bench.DEFAULT_ROWS]
+    table = Table(title=f"Recurrent kernels compiled for sm_{args.capability} (Triton and ptxas, no GPU)")
+    columns = ("shape", "cell", "B", "H", "dtype", "kernel", "BB/BH", "warps", "regs", "spills (B)", "smem",
+               "programs", "per SM", "co-resident", "tensor-core ops")  # fmt: skip
+    for column in columns:
+        table.add_column(
+            column, justify="left" if column in ("shape", "cell", "dtype", "kernel") else "right"
+        )
+    work = [
+        (shape, launch)
+        for shape in shapes
+        for launch in cell_launches(
+            shape[1],
+            shape[2],
+            shape[3],
+            dtype=getattr(torch, shape[4]),
+            proj_size=args.proj_size,
+            precision=args.precision,
+        )
+    ]
+    for (name, cell, B, H, dtype), launch in track(work, description="compiling", transient=True):
+        r = compile_resources(launch, args.capability)
+        m = dict(r.meta)
+        table.add_row(
+            name, cell, str(B), str(H), dtype, r.kernel.strip("_"), f"{m['BB']}/{m['BH']}", str(r.num_warps),
+            str(r.registers), f"[red]{r.spill_stores}/{r.spill_loads}[/]" if r.spills else "0",
+            f"{r.shared // 1024} KiB", str(r.programs), str(r.per_sm),
+            "yes" if r.coresident(args.sms or SM90_SMS) else "[red]no[/]", str(r.tensor_core_ops),
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"fp32 products: {args.precision}. Co-resident: every program of the launch on the device's SMs at "
+        "once, which the split kernels' barrier needs (the other kernels do not wait for each other)."
+    )
+    return 0
+
+
 def _train_table(title: str, rows: list[dict], metric: str) -> Table:
     table = Table(title=title)
     known = ("epoch", "train_loss", f"train_{metric}", "val_loss", f"val_{metric}", "test_loss",
@@ -321,7 +374,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="rnnkit", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="rnnkit", description=__doc__.split("\n\n")[0].replace("\n", " "))
     sub = parser.add_subparsers(dest="command", required=True)
     flow = sub.add_parser("gradflow", help="how far the gradient travels back through time, per model")
     flow.add_argument("--seq-len", type=int, default=500, help="steps from the first input to the loss")
@@ -344,7 +397,19 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--seed", type=int, default=0)
     flow.add_argument("--out", default="runs/gradflow", help="folder for gradflow.json and gradflow.png")
     flow.set_defaults(run=_gradflow)
-    t = sub.add_parser("train", help="train on sine, mnist, imdb, adding or copy; checkpoints, resume")
+    from rnnkit.train import TASK_DEFAULTS
+
+    defaults = "\n".join(
+        f"  {task:7} " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
+        for task, settings in TASK_DEFAULTS.items()
+    )
+    t = sub.add_parser(
+        "train", help="train on sine, mnist, imdb, adding or copy; checkpoints, resume",
+        description="Train a model on one task; a run folder keeps its settings, metrics, plots and "
+        "checkpoints, and --resume continues it exactly where it stopped.",
+        epilog=f"each task's defaults (where an option is not given):\n{defaults}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     # no defaults here: the library's (rnnkit.train.config) apply to what is not given, and a resumed
     # run refuses what it would not use
     t.add_argument("--task", choices=("sine", "mnist", "imdb", "adding", "copy"), help="default: sine")
@@ -424,6 +489,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="write the results as JSON here")
     b.add_argument("--markdown", help="append a Markdown section (machine header, table, targets) here")
     b.set_defaults(run=_bench)
+    res = sub.add_parser(
+        "resources", help="registers, spills, shared memory and tensor-core use of every kernel, compiled "
+        "for an H100/H200 without a GPU",
+    )  # fmt: skip
+    res.add_argument("--cell", choices=("rnn", "rnn_relu", "lstm", "gru"))
+    res.add_argument("-B", type=int, help="batch (with --cell and -H; default: the benchmark's shapes)")
+    res.add_argument("-H", type=int, help="hidden size")
+    res.add_argument("--proj-size", dest="proj_size", type=int, default=0)
+    res.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    res.add_argument("--capability", type=int, default=90, help="CUDA compute capability (90: H100, H200)")
+    res.add_argument(
+        "--precision", default="tf32", choices=("tf32", "ieee"), help="fp32 products (default tf32)"
+    )
+    res.add_argument("--sms", type=int, help="the device's SMs, for co-residency (default: 132)")
+    res.set_defaults(run=_resources)
     check = sub.add_parser("check", help="compare rnnkit's layers with torch.nn (outputs and gradients)")
     check.add_argument("--layers", default="RNN,LSTM,GRU", help="comma-separated: RNN,LSTM,GRU")
     check.add_argument("--seq-len", type=int, default=50)

@@ -16,7 +16,7 @@ from diagnostics.weights import global_grad_norm, weight_statistics
 from rnnkit._checks import ArgumentError, check_at_least, check_choice, check_where
 from rnnkit.init import INITS, initialize
 from rnnkit.models import CELLS, SequenceModel
-from rnnkit.tasks import SequenceBatch, SyntheticTask, get_task
+from rnnkit.synthetic import SequenceBatch, SyntheticTask, get_task
 
 
 @dataclass(frozen=True)

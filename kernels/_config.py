@@ -17,8 +17,10 @@ Three paths, all persistent (one launch runs the whole time loop), chosen here f
   of last resort, and the interpreter's for H > 32.
 
 Block sizes come from the shapes; under the interpreter one configuration (autotuning needs a GPU
-driver). `python -m kernels.resources` compiles these launches for an H100 and reports registers,
-spills and shared memory (tested: the configurations chosen here do not spill).
+driver). `python cli.py resources` compiles these launches for an H100 and reports registers,
+spills, shared memory, co-residency and tensor-core use; `tests/test_resources.py` checks, for the
+benchmark's shapes and the resident path's limits, that what is chosen here compiles, does not spill
+and runs its products on tensor cores.
 """
 
 from __future__ import annotations

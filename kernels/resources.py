@@ -5,9 +5,7 @@ thread needs. That is the question the kernel design turns on (does a program's 
 included, stay on chip?), so the launch settings are checked against it here; speed still needs a
 GPU. The launchers run on ``device="meta"`` tensors inside `kernels._config.capture_launches`, so
 the report compiles exactly the launches a real call would make (block sizes, flags, dtypes).
-
-    python -m kernels.resources                      # the benchmark shapes, sm_90 (H100)
-    python -m kernels.resources --cell lstm -B 32 -H 128 --dtype bfloat16
+``python cli.py resources`` prints it for the benchmark's shapes (or ``--cell lstm -B 32 -H 128``).
 
 Differences from a real launch, all small: ints are typed i32 and marked divisible by 16 when they
 are (as Triton's JIT does), pointers are taken as 16-byte aligned (true of fresh torch tensors),
@@ -16,7 +14,6 @@ and the Triton version here may not be the GPU machine's.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import re
@@ -221,72 +218,3 @@ def cell_launches(
             out = gru.gru_fwd(gx, w_hh, torch.empty(D, H, **meta), precision=precision)
             gru.gru_bwd(out.y, None, w_hh, None, out.y, out.gates, out.ghn, precision=precision)
     return launches
-
-
-def _shapes_from_bench() -> list[tuple[str, str, int, int, torch.dtype]]:
-    from rnnkit.bench import DEFAULT_ROWS
-
-    return [(r.name, r.cell, r.B, r.H, getattr(torch, r.dtype)) for r in DEFAULT_ROWS]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernels.resources", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cell", choices=("rnn", "rnn_relu", "lstm", "gru"))
-    parser.add_argument("-B", type=int, help="batch")
-    parser.add_argument("-H", type=int, help="hidden size")
-    parser.add_argument("--proj-size", type=int, default=0)
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    parser.add_argument("--capability", type=int, default=90, help="CUDA compute capability (90: H100, H200)")
-    parser.add_argument(
-        "--precision",
-        default="tf32",
-        choices=("tf32", "ieee"),
-        help="fp32 products (torch.nn's default: tf32)",
-    )
-    parser.add_argument("--sms", type=int, default=SM90_SMS, help="the device's SMs, for co-residency")
-    args = parser.parse_args(argv)
-
-    from rich.console import Console
-    from rich.progress import track
-    from rich.table import Table
-
-    if args.cell or args.B or args.H:
-        if not (args.cell and args.B and args.H):
-            parser.error("--cell, -B and -H go together")
-        shapes = [("", args.cell, args.B, args.H, getattr(torch, args.dtype))]
-    else:
-        shapes = _shapes_from_bench()
-    table = Table(title=f"Recurrent kernels compiled for sm_{args.capability} (ptxas -v, no GPU)")
-    columns = ("shape", "cell", "B", "H", "dtype", "kernel", "BB/BH", "warps", "regs", "spills (B)", "smem",
-               "programs", "per SM", "co-resident", "tensor-core ops")  # fmt: skip
-    for column in columns:
-        table.add_column(
-            column, justify="left" if column in ("shape", "cell", "dtype", "kernel") else "right"
-        )
-    work = [
-        (s, launch)
-        for s in shapes
-        for launch in cell_launches(
-            s[1], s[2], s[3], dtype=s[4], proj_size=args.proj_size, precision=args.precision
-        )
-    ]
-    for (name, cell, B, H, dtype), launch in track(work, description="compiling", transient=True):
-        r = compile_resources(launch, args.capability)
-        m = dict(r.meta)
-        table.add_row(
-            name, cell, str(B), str(H), str(dtype).removeprefix("torch."), r.kernel.strip("_"),
-            f"{m['BB']}/{m['BH']}", str(r.num_warps), str(r.registers),
-            f"[red]{r.spill_stores}/{r.spill_loads}[/]" if r.spills else "0", f"{r.shared // 1024} KiB",
-            str(r.programs), str(r.per_sm), "yes" if r.coresident(args.sms) else "[red]no[/]",
-            str(r.tensor_core_ops),
-        )  # fmt: skip
-    Console().print(table)
-    Console().print(
-        f"fp32 products: {args.precision}. Co-resident: every program of the launch on {args.sms} SMs at "
-        "once, which the split kernels' grid barrier needs (the others do not wait for each other)."
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -63,7 +63,7 @@ from kernels._tiles import (
 
 # the CELL constexpr of the kernels (globals a kernel reads must be constexprs)
 RNN_TANH, RNN_RELU, LSTM, GRU = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
-CELLS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
+CELL_IDS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 
@@ -414,7 +414,7 @@ def split_forward(
         keeps them; None where not.
     """
     T, B, D, GH = gx.shape
-    CELL, NG = CELLS[cell], GATES[cell]
+    CELL, NG = CELL_IDS[cell], GATES[cell]
     H, P = GH // NG, w_hh.shape[2]
     f32 = torch.float32
     saves = training and cell in ("lstm", "gru")
@@ -475,7 +475,7 @@ def split_backward(
     """
     like = y if y is not None else gates
     T, B, D = like.shape[:3]
-    CELL, NG = CELLS[cell], GATES[cell]
+    CELL, NG = CELL_IDS[cell], GATES[cell]
     H, P = w_hh.shape[1] // NG, w_hh.shape[2]
     f32 = torch.float32
     keep_dh = record or w_hr is not None

@@ -10,7 +10,7 @@ return values) with an extra ``backend`` keyword:
 
 from rnnkit import functional
 from rnnkit.autograd import StepGradients
-from rnnkit.backends import BackendUnavailableError, backend_name, resolve_backend, triton_available
+from rnnkit.backends import BackendUnavailableError, backend_name, triton_available
 from rnnkit.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __all__ = [
@@ -24,7 +24,6 @@ __all__ = [
     "StepGradients",
     "backend_name",
     "functional",
-    "resolve_backend",
     "triton_available",
 ]
 __version__ = "0.1.0"

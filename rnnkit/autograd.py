@@ -6,9 +6,14 @@ gradients are large matrix products over all steps at once (deterministic, no at
     dW_hr[d] = Σ_{t,b} dh[t, b, d]ᵀ (o ⊙ tanh c)[t, b, d]      (LSTM with proj_size)
 
 The formulas are registered on the forward ops (`torch.library.register_autograd`), so eager
-autograd, `torch.compile` and `torch.export` all use them. Recording the per-step gradients
-(`StepGradients`) is eager-only: the hook of the op call in progress is picked up by
-`setup_context` (see `recording_into`) and called during backward.
+autograd, `torch.compile` and `torch.export` all use them.
+
+The per-step record, the whole contract in this module. An operator's arguments are tensors and
+numbers, so the `StepRecord` of a call cannot be one: `rnnkit.functional` calls the forward op inside
+`recording_into(record)`, the op's `setup_context` takes the record from that block (a thread-local
+slot, read nowhere else) into its ctx, and its backward calls ``record(StepGradients)`` if
+``record.active`` is true then; a plain callable is always active. Eager only: a compiled graph has
+no Python to call in its backward.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -39,26 +45,43 @@ class StepGradients:
     lengths: torch.Tensor | None
 
 
-StepGradientsHook = Callable[[StepGradients], None]
+@runtime_checkable
+class StepRecord(Protocol):
+    """What receives a layer's `StepGradients` in backward. ``active`` is asked then, not at forward
+    time: a recorder may start between a forward and its backward (a layer's record is active while it
+    has hooks registered)."""
 
-_pending = threading.local()
+    active: bool
+
+    def __call__(self, grads: StepGradients) -> None: ...
+
+
+StepGradientsHook = StepRecord | Callable[[StepGradients], None]
+
+_pending = threading.local()  # the record of the forward op being called; see the module docstring
 
 
 @contextlib.contextmanager
-def recording_into(hook: StepGradientsHook | None) -> Iterator[None]:
-    """The forward op called inside this block hands its backward's `StepGradients` to ``hook``."""
-    _pending.hook = hook
+def recording_into(record: StepGradientsHook | None) -> Iterator[None]:
+    """The forward op called inside this block hands its backward's `StepGradients` to ``record``."""
+    _pending.record = record
     try:
         yield
     finally:
-        _pending.hook = None
+        _pending.record = None
+
+
+def _record_of_call() -> StepGradientsHook | None:
+    # setup_context's half of the contract: the record of the op call in progress
+    return getattr(_pending, "record", None)
 
 
 def _recording(ctx) -> StepGradientsHook | None:
-    # the hook to call in this backward, if any: a hook with an ``active`` attribute is asked at
-    # backward time, so a recorder may start between forward and backward
-    hook = ctx.record
-    return hook if hook is not None and getattr(hook, "active", True) else None
+    # backward's half: the record, if it is active now
+    record = ctx.record
+    if record is None or (isinstance(record, StepRecord) and not record.active):
+        return None
+    return record
 
 
 def _only_needed(ctx, *grads):
@@ -80,7 +103,7 @@ def _setup(ctx, training: bool, precision: str, saved, saved_only) -> None:
     ctx.save_for_backward(*saved)
     ctx.mark_non_differentiable(*saved_only)
     ctx.set_materialize_grads(False)
-    ctx.record = getattr(_pending, "hook", None)
+    ctx.record = _record_of_call()
     ctx.device_type = saved[0].device.type
 
 

@@ -7,7 +7,8 @@
   ``auto`` would pick; an explicit ``backend=`` argument always wins.
 
 Every backend is a namespace with the functions of `kernels.reference` and the same
-signatures: ``rnn_fwd``, ``rnn_bwd``, ``lstm_fwd``, ``lstm_bwd``, ``gru_fwd``, ``gru_bwd``.
+signatures: ``rnn_fwd``, ``rnn_bwd``, ``lstm_fwd``, ``lstm_bwd``, ``gru_fwd``, ``gru_bwd``; `rnnkit.ops`
+registers them as operators, and `rnnkit.ops.operators_for` is the one lookup a call makes.
 """
 
 from __future__ import annotations
@@ -106,34 +107,3 @@ def backend_name(backend: str, device: torch.device, dtype: torch.dtype = torch.
         )
     triton_functions()  # a clear error where the kernels do not import
     return backend
-
-
-def resolve_backend(
-    backend: str, device: torch.device, dtype: torch.dtype = torch.float32
-) -> types.SimpleNamespace:
-    """The kernel functions that run tensors of ``dtype`` on ``device`` (see `backend_name`).
-
-    Returns:
-        A namespace with ``name`` and the six ``*_fwd`` / ``*_bwd`` functions of `kernels`
-        (plain functions, no autograd; `rnnkit.ops` wraps them as operators).
-
-    Example:
-        >>> resolve_backend("auto", torch.device("cpu")).name
-        'reference'
-    """
-    name = backend_name(backend, device, dtype)
-    return reference_functions() if name == "reference" else triton_functions()
-
-
-@torch.compiler.assume_constant_result
-def prepared_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """`backend_name`, with that backend's operators registered (`rnnkit.ops`).
-
-    A compiler calls it once while tracing and keeps the answer: a graph compiled for one backend
-    stays on it, whatever ``RNNKIT_BACKEND`` says later.
-    """
-    from rnnkit import ops
-
-    name = backend_name(backend, device, dtype)
-    ops.backend_ops(name)
-    return name

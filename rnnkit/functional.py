@@ -20,10 +20,9 @@ from collections.abc import Sequence
 
 import torch
 
-from rnnkit import ops as _ops
 from rnnkit._checks import check_floating, check_lengths, check_tensor
 from rnnkit.autograd import StepGradientsHook, no_autocast, recording_into
-from rnnkit.backends import prepared_backend
+from rnnkit.ops import operators_for
 
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
@@ -115,11 +114,6 @@ def _needs_graph(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def operators_for(backend: str, device: torch.device, dtype: torch.dtype):
-    """The operators (`rnnkit.ops`) of the backend that runs ``dtype`` on ``device``."""
-    return _ops.backend_ops(prepared_backend(backend, device, dtype))
-
-
 def _call(record: StepGradientsHook | None, op, *args):
     # the per-step record is eager-only: a compiled graph has no Python to call in its backward
     if record is None or torch.compiler.is_compiling():
@@ -157,6 +151,12 @@ def rnn(
         >>> gx = x @ w_ih.T + b_ih + b_hh           # x [T, B, I] -> [T, B, H]
         >>> y, h_n = rnn(gx[:, :, None], w_hh[None])
     """
+    training = _needs_graph(gx, w_hh, h0)
+    return _rnn(gx, w_hh, h0, lengths, nonlinearity, backend, precision, training, record)
+
+
+def _rnn(gx, w_hh, h0, lengths, nonlinearity, backend, precision, training, record):
+    # checks, then the operator: (y, h_n)
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
     B, D, H, _, lengths = _check_common(gx, w_hh, "rnn", None, lengths)
@@ -167,7 +167,6 @@ def rnn(
     ops = operators_for(backend, gx.device, gx.dtype)
     precision = _precision(precision, gx)
     with no_autocast(gx.device.type):
-        training = _needs_graph(gx, w_hh, h0)
         args = (*_dense(gx, w_hh, h0, lengths), nonlinearity, training, precision)
         return _call(record if training else None, ops.rnn_fwd, *args)
 
@@ -203,6 +202,13 @@ def lstm(
         >>> gx = (x @ w_ih.T + b_ih + b_hh).view(T, B, 1, 4 * H)
         >>> y, h_n, c_n = lstm(gx, w_hh[None])
     """
+    training = _needs_graph(gx, w_hh, h0, c0, w_hr)
+    y, h_n, c_n, _, _ = _lstm(gx, w_hh, h0, c0, w_hr, lengths, backend, precision, training, record)
+    return y, h_n, c_n
+
+
+def _lstm(gx, w_hh, h0, c0, w_hr, lengths, backend, precision, training, record):
+    # checks, then the operator: (y, h_n, c_n, gates, c_steps), the last two kept for backward
     P = None
     if w_hr is not None:
         if not isinstance(w_hr, torch.Tensor) or w_hr.dim() != 3:
@@ -218,14 +224,13 @@ def lstm(
     if c0 is not None:
         check_tensor("c0", c0, (D, B, H), "[D, B, H]", **like)
     if B == 0 or H == 0:
-        return _empty(gx, (gx.shape[0], B, D, P), (D, B, P), (D, B, H))
+        T = gx.shape[0]
+        return _empty(gx, (T, B, D, P), (D, B, P), (D, B, H), (T, B, D, 4 * H), (T, B, D, H))
     ops = operators_for(backend, gx.device, gx.dtype)
     precision = _precision(precision, gx)
     with no_autocast(gx.device.type):
-        training = _needs_graph(gx, w_hh, h0, c0, w_hr)
         args = (*_dense(gx, w_hh, h0, c0, w_hr, lengths), training, precision)
-        y, h_n, c_n, _, _ = _call(record if training else None, ops.lstm_fwd, *args)
-        return y, h_n, c_n
+        return _call(record if training else None, ops.lstm_fwd, *args)
 
 
 def gru(
@@ -256,6 +261,13 @@ def gru(
     Example:
         >>> y, h_n = gru(gx.view(T, B, 1, 3 * H), w_hh[None], b_hh[None, 2 * H :])
     """
+    training = _needs_graph(gx, w_hh, b_hn, h0)
+    y, h_n, _, _ = _gru(gx, w_hh, b_hn, h0, lengths, backend, precision, training, record)
+    return y, h_n
+
+
+def _gru(gx, w_hh, b_hn, h0, lengths, backend, precision, training, record):
+    # checks, then the operator: (y, h_n, gates, ghn), the last two kept for backward
     B, D, H, _, lengths = _check_common(gx, w_hh, "gru", None, lengths)
     like = {"dtype": gx.dtype, "device": gx.device}
     if b_hn is not None:
@@ -263,11 +275,42 @@ def gru(
     if h0 is not None:
         check_tensor("h0", h0, (D, B, H), "[D, B, H]", **like)
     if B == 0 or H == 0:
-        return _empty(gx, (gx.shape[0], B, D, H), (D, B, H))
+        T = gx.shape[0]
+        return _empty(gx, (T, B, D, H), (D, B, H), (T, B, D, 3 * H), (T, B, D, H))
     ops = operators_for(backend, gx.device, gx.dtype)
     precision = _precision(precision, gx)
     with no_autocast(gx.device.type):
-        training = _needs_graph(gx, w_hh, b_hn, h0)
         args = (*_dense(gx, w_hh, b_hn, h0, lengths), training, precision)
-        y, h_n, _, _ = _call(record if training else None, ops.gru_fwd, *args)
-        return y, h_n
+        return _call(record if training else None, ops.gru_fwd, *args)
+
+
+@torch.no_grad()
+def activations(
+    mode: str,
+    gx: torch.Tensor,
+    w_hh: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    c0: torch.Tensor | None = None,
+    *,
+    w_hr: torch.Tensor | None = None,
+    b_hn: torch.Tensor | None = None,
+    lengths: torch.Tensor | Sequence[int] | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One layer's forward with what its backward would keep: the gate activations, for diagnostics
+    (no graph). Arguments as `lstm`, `gru`, `rnn`; ``mode`` is torch.nn's ("LSTM", "GRU", "RNN_TANH",
+    "RNN_RELU").
+
+    Returns:
+        y [T, B, D, P]; the activated gates [T, B, D, G*H] (LSTM i, f, g, o; GRU r, z, n; None for
+        the RNN); the LSTM's c_t [T, B, D, H] (else None). Zero past each sequence's length.
+    """
+    if mode == "LSTM":
+        y, _, _, gates, cell = _lstm(gx, w_hh, h0, c0, w_hr, lengths, backend, None, True, None)
+        return y, gates, cell
+    if mode == "GRU":
+        y, _, gates, _ = _gru(gx, w_hh, b_hn, h0, lengths, backend, None, True, None)
+        return y, gates, None
+    nonlinearity = {"RNN_TANH": "tanh", "RNN_RELU": "relu"}[mode]
+    y, _ = _rnn(gx, w_hh, h0, lengths, nonlinearity, backend, None, True, None)
+    return y, None, None

@@ -23,7 +23,7 @@ from torch.utils.hooks import RemovableHandle
 
 from rnnkit import functional
 from rnnkit._checks import check_dtype_device, check_floating, check_lengths, check_tensor
-from rnnkit.autograd import StepGradients
+from rnnkit.autograd import StepGradients, StepRecord
 from rnnkit.backends import check_backend_name
 
 StepGradHook = Callable[[nn.Module, int, StepGradients], None]
@@ -107,12 +107,10 @@ def _check_pair(hx: object, layer: str) -> None:
         raise ValueError(f"hx: expected a tuple (h_0, c_0) of 2 tensors for the {layer}, got {len(hx)}")
 
 
-class _LayerRecord:
-    """Hands one layer's `StepGradients` to the module's step-gradient hooks.
-
-    ``active`` is read in backward: hooks registered after the forward still see that backward,
-    and with none registered the backward records nothing.
-    """
+class _LayerRecord(StepRecord):
+    """The `StepRecord` of one layer: hands its `StepGradients` to the module's step-gradient hooks;
+    active while any is registered (asked in backward: a hook registered after the forward still sees
+    that backward; with none the backward records nothing)."""
 
     def __init__(self, module: nn.Module, layer: int) -> None:
         self.module, self.layer = module, layer
@@ -274,31 +272,18 @@ class _RecurrentLayer(nn.RNNBase):
         x, h0, c0, lengths, _ = self._prepare(input, hx, lengths)
         T, B, _ = x.shape
         D = self._directions
-        ops = functional.operators_for(self.backend, x.device, x.dtype)
-        precision = functional.recurrent_precision(x.device, x.dtype)
         result = []
         layer_input = x
         for layer in range(self.num_layers):
             states = slice(layer * D, (layer + 1) * D)
-            h0_l = None if h0 is None else h0[states].contiguous()
             gx, b_hn = self._input_projection(layer, layer_input)
-            w_hh = _stack(self._params(layer, "weight_hh", layer_input.dtype))
-            if self.mode == "LSTM":
-                w_hr = (
-                    _stack(self._params(layer, "weight_hr", layer_input.dtype))
-                    if self.proj_size > 0
-                    else None
-                )
-                c0_l = None if c0 is None else c0[states].contiguous()
-                y, _, _, gates, c_steps = ops.lstm_fwd(gx, w_hh, h0_l, c0_l, w_hr, lengths, True, precision)
-                acts = LayerActivations(layer, gates, c_steps, y, lengths)
-            elif self.mode == "GRU":
-                y, _, gates, _ = ops.gru_fwd(gx, w_hh, b_hn, h0_l, lengths, True, precision)
-                acts = LayerActivations(layer, gates, None, y, lengths)
-            else:
-                nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
-                y, _ = ops.rnn_fwd(gx, w_hh, h0_l, lengths, nonlinearity, True, precision)
-                acts = LayerActivations(layer, None, None, y, lengths)
+            y, gates, cell = functional.activations(
+                self.mode, gx, _stack(self._params(layer, "weight_hh", x.dtype)),
+                None if h0 is None else h0[states], None if c0 is None else c0[states],
+                w_hr=_stack(self._params(layer, "weight_hr", x.dtype)) if self.proj_size > 0 else None,
+                b_hn=b_hn, lengths=lengths, backend=self.backend,
+            )  # fmt: skip
+            acts = LayerActivations(layer, gates, cell, y, lengths)
             result.append(acts)
             layer_input = acts.y.reshape(T, B, D * self._width)
         return result

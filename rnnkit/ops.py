@@ -23,7 +23,6 @@ from torch import Tensor
 from rnnkit import autograd, backends
 
 NAMESPACE = "rnnkit"
-CELLS = ("rnn", "lstm", "gru")
 
 
 def _nothing(like: Tensor) -> Tensor:
@@ -241,12 +240,33 @@ def _register(backend: str, fns: SimpleNamespace) -> SimpleNamespace:
             op = torch.library.custom_op(name, fn, mutates_args=())
             op.register_fake(_FAKES[kind])
         ops[kind] = op
-    for cell in CELLS:
+    for cell in ("rnn", "lstm", "gru"):
         autograd.register(ops[f"{cell}_fwd"], ops[f"{cell}_bwd"], cell)
     return SimpleNamespace(name=backend, **ops)
 
 
 _REGISTERED: dict[str, SimpleNamespace] = {}
+
+
+@torch.compiler.assume_constant_result
+def _registered(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    # `backends.backend_name`, with that backend's operators registered: a compiler calls this once
+    # while tracing and keeps the answer (a graph compiled for one backend stays on it, whatever
+    # RNNKIT_BACKEND says later), so no operator is registered inside a trace
+    name = backends.backend_name(backend, device, dtype)
+    backend_ops(name)
+    return name
+
+
+def operators_for(backend: str, device: torch.device, dtype: torch.dtype) -> SimpleNamespace:
+    """The operators of the backend that runs tensors of ``dtype`` on ``device``: the one backend
+    lookup of a call (see `rnnkit.backends.backend_name` for the rules).
+
+    Example:
+        >>> operators_for("auto", torch.device("cpu"), torch.float32).name
+        'reference'
+    """
+    return backend_ops(_registered(backend, device, dtype))
 
 
 def backend_ops(backend: str) -> SimpleNamespace:

@@ -6,25 +6,25 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.backends import BackendUnavailableError, resolve_backend
+from rnnkit.backends import BackendUnavailableError, backend_name, reference_functions
 
 cpu = torch.device("cpu")
 
 
 def test_auto_picks_reference_on_cpu(monkeypatch):
     monkeypatch.delenv("RNNKIT_BACKEND", raising=False)
-    assert resolve_backend("auto", cpu).name == "reference"
+    assert backend_name("auto", cpu) == "reference"
 
 
 def test_env_overrides_auto_only(monkeypatch):
     monkeypatch.setenv("RNNKIT_BACKEND", "reference")
-    assert resolve_backend("auto", cpu).name == "reference"
+    assert backend_name("auto", cpu) == "reference"
     monkeypatch.setenv("RNNKIT_BACKEND", "fastest")
     with pytest.raises(
         ValueError, match=r"RNNKIT_BACKEND: expected one of 'auto', 'triton', 'reference', got 'fastest'"
     ):
-        resolve_backend("auto", cpu)
-    assert resolve_backend("reference", cpu).name == "reference"  # an explicit argument wins
+        backend_name("auto", cpu)
+    assert backend_name("reference", cpu) == "reference"  # an explicit argument wins
 
 
 def test_unknown_backend_named_in_constructor():
@@ -39,7 +39,7 @@ def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
 
 
 def test_reference_backend_has_every_function():
-    ops = resolve_backend("reference", cpu)
+    ops = reference_functions()
     for name in ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd"):
         assert callable(getattr(ops, name))
 
@@ -49,5 +49,5 @@ def test_float64_never_runs_on_triton(monkeypatch):
     with pytest.raises(
         BackendUnavailableError, match=r"backend 'triton' computes in float32.*got torch.float64"
     ):
-        resolve_backend("triton", cpu, torch.float64)
-    assert resolve_backend("auto", torch.device("cuda"), torch.float64).name == "reference"
+        backend_name("triton", cpu, torch.float64)
+    assert backend_name("auto", torch.device("cuda"), torch.float64) == "reference"

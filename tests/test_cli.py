@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rnnkit.check import compare_with_torch
+from rnnkit.parity import compare_with_torch
 
 ROOT = Path(__file__).resolve().parents[1]
 

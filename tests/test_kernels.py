@@ -12,59 +12,13 @@ import torch
 from kernels import reference
 from kernels._config import KernelPathError
 from tests._data import shared_data
-from tests._testing import assert_close
+from tests._testing import DEVICE, assert_close, compare_outputs, kernel_module, make_inputs, run_backward
 
 pytestmark = pytest.mark.interpreter
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "lstm_proj", "gru"]
 # (T, B, H): T in {1, 7}, B in {1, 5, 17}, H in {1, 51, 64, 100}: below, at and above a tile
 SHAPES = [(1, 1, 1), (7, 5, 51), (7, 17, 64), (7, 1, 100), (1, 17, 51)]
-
-
-def kernel_module(cell: str):
-    from kernels import gru, lstm, rnn
-
-    return {"rnn": rnn, "lstm": lstm, "gru": gru}[cell.split("_")[0]]
-
-
-def make_inputs(cell, T, B, D, H, *, with_state, with_lengths, dtype=torch.float32):
-    """Forward arguments (positional, keyword) of <cell>_fwd, and the upstream gradients."""
-    P = max(1, H // 2) if cell == "lstm_proj" and H > 1 else H
-    G = {"rnn": 1, "lstm": 4, "gru": 3}[cell.split("_")[0]]
-    kw = {"device": DEVICE, "dtype": dtype}
-    gx = torch.randn(T, B, D, G * H, **kw)
-    w_hh = (torch.randn(D, G * H, P, **kw) / P**0.5).to(dtype)
-    h0 = torch.randn(D, B, P, **kw) if with_state else None
-    lengths = None
-    if with_lengths:
-        lengths = torch.randint(1, T + 1, (B,), device=DEVICE)
-        lengths[0] = T
-    upstream = {
-        "dy": torch.randn(T, B, D, P, **kw),
-        "dh_n": torch.randn(D, B, P, **kw),
-        "dc_n": torch.randn(D, B, H, **kw),
-    }
-    if cell.startswith("rnn"):
-        return (gx, w_hh, h0, lengths), {"nonlinearity": cell[4:]}, upstream
-    if cell == "gru":
-        return (gx, w_hh, torch.randn(D, H, **kw), h0, lengths), {}, upstream
-    c0 = torch.randn(D, B, H, **kw) if with_state else None
-    w_hr = (torch.randn(D, P, H, **kw) / H**0.5).to(dtype) if P != H else None
-    return (gx, w_hh, h0, c0, w_hr, lengths), {}, upstream
-
-
-def run_backward(module, cell, args, kwargs, fwd, upstream, record):
-    name = cell.split("_")[0]
-    bwd = getattr(module, f"{name}_bwd")
-    lengths = args[-1]
-    dy, dh_n = upstream["dy"], upstream["dh_n"]
-    if name == "rnn":
-        return bwd(dy, dh_n, fwd.y, args[1], lengths, record=record, **kwargs)
-    if name == "gru":
-        return bwd(dy, dh_n, args[1], args[3], fwd.y, fwd.gates, fwd.ghn, lengths, record=record)
-    _, w_hh, _, c0, w_hr, _ = args
-    return bwd(dy, dh_n, upstream["dc_n"], w_hh, w_hr, c0, fwd.gates, fwd.c_steps, lengths, record=record)
 
 
 def resident_refused(kernel_path, cell, B, H, *, backward) -> bool:
@@ -80,15 +34,6 @@ def resident_refused(kernel_path, cell, B, H, *, backward) -> bool:
     except KernelPathError:
         return True
     return False
-
-
-def compare_outputs(prefix, ours, theirs, dtype):
-    for name, a, b in zip(theirs._fields, ours, theirs, strict=True):
-        if b is None:
-            assert a is None, f"{prefix}{name}: the kernel returned a tensor where the reference has None"
-            continue
-        assert a.dtype == b.dtype, f"{prefix}{name}: dtype {a.dtype}, reference {b.dtype}"
-        assert_close(f"{prefix}{name}", a, b, dtype)
 
 
 @pytest.fixture(params=["resident", "split", "streamed"])

@@ -9,8 +9,7 @@ from torch import nn
 
 import rnnkit
 from kernels import reference
-from tests._testing import assert_close
-from tests.test_kernels import compare_outputs, kernel_module, make_inputs, run_backward
+from tests._testing import assert_close, compare_outputs, kernel_module, make_inputs, run_backward
 
 pytestmark = pytest.mark.cuda
 

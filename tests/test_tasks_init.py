@@ -10,7 +10,7 @@ import torch
 import rnnkit
 from rnnkit.init import initialize
 from rnnkit.models import SequenceModel
-from rnnkit.tasks import get_task
+from rnnkit.synthetic import get_task
 
 
 def test_adding_task_target_is_the_marked_sum():

@@ -170,6 +170,113 @@ def _diagnose(model: nn.Module, step: int, run: Run, loss_fn: Callable[[], torch
     return loss
 
 
+class _Training:
+    """One run of the loop: the model, the optimizer, where the run stands, and its steps."""
+
+    def __init__(self, task: Task, cfg: TrainConfig, run: Run, progress: Progress) -> None:
+        self.task, self.cfg, self.run, self.progress = task, cfg, run, progress
+        self.device = torch.device(cfg.device)
+        self.rank, self.world = _distributed()
+        seed_everything(cfg.seed)
+        self.model = task.build_model(cfg).to(self.device)
+        self.trained = self.model  # what the training steps run: DDP and torch.compile wrap it
+        if self.world > 1:
+            self.trained = nn.parallel.DistributedDataParallel(self.model)
+        if cfg.compile:  # the training steps only: evaluation runs the model as it is
+            self.trained = torch.compile(self.trained)
+        self.optimizer = make_optimizer(cfg, self.model.parameters())
+        self.start_epoch = self.start_batch = self.step = 0
+
+    def resume(self) -> None:
+        checkpoint = self.run.resume(self.model, self.optimizer, self.device)
+        if checkpoint is not None:
+            self.start_epoch, self.start_batch = checkpoint["epoch"], checkpoint["batch"]
+            self.step = checkpoint["step"]
+
+    def save(self, epoch: int, batch: int) -> None:
+        self.run.save_checkpoint(
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
+             "epoch": epoch, "batch": batch, "step": self.step, "config": asdict(self.cfg)}
+        )  # fmt: skip
+
+    def train_step(self, batch: Batch, where: tuple[int, int]) -> tuple[float, float, int, float | None]:
+        """One optimizer step: (loss, summed metric, its count, the gradient norm when clipped)."""
+        cfg, optimizer, stats = self.cfg, self.optimizer, {}
+
+        def loss_fn() -> torch.Tensor:
+            loss, metric, n = self.task.score(self.trained(batch.inputs, batch.lengths), batch)
+            stats.update(metric=metric, count=n)
+            return loss
+
+        optimizer.zero_grad(set_to_none=True)
+        if cfg.optimizer == "lbfgs":
+
+            def closure():
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn()
+                loss.backward()
+                return loss
+
+            value = optimizer.step(closure).item()
+        else:
+            if cfg.diagnose and self.step % cfg.diagnose == 0:
+                loss = _diagnose(self.trained, self.step, self.run, loss_fn)
+            else:
+                loss = loss_fn()
+                loss.backward()
+            value = loss.item()
+        if not math.isfinite(value):  # before a first-order step could spread it to the weights
+            raise TrainingDivergedError(_diverged_message(value, *where, self.step, self.run))
+        grad_norm = None
+        if cfg.optimizer != "lbfgs":
+            if cfg.clip is not None:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip))
+            optimizer.step()
+        self.step += 1
+        return value, stats["metric"], stats["count"], grad_norm
+
+    def run_epoch(self, epoch: int, stop: StopRequest) -> bool:
+        """Train one epoch (from where a resumed run stopped), evaluate, checkpoint; False when a
+        stop was requested (the run is saved where it stopped)."""
+        task, cfg = self.task, self.cfg
+        keys = task.train_keys(epoch, cfg.batch_size, cfg.seed)
+        first = self.start_batch if epoch == self.start_epoch else 0
+        self.progress.on_epoch_start(epoch, len(keys) - first)
+        started = time.perf_counter()
+        total_loss = total_metric = total_count = 0.0
+        for b in range(first, len(keys)):
+            batch = _shard(task.load("train", keys[b], self.device), self.rank, self.world)
+            value, metric, count, grad_norm = self.train_step(batch, (epoch, b))
+            total_loss, total_metric, total_count = (
+                total_loss + value,
+                total_metric + metric,
+                total_count + count,
+            )
+            record = {"kind": "step", "step": self.step, "epoch": epoch, "loss": value,
+                      task.metric: metric / max(count, 1)}  # fmt: skip
+            if grad_norm is not None:
+                record["grad_norm"] = grad_norm
+            if self.step % cfg.log_every == 0:
+                self.run.log(record)
+            self.progress.on_step(record)
+            if stop.requested:
+                self.save(epoch, b + 1)
+                self.run.log({"kind": "interrupted", "step": self.step, "epoch": epoch})
+                return False
+            if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                self.save(epoch, b + 1)
+        summary = {"kind": "epoch", "step": self.step, "epoch": epoch,
+                   "train_loss": total_loss / max(len(keys) - first, 1),
+                   f"train_{task.metric}": total_metric / max(total_count, 1),
+                   "seconds": time.perf_counter() - started}  # fmt: skip
+        if task.eval_keys("val", cfg.batch_size):
+            summary.update(evaluate(task, self.model, "val", cfg, self.device))
+        self.run.log(summary)
+        self.save(epoch + 1, 0)
+        self.progress.on_epoch_end(summary)
+        return True
+
+
 def fit(
     task: Task, cfg: TrainConfig, run: Run, *, resume: bool = False, progress: Progress | None = None
 ) -> dict[str, Any]:
@@ -180,95 +287,18 @@ def fit(
         when finished}. Raises `TrainingDivergedError` on a NaN or infinite loss.
     """
     cfg.validate()
-    progress = progress or Progress()
-    device = torch.device(cfg.device)
-    rank, world = _distributed()
-    seed_everything(cfg.seed)
-    model = task.build_model(cfg).to(device)
-    trained = model
-    if world > 1:
-        trained = nn.parallel.DistributedDataParallel(model)
-    if cfg.compile:  # the training steps only: evaluation runs the model as it is
-        trained = torch.compile(trained)
-    optimizer = make_optimizer(cfg, model.parameters())
-    start_epoch, start_batch, step = 0, 0, 0
-    checkpoint = run.resume(model, optimizer, device) if resume else None
-    if checkpoint is not None:
-        start_epoch, start_batch, step = checkpoint["epoch"], checkpoint["batch"], checkpoint["step"]
-
-    def save(epoch: int, batch: int) -> None:
-        run.save_checkpoint(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
-             "epoch": epoch, "batch": batch, "step": step, "config": asdict(cfg)}
-        )  # fmt: skip
-
+    training = _Training(task, cfg, run, progress or Progress())
+    if resume:
+        training.resume()
     with StopRequest() as stop:
-        for epoch in range(start_epoch, cfg.epochs):
-            keys = task.train_keys(epoch, cfg.batch_size, cfg.seed)
-            first = start_batch if epoch == start_epoch else 0
-            progress.on_epoch_start(epoch, len(keys) - first)
-            started = time.perf_counter()
-            running_loss = running_metric = running_count = 0.0
-            for b in range(first, len(keys)):
-                batch = _shard(task.load("train", keys[b], device), rank, world)
-                stats: dict[str, float] = {}
-
-                def loss_fn(batch=batch, stats=stats) -> torch.Tensor:
-                    loss, metric, n = task.score(trained(batch.inputs, batch.lengths), batch)
-                    stats.update(metric=metric, count=n)
-                    return loss
-
-                optimizer.zero_grad(set_to_none=True)
-                if cfg.optimizer == "lbfgs":
-
-                    def closure(loss_fn=loss_fn):
-                        optimizer.zero_grad(set_to_none=True)
-                        loss = loss_fn()
-                        loss.backward()
-                        return loss
-
-                    value = optimizer.step(closure).item()
-                else:
-                    if cfg.diagnose and step % cfg.diagnose == 0:
-                        loss = _diagnose(trained, step, run, loss_fn)
-                    else:
-                        loss = loss_fn()
-                        loss.backward()
-                    value = loss.item()
-                if not math.isfinite(value):  # before a first-order step could spread it to the weights
-                    raise TrainingDivergedError(_diverged_message(value, epoch, b, step, run))
-                grad_norm = None
-                if cfg.optimizer != "lbfgs":
-                    if cfg.clip is not None:
-                        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip))
-                    optimizer.step()
-                step += 1
-                running_loss += value
-                running_metric += stats["metric"]
-                running_count += stats["count"]
-                record = {"kind": "step", "step": step, "epoch": epoch, "loss": value,
-                          task.metric: stats["metric"] / max(stats["count"], 1)}  # fmt: skip
-                if grad_norm is not None:
-                    record["grad_norm"] = grad_norm
-                if step % cfg.log_every == 0:
-                    run.log(record)
-                progress.on_step(record)
-                if stop.requested:
-                    save(epoch, b + 1)
-                    run.log({"kind": "interrupted", "step": step, "epoch": epoch})
-                    return {"status": "interrupted", "epoch": epoch, "step": step}
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                    save(epoch, b + 1)
-            n_batches = max(len(keys) - first, 1)
-            summary = {"kind": "epoch", "step": step, "epoch": epoch, "train_loss": running_loss / n_batches,
-                       f"train_{task.metric}": running_metric / max(running_count, 1),
-                       "seconds": time.perf_counter() - started}  # fmt: skip
-            if task.eval_keys("val", cfg.batch_size):
-                summary.update(evaluate(task, model, "val", cfg, device))
-            run.log(summary)
-            save(epoch + 1, 0)
-            progress.on_epoch_end(summary)
-    result = {"kind": "test", "step": step, **evaluate(task, model, "test", cfg, device)}
+        for epoch in range(training.start_epoch, cfg.epochs):
+            if not training.run_epoch(epoch, stop):
+                return {"status": "interrupted", "epoch": epoch, "step": training.step}
+    result = {
+        "kind": "test",
+        "step": training.step,
+        **evaluate(task, training.model, "test", cfg, training.device),
+    }
     run.log(result)
     return {"status": "finished", "epoch": cfg.epochs, **result}
 

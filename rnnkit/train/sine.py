@@ -28,7 +28,7 @@ from rnnkit.train.run import (
     seed_everything,
 )
 
-CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
+SINE_CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
 
 
 @dataclass
@@ -50,7 +50,7 @@ class SineConfig:
     def validate(self, argument: str = "cell") -> None:
         """Raise `ArgumentError` naming the first bad setting (the cell under ``argument``: "cell", or
         "compare" for a list of cells)."""
-        check_choice(argument, self.cell, tuple(CELLS))
+        check_choice(argument, self.cell, tuple(SINE_CELLS))
         for name in ("epochs", "hidden", "waves", "length", "future"):
             check_at_least(name, getattr(self, name), 1)
         if self.waves < 4:
@@ -82,10 +82,10 @@ class SineModel(nn.Module):
 
     def __init__(self, cell: str, hidden: int, backend: str = "auto") -> None:
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"cell: expected one of {', '.join(CELLS)}, got {cell!r}")
-        self.cell1 = CELLS[cell](1, hidden, backend=backend, dtype=torch.float64)
-        self.cell2 = CELLS[cell](hidden, hidden, backend=backend, dtype=torch.float64)
+        if cell not in SINE_CELLS:
+            raise ValueError(f"cell: expected one of {', '.join(SINE_CELLS)}, got {cell!r}")
+        self.cell1 = SINE_CELLS[cell](1, hidden, backend=backend, dtype=torch.float64)
+        self.cell2 = SINE_CELLS[cell](hidden, hidden, backend=backend, dtype=torch.float64)
         self.head = nn.Linear(hidden, 1, dtype=torch.float64)
 
     def forward(self, x: torch.Tensor, future: int = 0) -> torch.Tensor:

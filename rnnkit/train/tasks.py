@@ -15,7 +15,7 @@ from torch import nn
 
 from rnnkit.datasets import load_idx_dataset, load_imdb_reviews
 from rnnkit.models import SequenceClassifier, SequenceModel
-from rnnkit.tasks import get_task
+from rnnkit.synthetic import get_task
 from rnnkit.text import build_vocab, encode, tokenize
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
