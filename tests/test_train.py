@@ -384,6 +384,22 @@ def test_results_markdown_reads_the_runs(tiny_mnist, tmp_path):
     assert "`python cli.py train --task mnist --cell lstm --dataset mnist --epochs 1 --batch-size 16" in md
 
 
+def test_only_rank_zero_refuses_an_existing_run(tmp_path, monkeypatch):
+    """Under torchrun the other ranks see the config.json that rank 0 has just written: only rank 0
+    may call the folder taken (found as a flaky torchrun test)."""
+    from rnnkit.train.config import plan_training
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    options = {"task": "adding", "out": str(out)}
+    monkeypatch.setenv("RANK", "1")
+    assert plan_training(options).out == out
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ValueError, match="holds a run already"):
+        plan_training(options)
+
+
 def test_torchrun_data_parallel_matches_one_process(tmp_path):
     """torchrun with 2 CPU processes (gloo): each takes half of every batch, DDP averages the
     gradients, so the weights, and the test loss rank 0 reports, match a single process."""

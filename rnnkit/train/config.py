@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -90,7 +91,8 @@ def plan_training(options: dict[str, Any], *, stamp: str | None = None) -> Train
     settings = {**TASK_DEFAULTS[task], **{k: v for k, v in given.items() if k not in _NOT_SETTINGS}}
     out = Path(options.get("out") or f"runs/{task}-{stamp or time.strftime('%Y%m%d-%H%M%S')}")
     check_output_path(out, "out", folder=True)
-    if (out / "config.json").exists():
+    # under torchrun only rank 0 checks: the others may already see the config.json it just wrote
+    if int(os.environ.get("RANK", "0")) == 0 and (out / "config.json").exists():
         raise ArgumentError(
             "out", f"{out} holds a run already: continue it with --resume {out}, or choose another folder"
         )
