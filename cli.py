@@ -48,13 +48,17 @@ def _gradflow(args: argparse.Namespace, console: Console) -> int:
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from diagnostics.gradflow import GradflowConfig, run_gradflow
+    from diagnostics.advise import plot_advice, render_advice, save_advice
+    from diagnostics.gradflow import GradflowConfig, run_advice, run_gradflow
     from diagnostics.report import plot, render, save_json
 
+    if args.run_dir is not None:
+        return _gradflow_run(args, console)
+    inits = args.init or ("default" if args.advise else "default,chrono")  # chrono is a remedy there
     cfg = GradflowConfig(
         seq_len=args.seq_len,
         cells=tuple(args.cells.split(",")),
-        inits=tuple(args.init.split(",")),
+        inits=tuple(inits.split(",")),
         task=args.task,
         loss_at=args.loss_at,
         hidden=args.hidden,
@@ -62,16 +66,22 @@ def _gradflow(args: argparse.Namespace, console: Console) -> int:
         num_layers=args.layers,
         bidirectional=args.bidirectional,
         probes=args.probes,
+        lyapunov=args.lyapunov,
         eval_mode=args.eval,
         device=args.device,
         backend=args.backend,
         seed=args.seed,
     )
     cfg.validate()
-    out = check_output_path(args.out, "out", folder=True)  # before the work, not after it
+    if args.advise and cfg.loss_at == "all":
+        raise ArgumentError(
+            "advise", "needs --loss-at last: with a loss at every step, each step's gradient is mostly its "
+            "own loss's, and r(k) does not show how far the gradient travels back",
+        )  # fmt: skip
+    out = check_output_path(args.out or "runs/gradflow", "out", folder=True)  # before the work, not after it
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
     with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
-        bar = progress.add_task("gradient flow", total=len(cfg.models()))
+        bar = progress.add_task("gradient flow", total=len(cfg.models()) * (2 if args.advise else 1))
 
         def on_model(name, report):
             if report is None:
@@ -80,11 +90,72 @@ def _gradflow(args: argparse.Namespace, console: Console) -> int:
                 progress.advance(bar)
 
         reports = run_gradflow(cfg, on_model)
+        advices = []
+        if args.advise:
+            seen = set()
+
+            def on_remedy(name, remedy):
+                if name not in seen and seen:
+                    progress.advance(bar)
+                seen.add(name)
+                progress.update(bar, description=f"remedies for {name}: {remedy}")
+
+            advices = run_advice(cfg, on_remedy)
     render(reports, console)
     json_path = save_json(reports, out / "gradflow.json")
-    title = f"Gradient flow, {cfg.task} task, T = {cfg.seq_len}, hidden {cfg.hidden} (dot: memory horizon)"
-    png_path = plot(reports, out / "gradflow.png", title=title)
-    console.print(f"wrote {json_path} and {png_path}")
+    title = f"Gradient flow, {cfg.task} task, T = {cfg.seq_len}, hidden {cfg.hidden}"
+    written = [json_path, plot(reports, out / "gradflow.png", title=title)]
+    if advices:
+        render_advice(advices, console)
+        written += [save_advice(advices, out / "advice.json"), plot_advice(advices, out / "advice.png")]
+    console.print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+# gradflow options that describe a built-in model: with --run the run's own model is diagnosed
+_BUILT_IN_MODEL = ("seq_len", "cells", "init", "task", "loss_at", "hidden", "batch", "layers",
+                   "bidirectional", "probes", "backend")  # fmt: skip
+
+
+def _gradflow_run(args: argparse.Namespace, console: Console) -> int:
+    from pathlib import Path
+
+    from diagnostics.advise import plot_advice, render_advice, save_advice
+    from diagnostics.report import plot, render, save_json
+    from rnnkit._checks import check_at_least, check_device
+    from rnnkit.train.diagnose import diagnose_run, plot_timeline
+
+    defaults = build_parser().parse_args(["gradflow"])
+    for name in _BUILT_IN_MODEL:
+        if getattr(args, name) != getattr(defaults, name):
+            raise ArgumentError(name, "does not apply with --run: the run's own model and data are diagnosed")
+    check_at_least("lyapunov", args.lyapunov, 0)
+    check_device(args.device)
+    out = check_output_path(args.out or str(Path(args.run_dir) / "gradflow"), "out", folder=True)
+    with console.status(f"loading {args.run_dir} and measuring its model...") as status:
+
+        def on_remedy(remedy: str) -> None:
+            status.update(f"remedies: {remedy}")
+
+        diagnosis = diagnose_run(
+            args.run_dir, device=args.device, lyapunov=args.lyapunov, with_advice=args.advise,
+            eval_mode=args.eval, seed=args.seed, on_remedy=on_remedy,
+        )  # fmt: skip
+    render([diagnosis.report], console)
+    written = [save_json([diagnosis.report], out / "gradflow.json")]
+    written.append(plot([diagnosis.report], out / "gradflow.png", title=f"Gradient flow of {args.run_dir}"))
+    if diagnosis.advice is not None:
+        render_advice([diagnosis.advice], console)
+        written += [save_advice([diagnosis.advice], out / "advice.json"),
+                    plot_advice([diagnosis.advice], out / "advice.png")]  # fmt: skip
+    if diagnosis.timeline:
+        title = f"{args.run_dir}: what train --diagnose recorded ({len(diagnosis.timeline)} records)"
+        written.append(plot_timeline(diagnosis.timeline, out / "training.png", title=title))
+    else:
+        console.print(
+            f"{args.run_dir} recorded no diagnostics during training (train --diagnose N records them)"
+        )
+    console.print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 
 
@@ -380,7 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument("--seq-len", type=int, default=500, help="steps from the first input to the loss")
     flow.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated: rnn, rnn_relu, lstm, gru")
     flow.add_argument(
-        "--init", default="default,chrono", help="comma-separated: default, orthogonal, identity, chrono"
+        "--init",
+        help="comma-separated: default, orthogonal, identity, chrono (default: default,chrono; "
+        "with --advise: default)",
     )
     flow.add_argument("--task", default="random", choices=("random", "adding", "copy"))
     flow.add_argument("--loss-at", default="last", choices=("last", "all"), help="where the loss is taken")
@@ -391,11 +464,28 @@ def build_parser() -> argparse.ArgumentParser:
     flow.add_argument(
         "--probes", type=int, default=0, help="also estimate ||dh_T/dh_t|| with N random probes"
     )
+    flow.add_argument(
+        "--lyapunov", type=int, default=16, help="the top K Lyapunov exponents of each layer (0: off)"
+    )
+    flow.add_argument(
+        "--advise",
+        action="store_true",
+        help="also try the standard remedies on the same batch and loss; recommend what the numbers support",
+    )
+    flow.add_argument(
+        "--run",
+        dest="run_dir",
+        metavar="RUN_DIR",
+        help="diagnose the trained model of a training run (its checkpoint and data)",
+    )
     flow.add_argument("--eval", action="store_true", help="run the models in eval mode")
     flow.add_argument("--device", default="cpu")
     flow.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"))
     flow.add_argument("--seed", type=int, default=0)
-    flow.add_argument("--out", default="runs/gradflow", help="folder for gradflow.json and gradflow.png")
+    flow.add_argument(
+        "--out",
+        help="folder for gradflow.json and gradflow.png (default runs/gradflow; RUN_DIR/gradflow with --run)",
+    )
     flow.set_defaults(run=_gradflow)
     from rnnkit.train import TASK_DEFAULTS
 

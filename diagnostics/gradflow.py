@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from diagnostics.advise import Advice, advise
 from diagnostics.gates import gate_statistics
+from diagnostics.lyapunov import spectra_of
 from diagnostics.probes import jacobian_norms
 from diagnostics.recorder import GradientFlowRecorder
 from diagnostics.report import GradientFlowReport, flow_line
@@ -31,6 +35,10 @@ class GradflowConfig:
             so the profile shows propagation) or "all" (copy: every target step).
         hidden, batch, num_layers, bidirectional: the model and the batch.
         probes: also estimate ||∂h_T/∂h_t|| with this many random probes (0: off).
+        lyapunov: the top this many Lyapunov exponents of every layer (0: off), over the first
+            ``lyapunov_samples`` samples of the batch.
+        advise_batches: batches for the global norm's distribution in `run_advice` (the first is
+            the measured batch).
         eval_mode: run the models in eval mode (rnnkit's backward works there; cuDNN's does not).
     """
 
@@ -44,6 +52,9 @@ class GradflowConfig:
     num_layers: int = 1
     bidirectional: bool = False
     probes: int = 0
+    lyapunov: int = 16
+    lyapunov_samples: int = 8
+    advise_batches: int = 8
     eval_mode: bool = False
     device: str = "cpu"
     backend: str = "auto"
@@ -57,6 +68,9 @@ class GradflowConfig:
             ("batch", self.batch, 1),
             ("num_layers", self.num_layers, 1),
             ("probes", self.probes, 0),
+            ("lyapunov", self.lyapunov, 0),
+            ("lyapunov_samples", self.lyapunov_samples, 1),
+            ("advise_batches", self.advise_batches, 1),
         ):
             check_at_least(name, value, low)
         for cell in self.cells:
@@ -88,11 +102,76 @@ def task_loss(task: SyntheticTask, pred: torch.Tensor, batch: SequenceBatch, los
     return F.mse_loss(pred, target)
 
 
-def measure_model(
-    cell: str, init: str, cfg: GradflowConfig, batch: SequenceBatch, task: SyntheticTask
+def diagnose(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    batch: Any,
+    *,
+    name: str = "model",
+    meta: dict[str, Any] | None = None,
+    lyapunov: int = 16,
+    lyapunov_samples: int = 8,
+    probes: int = 0,
+    probe_input: torch.Tensor | None = None,
+    seed: int = 0,
 ) -> GradientFlowReport:
-    """Build one model, run forward and backward once with the recorder, summarise."""
-    device = torch.device(cfg.device)
+    """Everything `python cli.py gradflow` measures, for any model with rnnkit layers: one forward and
+    backward on ``batch`` with the recorder, then the weights, the gates and the Lyapunov spectrum.
+
+    Args:
+        model: a module with rnnkit RNN/LSTM/GRU layers (its gradients are overwritten).
+        loss_fn: ``loss_fn(model, batch)`` -> the scalar loss the model trains on.
+        batch: what ``loss_fn`` takes.
+        name, meta: the report's name and what to keep about how it was measured.
+        lyapunov: the top this many Lyapunov exponents per layer (0: off), over the first
+            ``lyapunov_samples`` samples of the batch.
+        probes: also estimate ||∂h_T/∂h_t|| with this many random probes (0: off), on the
+            recurrent layer ``model.recurrent`` with ``probe_input``.
+        seed: for the Lyapunov start and the probes.
+
+    Returns:
+        A `GradientFlowReport` (`render`, `plot`, `save_json`).
+
+    Example:
+        >>> report = diagnose(model, lambda m, b: F.cross_entropy(m(b[0]), b[1]), (x, y))
+        >>> report.lines[0].summary.horizon, report.lyapunov[0].exponents[0]
+    """
+    model.zero_grad(set_to_none=True)
+    with GradientFlowRecorder(model) as rec:
+        loss = loss_fn(model, batch)
+        loss.backward()
+    many = len(rec.layers) > 1
+    gates = []
+    for layer, (args, kwargs) in rec.inputs.items():
+        gates += gate_statistics(model.get_submodule(layer), *args, name=layer, **kwargs)
+    device = next(model.parameters()).device
+    jacobian = None
+    if probes:
+        generator = torch.Generator().manual_seed(seed)
+        lines = jacobian_norms(model.recurrent, probe_input, probes=probes, generator=generator)
+        jacobian = [flow_line(s) for s in lines]
+    spectra = None
+    if lyapunov:
+        generator = torch.Generator(device).manual_seed(seed)
+        spectra = spectra_of(model, rec.inputs, k=lyapunov, samples=lyapunov_samples, generator=generator)
+    return GradientFlowReport(
+        name=name,
+        meta={
+            "seq_len": max((r.norms.shape[1] for r in rec.records), default=0),
+            **(meta or {}),
+            "loss": loss.item(),
+        },
+        lines=[flow_line(s, with_module=many) for s in rec.records],
+        weights=weight_statistics(model),
+        gates=gates,
+        global_grad_norm=global_grad_norm(model),
+        jacobian=jacobian,
+        lyapunov=spectra,
+    )
+
+
+def build_model(cell: str, init: str, cfg: GradflowConfig, task: SyntheticTask) -> SequenceModel:
+    """The model `run_gradflow` measures for (cell, init), seeded with ``cfg.seed``."""
     torch.manual_seed(cfg.seed)
     model = SequenceModel(
         cell,
@@ -102,42 +181,30 @@ def measure_model(
         num_layers=cfg.num_layers,
         bidirectional=cfg.bidirectional,
         backend=cfg.backend,
-    ).to(device)
+    ).to(torch.device(cfg.device))
     initialize(model.recurrent, init, seq_len=task.total_steps(cfg.seq_len))
-    model.train(not cfg.eval_mode)
-    x, target = batch.x.to(device), batch.target.to(device)
-    on_device = SequenceBatch(x, target)
-    with GradientFlowRecorder(model) as rec:
-        loss = task_loss(task, model(x), on_device, cfg.loss_at)
-        loss.backward()
-    many = len(rec.layers) > 1
-    gates = []
-    for name, (args, kwargs) in rec.inputs.items():
-        gates += gate_statistics(model.get_submodule(name), *args, name=name, **kwargs)
-    jacobian = None
-    if cfg.probes:
-        generator = torch.Generator().manual_seed(cfg.seed)
-        jacobian = [
-            flow_line(s) for s in jacobian_norms(model.recurrent, x, probes=cfg.probes, generator=generator)
-        ]
-    meta = {
-        **asdict(cfg),
-        "cell": cell,
-        "init": init,
-        "loss": loss.item(),
-        "baseline": task.baseline(cfg.seq_len),
-    }
+    return model.train(not cfg.eval_mode)
+
+
+def measure_model(
+    cell: str, init: str, cfg: GradflowConfig, batch: SequenceBatch, task: SyntheticTask
+) -> GradientFlowReport:
+    """Build one model, run forward and backward once with the recorder, summarise."""
+    model = build_model(cell, init, cfg, task)
+    device = torch.device(cfg.device)
+    on_device = SequenceBatch(batch.x.to(device), batch.target.to(device))
+    meta = {**asdict(cfg), "cell": cell, "init": init, "baseline": task.baseline(cfg.seq_len)}
     meta.pop("cells")
     meta.pop("inits")
-    return GradientFlowReport(
-        name=f"{cell}/{init}",
-        meta=meta,
-        lines=[flow_line(s, with_module=many) for s in rec.records],
-        weights=weight_statistics(model),
-        gates=gates,
-        global_grad_norm=global_grad_norm(model),
-        jacobian=jacobian,
-    )
+    return diagnose(
+        model, _task_loss(task, cfg.loss_at), on_device, name=f"{cell}/{init}", meta=meta,
+        lyapunov=cfg.lyapunov, lyapunov_samples=cfg.lyapunov_samples, probes=cfg.probes,
+        probe_input=on_device.x, seed=cfg.seed,
+    )  # fmt: skip
+
+
+def _task_loss(task: SyntheticTask, loss_at: str) -> Callable[[nn.Module, SequenceBatch], torch.Tensor]:
+    return lambda model, batch: task_loss(task, model(batch.x), batch, loss_at)
 
 
 def run_gradflow(
@@ -168,3 +235,32 @@ def run_gradflow(
         if on_model:
             on_model(name, reports[-1])
     return reports
+
+
+def run_advice(cfg: GradflowConfig, on_remedy: Callable[[str, str], None] | None = None) -> list[Advice]:
+    """`advise` for every (cell, init) model of ``cfg``: the remedies measured on the batch that
+    `run_gradflow` uses, the global norm's distribution over ``cfg.advise_batches`` batches.
+
+    Args:
+        cfg: the configuration. on_remedy: called with (model name, remedy) before each remedy.
+
+    Returns:
+        One `Advice` per model, in `GradflowConfig.models` order.
+    """
+    cfg.validate()
+    task = get_task(cfg.task)
+    device = torch.device(cfg.device)
+    batches = []
+    for i in range(cfg.advise_batches):  # the first is run_gradflow's batch
+        b = task.sample(cfg.batch, cfg.seq_len, torch.Generator().manual_seed(cfg.seed + i))
+        batches.append(SequenceBatch(b.x.to(device), b.target.to(device)))
+    result = []
+    for cell, init in cfg.models():
+        name = f"{cell}/{init}"
+        model = build_model(cell, init, cfg, task)
+        progress = None if on_remedy is None else (lambda remedy, name=name: on_remedy(name, remedy))
+        result.append(
+            advise(model, _task_loss(task, cfg.loss_at), batches, task_length=task.total_steps(cfg.seq_len),
+                   name=name, on_remedy=progress)
+        )  # fmt: skip
+    return result

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from diagnostics.gates import GateStats
+from diagnostics.lyapunov import LyapunovSpectrum
 from diagnostics.recorder import StepNorms
 from diagnostics.summary import HORIZON_THRESHOLD, ProfileSummary, summarize
 from diagnostics.weights import WeightStats
@@ -39,6 +40,7 @@ class FlowLine:
     path: str
     norms_by_step: list[float | None]
     summary: ProfileSummary
+    module: str = ""  # the recurrent module's name in its model
 
 
 @dataclass
@@ -52,6 +54,7 @@ class GradientFlowReport:
         weights, gates: weight-side and forward-side statistics.
         global_grad_norm: sqrt(Σ ||∂L/∂θ||²), before any clipping.
         jacobian: ||∂h_T/∂h_t|| estimated with random probes, when asked for.
+        lyapunov: the Lyapunov spectrum of every layer and direction, when asked for.
     """
 
     name: str
@@ -61,6 +64,7 @@ class GradientFlowReport:
     gates: list[GateStats] = field(default_factory=list)
     global_grad_norm: float | None = None
     jacobian: list[FlowLine] | None = None
+    lyapunov: list[LyapunovSpectrum] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _json_safe(asdict(self))
@@ -85,17 +89,24 @@ def flow_line(
     """Summarise one recorded `StepNorms` into a `FlowLine` (label with the module's name if asked)."""
     by_step = [None if math.isnan(v) else v for v in norms.mean_by_step().tolist()]
     summary = summarize(norms.mean_by_lag(), threshold, nonfinite=norms.first_nonfinite())
-    return FlowLine(norms.label(with_module), norms.layer, norms.direction, norms.path, by_step, summary)
+    return FlowLine(
+        norms.label(with_module), norms.layer, norms.direction, norms.path, by_step, summary, norms.module
+    )
+
+
+def write_json(document: dict[str, Any], path: str | Path) -> Path:
+    """Write a JSON document atomically (a temporary file renamed over ``path``); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(document, indent=1))
+    tmp.replace(path)
+    return path
 
 
 def save_json(reports: list[GradientFlowReport], path: str | Path) -> Path:
     """Write the reports as one JSON document {"reports": [...]}; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"reports": [r.to_dict() for r in reports]}, indent=1))
-    tmp.replace(path)
-    return path
+    return write_json({"reports": [r.to_dict() for r in reports]}, path)
 
 
 def sparkline(profile: list[float], width: int = 20) -> str:
@@ -132,8 +143,22 @@ def render(reports: list[GradientFlowReport], console: Console) -> None:
         if forget:
             median = torch.tensor(forget[0].forget_time_constants).median()
             caption += f" · mean forget gate {forget[0].forget_mean:.3f}, median 1/(1-f) {median:.3g} steps"
+        spectra = {(sp.module, sp.layer, sp.direction): sp for sp in report.lyapunov or []}
+        if spectra:
+            caption += " · λ1: top Lyapunov exponent per step; its horizon: ln(1e-3)/λ1"
         table = Table(title=f"{report.name}  (T = {report.meta.get('seq_len')})", caption=caption)
-        for col in ("line", "horizon", "τ", "gain", "σmax(Whh)", "verdict", "oldest → loss"):
+        columns = (
+            "line",
+            "horizon",
+            "τ",
+            "gain",
+            "σmax(Whh)",
+            "λ1",
+            "λ1 horizon",
+            "verdict",
+            "oldest → loss",
+        )
+        for col in columns if spectra else tuple(c for c in columns if not c.startswith("λ")):
             spark = col == "oldest → loss"
             justify = "left" if col in ("line", "verdict") or spark else "right"
             table.add_column(col, justify=justify, no_wrap=spark, min_width=20 if spark else None)
@@ -142,74 +167,173 @@ def render(reports: list[GradientFlowReport], console: Console) -> None:
             beyond = s.horizon is None and s.verdict not in ("no gradient", "non-finite")
             horizon = "beyond T" if beyond else _fmt(s.horizon)
             color = colors.get(s.verdict, "white")
-            table.add_row(
+            cells = [
                 line.label,
                 horizon,
                 _fmt(s.tau),
                 _fmt(s.gain),
                 _fmt(sigma.get((line.layer, line.direction))),
-                f"[{color}]{s.verdict}[/]",
-                sparkline(s.profile),
-            )
+            ]
+            if spectra:
+                sp = spectra.get((line.module, line.layer, line.direction))
+                lam = None if sp is None else sp.exponents[0]
+                reach = None if sp is None else sp.predicted_horizon
+                cells += [_fmt(lam), "beyond T" if sp is not None and reach is None else _fmt(reach)]
+            table.add_row(*cells, f"[{color}]{s.verdict}[/]", sparkline(s.profile))
         console.print(table)
 
 
-def plot(reports: list[GradientFlowReport], path: str | Path, *, title: str | None = None) -> Path:
-    """PNG: r = ||δ_t|| / ||δ_T|| (log scale) for every model and layer.
+VERDICT_LEGEND = (
+    "vanishing: r(k) falls below 1e-3 (dotted) within the sequence, at the memory horizon (large dot); "
+    "the gradient carries almost nothing from further back.   stable: r(k) stays within [1e-3, 1e3] over "
+    "every step.\nexploding: r(k) rises above 1e3.   non-finite: a NaN or infinite gradient.   "
+    "▼: the curve leaves the axis (r(k) < 1e-12) there.   Solid: ||dL/dh||; dashed: ||dL/dc|| (LSTM)."
+)
+VERDICT_COLORS = {
+    "vanishing": "tab:red",
+    "exploding": "tab:purple",
+    "stable": "tab:green",
+    "non-finite": "black",
+}
+MARKERS = "osD^vP*Xph<>"
 
-    Left: against the time step t (the loss at the right end). Right: against the lag k, the
-    steps back from the loss, on a log axis, so that short and long horizons both show. The
-    memory horizon (r < 1e-3) is a dot; LSTM cell-state lines (||dL/dc_t||) are dashed.
+
+def _drawable(line: FlowLine) -> tuple[Any, Any, int | None]:
+    # -> (lags 1..K, r with NaN where it cannot be drawn, the lag index where it leaves the axis)
+    r = torch.tensor([math.nan if v is None else v for v in line.summary.profile], dtype=torch.float64)
+    below = torch.nonzero(torch.isfinite(r) & (r < 10**SPARK_FLOOR))
+    leaves = int(below[0]) if len(below) else None
+    r = torch.where(r >= 10**SPARK_FLOOR, r, torch.nan)
+    return torch.arange(1, len(r) + 1).numpy(), r.numpy(), leaves
+
+
+def _marks(K: int, count: int = 8) -> list[int]:
+    # marker positions spaced evenly on the log lag axis
+    return sorted({round(10**x) - 1 for x in torch.linspace(0, math.log10(K), count).tolist()})
+
+
+def _draw_line(ax, report_name: str, line: FlowLine, color, marker: str, label: str | None) -> float:
+    # one profile on a lag axis; returns its peak (for the y range)
+    lags, r, leaves = _drawable(line)
+    dashed = line.path == "c"
+    ax.plot(lags, r, color=color, ls="--" if dashed else "-", lw=2.0 if dashed else 1.5, marker=marker,
+            markevery=_marks(len(r)), ms=5, mfc="white" if dashed else color, label=label)  # fmt: skip
+    h = line.summary.horizon
+    if h is not None and math.isfinite(r[h]):
+        ax.plot([h + 1], [r[h]], "o", color=color, ms=9, mec="black", zorder=5)
+    if leaves is not None:
+        ax.plot([leaves + 1], [10**SPARK_FLOOR], "v", color=color, ms=9, mec="black", zorder=5, clip_on=False)
+    finite = r[~torch.isnan(torch.from_numpy(r)).numpy()]
+    return float(finite.max()) if len(finite) else 1.0
+
+
+def _reach(lines: list[FlowLine]) -> str:
+    # "vanishing at 13", or per line "h vanishing at 61 · c stable" when the lines differ
+    def one(line: FlowLine) -> str:
+        s = line.summary
+        return f"{s.verdict} at {s.horizon}" if s.verdict == "vanishing" else s.verdict
+
+    words = [one(line) for line in lines]
+    if len(set(words)) <= 1:
+        return words[0] if words else "no line"
+    return " · ".join(f"{line.label.rsplit('.', 1)[-1] if len(lines) == 2 else line.label} {w}"
+                      for line, w in zip(lines, words, strict=True))  # fmt: skip
+
+
+def _lag_axis(ax, peak: float, lags: int) -> None:
+    ax.axhline(HORIZON_THRESHOLD, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlim(0.8, max(lags, 2) * 1.25)  # also where nothing finite could be drawn
+    ax.set_yscale("log")
+    ax.set_ylim(10**SPARK_FLOOR, max(peak, 1.0) * 3)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def plot(reports: list[GradientFlowReport], path: str | Path, *, title: str | None = None) -> Path:
+    """PNG: how far the gradient travels back, for every model.
+
+    Top left: r(k) = ||dL/dh_{T-k}|| / ||dL/dh_T|| against the lag k (steps back from the loss, log
+    axes), every model and line in one view, each model with its own colour and marker. Top right:
+    the Lyapunov spectrum of each model's first layer, when measured. Below: one small panel per
+    model, titled with its verdict. A caption says what each verdict means.
     """
     plt = pyplot()
+    from matplotlib.gridspec import GridSpec
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig, (by_step, by_lag) = plt.subplots(
-        1, 2, figsize=(14, 5.5), dpi=110, gridspec_kw={"width_ratios": [3, 2]}
+    n = len(reports)
+    cols = min(max(n, 1), 5)
+    rows = math.ceil(n / cols)
+    fig = plt.figure(figsize=(16, 5.2 + 2.9 * rows), dpi=100)
+    outer = GridSpec(2, 1, figure=fig, height_ratios=[1.9, rows], hspace=0.28)
+    has_spectra = any(r.lyapunov for r in reports)
+    top = (
+        outer[0].subgridspec(1, 2, width_ratios=[3, 2], wspace=0.18)
+        if has_spectra
+        else outer[0].subgridspec(1, 1)
     )
+    grid = outer[1].subgridspec(rows, cols, hspace=0.5, wspace=0.28)
+    overview = fig.add_subplot(top[0])
     cmap = plt.get_cmap("tab10")
     peak = 1.0
     for i, report in enumerate(reports):
+        color, marker = cmap(i % 10), MARKERS[i % len(MARKERS)]
+        small = fig.add_subplot(grid[i // cols, i % cols])
+        small_peak = 1.0
+        verdicts = []
         for line in report.lines:
-            if line.summary.verdict == "non-finite":  # nothing to draw but where it went non-finite
-                name = f"{report.name} {line.label}" if len(report.lines) > 1 else report.name
-                by_step.plot([], [], "x", color=cmap(i % 10), ms=9, label=f"{name}: non-finite")
-                note = f"{name}: {line.summary.reason}"
-                by_step.text(0.02, 0.95 - 0.05 * i, note, transform=by_step.transAxes, color=cmap(i % 10),
-                             fontsize=8, va="top")  # fmt: skip
-                continue
-            r = torch.tensor(
-                [math.nan if v is None else v for v in line.summary.profile], dtype=torch.float64
-            )
-            r = torch.where(r > 0, r, torch.nan).numpy()  # zero (underflow) cannot be drawn on a log axis
-            if not r[0] > 0:
-                continue
-            peak = max(peak, float(torch.nan_to_num(torch.from_numpy(r), nan=0.0).max()))
-            K = len(r)
-            t = (K - 1 - torch.arange(K)).numpy() if line.direction == 0 else torch.arange(K).numpy()
             label = f"{report.name} {line.label}" if len(report.lines) > 1 else report.name
-            style = {"ls": "--", "lw": 2.2, "zorder": 3} if line.path == "c" else {"ls": "-", "lw": 1.6}
-            color = cmap(i % 10)
-            by_step.plot(t, r, color=color, label=label, **style)
-            by_lag.plot(torch.arange(1, K + 1).numpy(), r, color=color, **style)
-            h = line.summary.horizon
-            if h is not None:
-                by_step.plot([t[h]], [r[h]], "o", color=color, ms=6, zorder=4)
-                by_lag.plot([h + 1], [r[h]], "o", color=color, ms=6, zorder=4)
-    for ax in (by_step, by_lag):
-        ax.axhline(HORIZON_THRESHOLD, color="grey", lw=0.8, ls=":")
-        ax.set_yscale("log")
-        ax.set_ylim(10**SPARK_FLOOR, peak * 3)
-        ax.grid(True, which="major", alpha=0.3)
-    by_step.text(0, HORIZON_THRESHOLD * 2, "horizon threshold 1e-3", color="grey", fontsize=8)
-    by_step.set_xlabel("time step t (the loss is at the last step)")
-    by_step.set_ylabel("||dL/dh_t|| / ||dL/dh_T||   (dashed: ||dL/dc_t||, LSTM)")
-    by_lag.set_xscale("log")
-    by_lag.set_xlabel("steps back from the loss, k + 1 (log scale)")
-    by_step.legend(fontsize=8, loc="lower right")
-    fig.suptitle(title or "Gradient flow back through time (dot: memory horizon)")
-    fig.tight_layout()
+            verdicts.append(line.summary.verdict)
+            if line.summary.verdict in ("non-finite", "no gradient"):
+                small.text(0.03, 0.9 - 0.12 * len(verdicts), f"{line.label}: {line.summary.reason}",
+                           transform=small.transAxes, fontsize=7, va="top", wrap=True)  # fmt: skip
+                overview.plot([], [], "x", color=color, label=f"{label}: {line.summary.verdict}")
+                continue
+            peak = max(peak, _draw_line(overview, report.name, line, color, marker, label))
+            small_peak = max(small_peak, _draw_line(small, report.name, line, color, marker, line.label))
+        _lag_axis(small, small_peak, max((len(line.summary.profile) for line in report.lines), default=2))
+        worst = next((v for v in ("non-finite", "exploding", "vanishing", "stable") if v in verdicts), "")
+        small.set_title(
+            f"{report.name}: {_reach(report.lines)}", fontsize=9, color=VERDICT_COLORS.get(worst, "black")
+        )
+        small.tick_params(labelsize=7)
+        if len(small.get_legend_handles_labels()[0]) > 1:
+            small.legend(fontsize=7, loc="lower left")
+        if i % cols == 0:
+            small.set_ylabel("r(k)", fontsize=8)
+        if i // cols == rows - 1:
+            small.set_xlabel("k + 1, steps back from the loss", fontsize=8)
+    lags = max((len(line.summary.profile) for r in reports for line in r.lines), default=2)
+    _lag_axis(overview, peak, lags)
+    overview.text(1.05, HORIZON_THRESHOLD * 1.6, "horizon threshold 1e-3", color="grey", fontsize=8)
+    overview.set_xlabel("steps back from the loss, k + 1 (log scale)")
+    overview.set_ylabel("r(k) = ||dL/dh_{T-k}|| / ||dL/dh_T||")
+    overview.legend(fontsize=8, loc="lower left", ncol=2 if n > 4 else 1)
+    if has_spectra:
+        _plot_spectra(fig.add_subplot(top[1]), reports, cmap)
+    fig.suptitle(title or "Gradient flow back through time")
+    fig.text(0.01, 0.005, VERDICT_LEGEND, fontsize=8.5, va="bottom", ha="left", color="dimgrey")
+    fig.subplots_adjust(left=0.05, right=0.98, top=0.93, bottom=0.1 if rows == 1 else 0.07)
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _plot_spectra(ax, reports: list[GradientFlowReport], cmap) -> None:
+    # λ_i against i for the first layer and direction of every model
+    for i, report in enumerate(reports):
+        if not report.lyapunov:
+            continue
+        spectrum = report.lyapunov[0]
+        lams = spectrum.exponents
+        scale = spectrum.time_scales[0]
+        when = f"{scale:.3g} steps" if math.isfinite(scale) else "no decay"
+        ax.plot(range(1, len(lams) + 1), lams, color=cmap(i % 10), marker=MARKERS[i % len(MARKERS)], ms=5,
+                label=f"{report.name} {spectrum.label}: λ1 = {lams[0]:.3g}, -1/λ1 = {when}")  # fmt: skip
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("i (exponents in decreasing order)")
+    ax.set_ylabel("Lyapunov exponent λ_i per step")
+    ax.set_title("forward dynamics: a perturbation grows like exp(λ_i t)", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7.5, loc="center right")

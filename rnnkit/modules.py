@@ -38,6 +38,11 @@ class LayerActivations:
     cell: torch.Tensor | None  # [T, B, D, H] LSTM cell state c_t
     y: torch.Tensor  # [T, B, D, P] hidden state h_t
     lengths: torch.Tensor | None  # [B]
+    # what the recurrence is given: enough to step it again (diagnostics.lyapunov does)
+    gx: torch.Tensor | None = None  # [T, B, D, G*H] x_t W_ih^T + biases (GRU: without b_hn)
+    b_hn: torch.Tensor | None = None  # [D, H] GRU's b_hn, inside the reset gate
+    h0: torch.Tensor | None = None  # [D, B, P] initial state (None: zeros)
+    c0: torch.Tensor | None = None  # [D, B, H] LSTM initial cell state (None: zeros)
 
 
 def _fold_biases(
@@ -263,7 +268,8 @@ class _RecurrentLayer(nn.RNNBase):
         Returns:
             One `LayerActivations` per layer, tensors time-major: gates [T, B, D, G*H]
             (LSTM i, f, g, o; GRU r, z, n; None for RNN), cell [T, B, D, H] (LSTM c_t),
-            y [T, B, D, P]; every per-step tensor is zero past a sequence's length.
+            y [T, B, D, P]; every per-step tensor is zero past a sequence's length. Also what the
+            recurrence was given (gx, GRU's b_hn, h0, c0), so that it can be stepped again.
 
         Example:
             >>> acts = lstm.gate_activations(x)
@@ -283,7 +289,10 @@ class _RecurrentLayer(nn.RNNBase):
                 w_hr=_stack(self._params(layer, "weight_hr", x.dtype)) if self.proj_size > 0 else None,
                 b_hn=b_hn, lengths=lengths, backend=self.backend,
             )  # fmt: skip
-            acts = LayerActivations(layer, gates, cell, y, lengths)
+            acts = LayerActivations(
+                layer, gates, cell, y, lengths, gx, b_hn,
+                None if h0 is None else h0[states], None if c0 is None else c0[states],
+            )  # fmt: skip
             result.append(acts)
             layer_input = acts.y.reshape(T, B, D * self._width)
         return result

@@ -189,11 +189,24 @@ def test_default_ordering_rnn_vanishes_lstm_chrono_keeps_cell_gradient(tmp_path)
     assert rnn.verdict == "vanishing" and rnn.horizon < 50
     cell_path = next(line for line in reports["lstm/chrono"].lines if line.path == "c").summary
     assert cell_path.horizon is None, "chrono LSTM's cell gradient should reach beyond T"
+    # the forward dynamics' top Lyapunov exponent predicts the backward horizon of the default models
+    for name in ("rnn/default", "lstm/default", "gru/default"):
+        (spectrum,) = reports[name].lyapunov
+        assert len(spectrum.exponents) == 16 and spectrum.samples == 8
+        measured = max(line.summary.horizon for line in reports[name].lines)
+        assert measured / 2 < spectrum.predicted_horizon < measured * 2, (
+            name,
+            spectrum.exponents[0],
+            measured,
+        )
+    for name in ("lstm/chrono", "gru/chrono"):
+        assert -0.05 < reports[name].lyapunov[0].exponents[0] < 0.01
     json_path = save_json(list(reports.values()), tmp_path / "g.json")
     data = json.loads(json_path.read_text())
     first = data["reports"][0]
     assert {"name", "meta", "lines", "weights", "gates", "global_grad_norm"} <= set(first)
     assert first["lines"][0]["summary"]["verdict"] == "vanishing"
+    assert first["lyapunov"][0]["exponents"][0] < 0 and first["lyapunov"][0]["predicted_horizon"] > 0
     png = plot(list(reports.values()), tmp_path / "g.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -224,7 +237,7 @@ def test_cli_gradflow_writes_outputs(tmp_path):
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "lstm/chrono" in done.stdout and "horizon" in done.stdout
+    assert "lstm/chrono" in done.stdout and "horizon" in done.stdout and "λ1" in done.stdout
     data = json.loads((tmp_path / "gradflow.json").read_text())
     assert len(data["reports"]) == 5 and data["reports"][0]["jacobian"]
     assert (tmp_path / "gradflow.png").stat().st_size > 10_000

@@ -447,6 +447,12 @@ def test_diagnose_and_clip_are_recorded(tiny_mnist, tmp_path):
     assert all(len(line["norms_by_lag"]) == 28 and line["verdict"] for line in lines)
     norms = [r["grad_norm"] for r in run.records("step")]
     assert len(norms) == 5 and all(n > 0 for n in norms)
+    # the global norm the diagnostics record is the one clipping saw (before it clips), at that step
+    by_step = {r["step"]: r["grad_norm"] for r in run.records("step")}
+    for r in diagnostics:
+        assert r["global_norm"] == pytest.approx(by_step[r["step"] + 1], rel=1e-5)
+        ((label, lam),) = [(x["label"], x["lambda1"]) for x in r["lyapunov"]]
+        assert label == "l0" and -5 < lam < 1
 
 
 def test_limit_takes_a_seeded_subset_with_every_class(tmp_path, monkeypatch, tiny_mnist):

@@ -154,9 +154,12 @@ def evaluate(
 
 
 def _diagnose(model: nn.Module, step: int, run: Run, loss_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-    from diagnostics import GradientFlowRecorder, summarize
+    # the training step's forward and backward with the recorder; logs each line's profile, λ1 of each
+    # layer (one tangent vector over DIAGNOSE_SAMPLES samples) and the global norm before clipping
+    from diagnostics import GradientFlowRecorder, global_grad_norm, summarize
+    from diagnostics.lyapunov import spectra_of
 
-    with GradientFlowRecorder(model, capture_inputs=False) as rec:
+    with GradientFlowRecorder(model) as rec:
         loss = loss_fn()
         loss.backward()
     lines = []
@@ -166,8 +169,15 @@ def _diagnose(model: nn.Module, step: int, run: Run, loss_fn: Callable[[], torch
             {"line": s.label(), "horizon": summary.horizon, "tau": summary.tau, "gain": summary.gain,
              "verdict": summary.verdict, "norms_by_lag": s.mean_by_lag().tolist()}
         )  # fmt: skip
-    run.log({"kind": "diagnostics", "step": step, "lines": lines})
+    norm = global_grad_norm(model)
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(step)
+    spectra = spectra_of(model, rec.inputs, k=1, samples=DIAGNOSE_SAMPLES, generator=generator)
+    lyapunov = [{"label": sp.label, "lambda1": sp.exponents[0]} for sp in spectra]
+    run.log({"kind": "diagnostics", "step": step, "lines": lines, "lyapunov": lyapunov, "global_norm": norm})
     return loss
+
+
+DIAGNOSE_SAMPLES = 4  # samples of the batch that λ1 is averaged over at each --diagnose step
 
 
 class _Training:
