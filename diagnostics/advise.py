@@ -116,30 +116,24 @@ def _measured(remedy: str, key: str, model: nn.Module, lines: list[FlowLine], no
     horizon = None if (usable and None in horizons) else (max(horizons) if horizons else None)
     if worst == "vanishing" and horizon is None:  # one line vanishes, another reaches beyond T
         worst = "stable"
-    finite = [x for line in usable for x in (line.summary.tau,) if not math.isnan(x)]
+    taus = [line.summary.tau for line in usable if not math.isnan(line.summary.tau)]
     gains = [line.summary.gain for line in usable if not math.isnan(line.summary.gain)]
     peaks = [line.summary.peak for line in usable if not math.isnan(line.summary.peak)]
     sigmas = [w.sigma_max for w in weight_statistics(model)]
     return Measured(
-        remedy, key, horizon, max(finite, default=math.nan), max(gains, default=math.nan),
+        remedy, key, horizon, max(taus, default=math.nan), max(gains, default=math.nan),
         max(sigmas, default=None), global_grad_norm(model), worst, max(peaks, default=math.nan), note, lines,
     )  # fmt: skip
-
-
-def _profile(model: nn.Module, loss_fn: Loss, batch: Any) -> tuple[list[FlowLine], float]:
-    model.zero_grad(set_to_none=True)
-    with GradientFlowRecorder(model, capture_inputs=False) as rec:
-        loss = loss_fn(model, batch)
-        loss.backward()
-    many = len(rec.layers) > 1
-    return [flow_line(s, with_module=many) for s in rec.records], loss.item()
 
 
 def measure(model: nn.Module, loss_fn: Loss, batch: Any, remedy: str = "current model", key: str = "current",
             note: str = "") -> Measured:  # fmt: skip
     """One forward and backward of ``model`` on ``batch`` with the recorder; its `Measured` row."""
-    lines, _ = _profile(model, loss_fn, batch)
-    return _measured(remedy, key, model, lines, note)
+    model.zero_grad(set_to_none=True)
+    with GradientFlowRecorder(model, capture_inputs=False) as rec:
+        loss_fn(model, batch).backward()
+    many = len(rec.layers) > 1
+    return _measured(remedy, key, model, [flow_line(s, with_module=many) for s in rec.records], note)
 
 
 # ---- remedies that change the model -------------------------------------------------------------
@@ -149,17 +143,11 @@ def _replace_layers(model: nn.Module, build: Callable[[nn.Module], nn.Module]) -
     # a copy of the model with every rnnkit recurrent layer replaced by build(layer)
     changed = copy.deepcopy(model)
     for name, layer in recurrent_layers(changed):
-        new = build(layer)
+        if not name:  # the model is the layer
+            return build(layer)
         parent, _, attr = name.rpartition(".")
-        owner = changed.get_submodule(parent) if parent else changed
-        if not name:
-            return new
-        setattr(owner, attr, new)
+        setattr(changed.get_submodule(parent) if parent else changed, attr, build(layer))
     return changed
-
-
-def _cell_name(layer: nn.Module) -> str:
-    return {"RNN_TANH": "rnn", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}[layer.mode]
 
 
 def _swap(layer: nn.Module, cell: str) -> nn.Module:
@@ -571,7 +559,7 @@ def plot_advice(advices: list[Advice], path: str | Path, *, title: str | None = 
             )
             label = f"{m.remedy}: {_horizon_words(m)}"
             color = "black" if m is advice.current else cmap(i % 10)
-            peak = max(peak, _draw_line(ax, advice.model, best, color, MARKERS[i % len(MARKERS)], label))
+            peak = max(peak, _draw_line(ax, best, color, MARKERS[i % len(MARKERS)], label))
             lags = max(lags, len(best.summary.profile))
         _lag_axis(ax, peak, lags)
         ax.set_title(f"{advice.model} (task length {advice.task_length})", fontsize=10)

@@ -212,7 +212,7 @@ def _marks(K: int, count: int = 8) -> list[int]:
     return sorted({round(10**x) - 1 for x in torch.linspace(0, math.log10(K), count).tolist()})
 
 
-def _draw_line(ax, report_name: str, line: FlowLine, color, marker: str, label: str | None) -> float:
+def _draw_line(ax, line: FlowLine, color, marker: str, label: str | None) -> float:
     # one profile on a lag axis; returns its peak (for the y range)
     lags, r, leaves = _drawable(line)
     dashed = line.path == "c"
@@ -290,8 +290,8 @@ def plot(reports: list[GradientFlowReport], path: str | Path, *, title: str | No
                            transform=small.transAxes, fontsize=7, va="top", wrap=True)  # fmt: skip
                 overview.plot([], [], "x", color=color, label=f"{label}: {line.summary.verdict}")
                 continue
-            peak = max(peak, _draw_line(overview, report.name, line, color, marker, label))
-            small_peak = max(small_peak, _draw_line(small, report.name, line, color, marker, line.label))
+            peak = max(peak, _draw_line(overview, line, color, marker, label))
+            small_peak = max(small_peak, _draw_line(small, line, color, marker, line.label))
         _lag_axis(small, small_peak, max((len(line.summary.profile) for line in report.lines), default=2))
         worst = next((v for v in ("non-finite", "exploding", "vanishing", "stable") if v in verdicts), "")
         small.set_title(
