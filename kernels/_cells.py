@@ -36,6 +36,7 @@ def lstm_units(
     o = sigmoid(load_tile(gx_ptr, gx_rows, 3 * H + j, row_mask, jm) + a_o)
     c_prev = load_tile(c_buf_ptr, st_u, j, row_mask, jm)
     c = f * c_prev + i * g
+    tl.debug_barrier()  # every thread has read c_{t-1} before any overwrites it
     store_tile(c_buf_ptr, st_u, j, row_mask, jm, tl.where(valid, c, c_prev))
     if TRAINING:
         store_tile(gates_ptr, gx_rows, j, row_mask, jm, tl.where(valid, i, 0.0))
@@ -97,6 +98,7 @@ def lstm_units_bwd(
     dc = dc_carried + dm * o * (1.0 - tanh_c * tanh_c)  # δc_t, the total
     if RECORD:
         store_tile(dc_steps_ptr, u_rows, j, row_mask, jm, tl.where(valid, dc, 0.0))
+    tl.debug_barrier()  # every thread has read the carried δc before any overwrites it
     store_tile(dc_buf_ptr, st_u, j, row_mask, jm, tl.where(valid, dc * f, dc_carried))
     da_i = tl.where(valid, dc * g * i * (1.0 - i), 0.0)
     da_f = tl.where(valid, dc * c_prev * f * (1.0 - f), 0.0)

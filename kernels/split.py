@@ -302,10 +302,12 @@ def _split_bwd_kernel(
                 store_tile(
                     dc_buf_ptr, st_u, j, row_mask, jm, load_state(dcn_ptr, st_u, j, row_mask, jm, HAS_DCN)
                 )
+            tl.debug_barrier()  # read back below by other threads of the program
         u = i // NPH  # the backward step: forward step s = T - 1 - u
         if i % NPH == 0:  # the columns phase
             if u > 0:  # carried += [gate gradients of every unit at step u-1] @ W_hh[:, columns]
                 da = da_buf_ptr + ((u - 1) % 2) * half
+                carried = load_tile(carry_ptr, st_p, cols, row_mask, cm)
                 acc = tl.zeros((BB, BCP), dtype=tl.float32)
                 for k0 in range(0, NG * H, BK):
                     kk = k0 + tl.arange(0, BK)
@@ -322,10 +324,9 @@ def _split_bwd_kernel(
                     if UPCAST:
                         w = w.to(tl.float32)
                     acc += tl.dot(a.to(w.dtype), w, input_precision=PRECISION)
-                store_tile(
-                    carry_ptr, st_p, cols, row_mask, cm, load_tile(carry_ptr, st_p, cols, row_mask, cm) + acc
-                )
-                tl.debug_barrier()
+                tl.debug_barrier()  # every thread has read `carried` before any overwrites it
+                store_tile(carry_ptr, st_p, cols, row_mask, cm, carried + acc)
+                tl.debug_barrier()  # read back below by other threads
         if u < T:
             s = T - 1 - u
             t = tl.where(d == 0, s, T - 1 - s)
@@ -341,6 +342,7 @@ def _split_bwd_kernel(
                 if i % NPH == 0:  # the columns phase: δh_t = dy_t + carried for the program's columns
                     carried = load_tile(carry_ptr, st_p, cols, row_mask, cm)
                     step_grad(carried, dy_ptr, dh_steps_ptr, y_rows, cols, row_mask, cm, valid, HAS_DY, True)
+                    tl.debug_barrier()
                     # what the carried gradient becomes at a valid step: the product adds to it next phase
                     store_tile(carry_ptr, st_p, cols, row_mask, cm, tl.where(valid, 0.0, carried))
             if i % NPH == NPH - 1:  # the units phase
@@ -370,6 +372,7 @@ def _split_bwd_kernel(
                     store_tile(da_now, st_g, j, row_mask, jm, da)
                     direct = tl.zeros((BB, BH), dtype=tl.float32)
                 if not PROJ:  # the carried gradient: what h_t gives h_{t-1} directly; the product adds to it
+                    tl.debug_barrier()  # every thread has read `carried_u` before any overwrites it
                     store_tile(carry_ptr, st_p, j, row_mask, jm, tl.where(valid, direct, carried_u))
         if SYNC:
             grid_barrier(counter_ptr + group, (i + 1 - i_begin) * programs)

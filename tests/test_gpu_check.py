@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests._testing import DEVICE
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY_BENCH = "--device cpu --config mnist-rowwise --modes fwd --warmup 0 --repeats 1"
 TINY_TRAIN = "--task adding --seq-len 10 --epochs 1 --steps-per-epoch 2 --batch-size 4 --device cpu --quiet"
@@ -28,7 +30,7 @@ def test_gpu_check_runs_every_stage_and_summarizes(tmp_path):
         "--pytest-args", "tests/test_kernels.py -k test_launch_precision -q -p no:cacheprovider",
         "--bench-args", f"{TINY_BENCH} --providers torch.nn,rnnkit-reference",
         "--train-args", TINY_TRAIN,
-        "--skip", "barrier",  # needs a GPU: its loop is tested below
+        "--skip", "barrier,probe",  # need a GPU: their code is tested below
     )  # fmt: skip
     assert code == 0, summary
     assert "## tests: passed" in summary and "- 1 passed" in summary
@@ -44,7 +46,7 @@ def test_gpu_check_reports_failures_and_timeouts(tmp_path):
         "--pytest-args", "tests/test_gpu_check.py::test_no_such_test -q -p no:cacheprovider",
         "--bench-args", f"{TINY_BENCH} --providers torch.nn",
         "--bench-limit", "0.5",
-        "--skip", "barrier,train",
+        "--skip", "barrier,probe,train",
     )  # fmt: skip
     assert code == 1
     assert "## tests: failed (exit 4)" in summary
@@ -54,12 +56,64 @@ def test_gpu_check_reports_failures_and_timeouts(tmp_path):
 
 @pytest.mark.interpreter
 def test_barrier_probe_loop_runs():
-    """The probe's loop under the interpreter: one program meets itself at the barrier every step
+    """The probe's loop (on the GPU where there is one): one program meets itself at the barrier every step
     (more would wait forever there: programs run in turn); without the barrier any number runs."""
     sys.path.insert(0, str(ROOT / "tools"))
     try:
         import barrier_probe
     finally:
         sys.path.remove(str(ROOT / "tools"))
-    assert barrier_probe.run_loop(1, 5, True, "cpu").tolist() == [5]
-    assert barrier_probe.run_loop(3, 4, False, "cpu").tolist() == [4, 4, 4]
+    assert barrier_probe.run_loop(1, 5, True, DEVICE).tolist() == [5]
+    assert barrier_probe.run_loop(3, 4, False, DEVICE).tolist() == [4, 4, 4]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_split_probe_measures_every_configuration(monkeypatch, cell):
+    """tools/split_probe.py's sweep on a tiny shape (the interpreter, a wall-clock timer): every
+    configuration runs, and each one's numbers, but the one without its barrier, match the
+    reference."""
+    import time
+
+    from rnnkit.bench import BenchRow
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import split_probe
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    monkeypatch.setattr(split_probe, "DEVICE", DEVICE)
+
+    def timer(fn):
+        start = time.perf_counter()
+        fn()
+        return 1000 * (time.perf_counter() - start)
+
+    results = []
+    row = BenchRow("tiny", cell, 20, 3, 8, 48)
+    split_probe.probe_row(row, "ieee", results.append, time.monotonic() + 600, timer)
+    variants = {(r["pass"], r["variant"]) for r in results if "ms" in r}
+    expected = {("fwd", "chosen"), ("fwd", "no barrier"), ("bwd", "chosen"), ("bwd", "BK 64")}
+    assert expected <= variants, results
+    assert not [r for r in results if "skipped" in r and "Error" in r["skipped"]], results
+    for r in results:
+        if "ms" in r and r["variant"] != "no barrier":
+            assert r["max_abs_error"] < 1e-5, r
+
+
+def test_gpu_check_summarizes_the_probe(tmp_path):
+    """The probe stage's summary line per row and pass: chosen, without the barrier, the fastest."""
+    import json
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    rows = [("chosen", 3.5), ("BB/2", 3.1), ("no barrier", 2.5)]
+    results = [{"row": "r", "pass": "fwd", "variant": v, "us_per_step": us} for v, us in rows]
+    results.append({"row": "r", "pass": "bwd", "variant": "BH×4", "skipped": "300 programs > 132 SMs"})
+    (tmp_path / "probe.json").write_text(json.dumps({"machine": {}, "results": results}))
+    stage = gpu_check.Stage("probe", [], tmp_path / "probe.log")
+    gpu_check._summarize_probe(stage, tmp_path)
+    assert stage.details == ["r fwd: 3.50 µs/step, 2.50 without the barrier, fastest BB/2 3.10"]

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
-from tests._testing import assert_close, tf32_flags
+from tests._testing import DEVICE, assert_close, tf32_flags
 
 # (class name, extra constructor arguments)
 CELLS = {
@@ -330,9 +330,10 @@ def test_precision_reaches_the_kernels_forward_and_backward():
     from tests._testing import OpCalls
 
     ops.backend_ops("triton")  # registered on first use
-    gx = torch.randn(4, 2, 1, 32, requires_grad=True)
-    w_hh = torch.randn(1, 32, 8, requires_grad=True)
-    for asked, expected in ((None, "ieee"), ("tf32", "tf32"), ("ieee", "ieee")):  # None: the CPU's
+    gx = torch.randn(4, 2, 1, 32, device=DEVICE, requires_grad=True)
+    w_hh = torch.randn(1, 32, 8, device=DEVICE, requires_grad=True)
+    default = "tf32" if DEVICE == "cuda" and functional._cudnn_rnn_allows_tf32() else "ieee"  # as cuDNN
+    for asked, expected in ((None, default), ("tf32", "tf32"), ("ieee", "ieee")):
         with OpCalls("triton_lstm_fwd") as fwd, OpCalls("triton_lstm_bwd") as bwd:
             y, _, _ = functional.lstm(gx, w_hh, backend="triton", precision=asked)
             y.sum().backward()
@@ -356,7 +357,7 @@ def test_fp32_on_gpu_runs_tf32_like_cudnn(monkeypatch, cell):
         launch(wrapped, grid, *args, **meta)
 
     monkeypatch.setattr(_config, "launch", spy)
-    for module in ("kernels.lstm", "kernels.gru"):
+    for module in ("kernels.lstm", "kernels.gru", "kernels.split"):
         monkeypatch.setattr(f"{module}.launch", spy)
     theirs = getattr(nn, cell)(32, 128, num_layers=2).cuda()
     ours = getattr(rnnkit, cell)(32, 128, num_layers=2, backend="triton").cuda()

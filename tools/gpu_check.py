@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python tools/gpu_check.py [--out DIR] [--data-dir MNIST_DIR]
 
-Four stages, each with its own time limit (about 5 minutes in all on one H100/H200), each logging to
+Five stages, each with its own time limit (about 6 minutes in all on one H100/H200), each logging to
 its own file in one folder (default ``runs/gpu-check-<time>``):
 
 1. tests: ``pytest -m "cuda or interpreter"`` (the interpreter-marked kernel tests run natively on
@@ -12,7 +12,9 @@ its own file in one folder (default ``runs/gpu-check-<time>``):
 3. bench: ``cli.py bench`` for torch.nn and rnnkit-triton on every row, fp32 rows under torch's
    defaults (TF32) and in IEEE fp32 (``bench.json``, rewritten after every measurement, so a stage
    cut short keeps what it measured; ``bench.md``);
-4. train: one epoch of ``cli.py train --task mnist --device cuda --backend triton`` (needs the MNIST
+4. probe: ``tools/split_probe.py``, the split kernels' µs per step at their block sizes and
+   neighbours, and without the barrier (``probe.json``);
+5. train: one epoch of ``cli.py train --task mnist --device cuda --backend triton`` (needs the MNIST
    files: ``--data-dir``, else the cache; skipped, and said so, where there are none).
 
 Then it prints a summary (also ``summary.md``): each stage's outcome, the failures by name, the
@@ -37,8 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("tests", "barrier", "bench", "train")
-LIMITS_S = {"tests": 150, "barrier": 30, "bench": 120, "train": 60}
+STAGES = ("tests", "barrier", "bench", "probe", "train")
+LIMITS_S = {"tests": 150, "barrier": 30, "bench": 120, "probe": 150, "train": 60}
 
 
 @dataclass
@@ -80,10 +82,12 @@ def _commands(args: argparse.Namespace, out: Path) -> dict[str, list[str]]:
         "--task", "mnist", "--device", "cuda", "--backend", "triton", "--epochs", "1", "--no-download",
         "--quiet",
     ]  # fmt: skip
+    probe_args = ["--budget", str(max(10, args.probe_limit - 30))]  # its own budget, inside the stage's limit
     data = _mnist_dir(args.data_dir)
     return {
         "tests": [py, "-m", "pytest", *pytest_args],
         "barrier": [py, "tools/barrier_probe.py", "--json", str(out / "barrier.json")],
+        "probe": [py, "tools/split_probe.py", *probe_args, "--json", str(out / "probe.json")],
         "bench": [
             py,
             "cli.py",
@@ -155,6 +159,25 @@ def _summarize_barrier(stage: Stage, out: Path) -> None:
                           for r in json.loads(path.read_text())]  # fmt: skip
 
 
+def _summarize_probe(stage: Stage, out: Path) -> None:
+    path = out / "probe.json"
+    if not path.is_file():
+        return
+    measured: dict[tuple[str, str], dict[str, float]] = {}
+    for r in json.loads(path.read_text())["results"]:
+        if "us_per_step" in r:
+            measured.setdefault((r["row"], r["pass"]), {})[r["variant"]] = r["us_per_step"]
+    for (row, pass_), times in measured.items():
+        if "chosen" not in times:
+            continue
+        rest = {k: v for k, v in times.items() if k != "no barrier"}
+        best = min(rest, key=rest.get)
+        stage.details.append(
+            f"{row} {pass_}: {times['chosen']:.2f} µs/step, {times.get('no barrier', float('nan')):.2f} "
+            f"without the barrier, fastest {best} {rest[best]:.2f}"
+        )
+
+
 def _summarize_train(stage: Stage, out: Path) -> None:
     metrics = out / "train" / "metrics.jsonl"
     if not metrics.is_file():
@@ -171,7 +194,7 @@ def _summarize_train(stage: Stage, out: Path) -> None:
 
 
 SUMMARIES = {"tests": _summarize_tests, "barrier": _summarize_barrier, "bench": _summarize_bench,
-             "train": _summarize_train}  # fmt: skip
+             "probe": _summarize_probe, "train": _summarize_train}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
