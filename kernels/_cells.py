@@ -15,8 +15,8 @@ from kernels._tiles import load_previous, load_tile, sigmoid, split4, store_tile
 
 
 @triton.jit
-def rnn_units(acc, gx_ptr, gx_rows, j, jm, row_mask, RELU: tl.constexpr):
-    a = load_tile(gx_ptr, gx_rows, j, row_mask, jm) + acc
+def rnn_units(acc, x, RELU: tl.constexpr):
+    a = x + acc
     if RELU:
         h = tl.maximum(a, 0.0)
     else:
@@ -26,15 +26,15 @@ def rnn_units(acc, gx_ptr, gx_rows, j, jm, row_mask, RELU: tl.constexpr):
 
 @triton.jit
 def lstm_units(
-    acc, gx_ptr, gx_rows, j, jm, row_mask, valid, H, c_buf_ptr, st_u, gates_ptr, c_steps_ptr, u_rows,
-    TRAINING: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
+    acc, x_i, x_f, x_g, x_o, c_prev, gx_rows, j, jm, row_mask, valid, H, c_buf_ptr, st_u, gates_ptr,
+    c_steps_ptr, u_rows, TRAINING: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
 ):  # fmt: skip
+    # x_*: the gates' input pre-activations (gx), c_prev: c_{t-1}, loaded by the caller
     a_i, a_f, a_g, a_o = split4(acc, BB, BH)
-    i = sigmoid(load_tile(gx_ptr, gx_rows, j, row_mask, jm) + a_i)
-    f = sigmoid(load_tile(gx_ptr, gx_rows, H + j, row_mask, jm) + a_f)
-    g = tanh(load_tile(gx_ptr, gx_rows, 2 * H + j, row_mask, jm) + a_g)
-    o = sigmoid(load_tile(gx_ptr, gx_rows, 3 * H + j, row_mask, jm) + a_o)
-    c_prev = load_tile(c_buf_ptr, st_u, j, row_mask, jm)
+    i = sigmoid(x_i + a_i)
+    f = sigmoid(x_f + a_f)
+    g = tanh(x_g + a_g)
+    o = sigmoid(x_o + a_o)
     c = f * c_prev + i * g
     tl.debug_barrier()  # every thread has read c_{t-1} before any overwrites it
     store_tile(c_buf_ptr, st_u, j, row_mask, jm, tl.where(valid, c, c_prev))
@@ -49,14 +49,15 @@ def lstm_units(
 
 @triton.jit
 def gru_units(
-    acc, h_prev, b_hn, gx_ptr, gx_rows, j, jm, row_mask, valid, H, gates_ptr, ghn_ptr, u_rows,
+    acc, x_r, x_z, x_n, h_prev, b_hn, gx_rows, j, jm, row_mask, valid, H, gates_ptr, ghn_ptr, u_rows,
     TRAINING: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr,
 ):  # fmt: skip
+    # x_*: the gates' input pre-activations (gx), loaded by the caller
     h_r, h_z, h_n, _ = split4(acc, BB, BH)
-    r = sigmoid(load_tile(gx_ptr, gx_rows, j, row_mask, jm) + h_r)
-    z = sigmoid(load_tile(gx_ptr, gx_rows, H + j, row_mask, jm) + h_z)
+    r = sigmoid(x_r + h_r)
+    z = sigmoid(x_z + h_z)
     ghn = h_n + b_hn
-    n = tanh(load_tile(gx_ptr, gx_rows, 2 * H + j, row_mask, jm) + r * ghn)
+    n = tanh(x_n + r * ghn)
     if TRAINING:
         store_tile(gates_ptr, gx_rows, j, row_mask, jm, tl.where(valid, r, 0.0))
         store_tile(gates_ptr, gx_rows, H + j, row_mask, jm, tl.where(valid, z, 0.0))
@@ -73,8 +74,8 @@ def store_twice(dgx_ptr, gx_rows, da_ptr, st_g, cols, row_mask, col_mask, da):
 
 
 @triton.jit
-def rnn_units_bwd(dh, y_ptr, u_rows, j, jm, row_mask, valid, RELU: tl.constexpr):
-    h = load_tile(y_ptr, u_rows, j, row_mask, jm)
+def rnn_grads(dh, h, valid, RELU: tl.constexpr):
+    # the pre-activation gradient from δh_t and h_t
     if RELU:
         da = tl.where(valid & (h > 0), dh, 0.0)
     else:
@@ -83,11 +84,17 @@ def rnn_units_bwd(dh, y_ptr, u_rows, j, jm, row_mask, valid, RELU: tl.constexpr)
 
 
 @triton.jit
-def lstm_units_bwd(
-    dm, gates_ptr, c_steps_ptr, c0_ptr, dc_buf_ptr, dc_steps_ptr, dgx_ptr, da_ptr, gx_rows, u_rows, prev_rows,
-    st_u, st_g, j, jm, row_mask, valid, is_valid, is_first, H,
-    HAS_C0: tl.constexpr, RECORD: tl.constexpr,
+def rnn_units_bwd(dh, y_ptr, u_rows, j, jm, row_mask, valid, RELU: tl.constexpr):
+    return rnn_grads(dh, load_tile(y_ptr, u_rows, j, row_mask, jm), valid, RELU)
+
+
+@triton.jit
+def lstm_saved(
+    gates_ptr, c_steps_ptr, c0_ptr, dc_buf_ptr, gx_rows, u_rows, prev_rows, st_u, j, jm, row_mask, is_valid,
+    is_first, H, HAS_C0: tl.constexpr,
 ):  # fmt: skip
+    # what the backward of a step reads before δh_t is known: the saved gates, tanh(c_t), c_{t-1} and
+    # the carried δc (a kernel can issue these loads early, so that they overlap its other work)
     i = load_tile(gates_ptr, gx_rows, j, row_mask, jm)
     f = load_tile(gates_ptr, gx_rows, H + j, row_mask, jm)
     g = load_tile(gates_ptr, gx_rows, 2 * H + j, row_mask, jm)
@@ -95,6 +102,15 @@ def lstm_units_bwd(
     tanh_c = tanh(load_tile(c_steps_ptr, u_rows, j, row_mask, jm))
     c_prev = load_previous(c_steps_ptr, prev_rows, c0_ptr, st_u, j, jm, is_valid, is_first, HAS_C0)
     dc_carried = load_tile(dc_buf_ptr, st_u, j, row_mask, jm)
+    return i, f, g, o, tanh_c, c_prev, dc_carried
+
+
+@triton.jit
+def lstm_grads(
+    dm, i, f, g, o, tanh_c, c_prev, dc_carried, dc_buf_ptr, dc_steps_ptr, dgx_ptr, da_ptr, gx_rows, u_rows,
+    st_u, st_g, j, jm, row_mask, valid, H, RECORD: tl.constexpr,
+):  # fmt: skip
+    # the gate gradients (to dgx and the product's buffer) and the carried δc, from δm_t and `lstm_saved`
     dc = dc_carried + dm * o * (1.0 - tanh_c * tanh_c)  # δc_t, the total
     if RECORD:
         store_tile(dc_steps_ptr, u_rows, j, row_mask, jm, tl.where(valid, dc, 0.0))
@@ -111,15 +127,40 @@ def lstm_units_bwd(
 
 
 @triton.jit
-def gru_units_bwd(
-    dh, gates_ptr, ghn_ptr, y_ptr, h0_ptr, dgx_ptr, dghn_ptr, da_ptr, gx_rows, u_rows, prev_rows, st_u, st_g,
-    j, jm, row_mask, valid, is_valid, is_first, H, HAS_H0: tl.constexpr,
+def lstm_units_bwd(
+    dm, gates_ptr, c_steps_ptr, c0_ptr, dc_buf_ptr, dc_steps_ptr, dgx_ptr, da_ptr, gx_rows, u_rows, prev_rows,
+    st_u, st_g, j, jm, row_mask, valid, is_valid, is_first, H,
+    HAS_C0: tl.constexpr, RECORD: tl.constexpr,
 ):  # fmt: skip
+    i, f, g, o, tanh_c, c_prev, dc_carried = lstm_saved(
+        gates_ptr, c_steps_ptr, c0_ptr, dc_buf_ptr, gx_rows, u_rows, prev_rows, st_u, j, jm, row_mask,
+        is_valid, is_first, H, HAS_C0,
+    )  # fmt: skip
+    lstm_grads(
+        dm, i, f, g, o, tanh_c, c_prev, dc_carried, dc_buf_ptr, dc_steps_ptr, dgx_ptr, da_ptr, gx_rows,
+        u_rows, st_u, st_g, j, jm, row_mask, valid, H, RECORD,
+    )  # fmt: skip
+
+
+@triton.jit
+def gru_saved(
+    gates_ptr, ghn_ptr, y_ptr, h0_ptr, gx_rows, u_rows, prev_rows, st_u, j, jm, row_mask, is_valid, is_first,
+    H, HAS_H0: tl.constexpr,
+):  # fmt: skip
+    # what the backward of a step reads before δh_t is known: the saved gates, W_hn h + b_hn, h_{t-1}
     r = load_tile(gates_ptr, gx_rows, j, row_mask, jm)
     z = load_tile(gates_ptr, gx_rows, H + j, row_mask, jm)
     n = load_tile(gates_ptr, gx_rows, 2 * H + j, row_mask, jm)
     ghn = load_tile(ghn_ptr, u_rows, j, row_mask, jm)
     h_prev = load_previous(y_ptr, prev_rows, h0_ptr, st_u, j, jm, is_valid, is_first, HAS_H0)
+    return r, z, n, ghn, h_prev
+
+
+@triton.jit
+def gru_grads(
+    dh, r, z, n, ghn, h_prev, dgx_ptr, dghn_ptr, da_ptr, gx_rows, u_rows, st_g, j, jm, row_mask, valid, H,
+):  # fmt: skip
+    # the gate gradients (to dgx, dghn and the product's buffer) from δh_t and `gru_saved`
     dn = tl.where(valid, dh * (1.0 - z) * (1.0 - n * n), 0.0)
     dr = tl.where(valid, dn * ghn * r * (1.0 - r), 0.0)
     dz = tl.where(valid, dh * (h_prev - n) * z * (1.0 - z), 0.0)
@@ -130,3 +171,17 @@ def gru_units_bwd(
     store_tile(da_ptr, st_g, 2 * H + j, row_mask, jm, dghn)  # the hidden side's: W_hn h + b_hn
     store_tile(dghn_ptr, u_rows, j, row_mask, jm, dghn)
     return dh * z  # what h_{t-1} gets directly from h_t = n + z ⊙ (h_{t-1} - n)
+
+
+@triton.jit
+def gru_units_bwd(
+    dh, gates_ptr, ghn_ptr, y_ptr, h0_ptr, dgx_ptr, dghn_ptr, da_ptr, gx_rows, u_rows, prev_rows, st_u, st_g,
+    j, jm, row_mask, valid, is_valid, is_first, H, HAS_H0: tl.constexpr,
+):  # fmt: skip
+    r, z, n, ghn, h_prev = gru_saved(
+        gates_ptr, ghn_ptr, y_ptr, h0_ptr, gx_rows, u_rows, prev_rows, st_u, j, jm, row_mask, is_valid,
+        is_first, H, HAS_H0,
+    )  # fmt: skip
+    return gru_grads(
+        dh, r, z, n, ghn, h_prev, dgx_ptr, dghn_ptr, da_ptr, gx_rows, u_rows, st_g, j, jm, row_mask, valid, H,
+    )  # fmt: skip

@@ -137,12 +137,13 @@ def split_shared_memory(
     """Bytes of shared memory a split kernel asks for. Forward: its rows of W_hh [GP·BH, P] (and of
     W_hr [BCP, H]) in the storage dtype, kept for the whole sequence, and the product's A operand,
     all of h_{t-1} [BB, P] (and m_t [BB, H]), staged in fp32. Backward: W_hr's columns [P, BH] and δh_t
-    [BB, P] staged (a projection), and four fp32 [BB, BK] chunks of the streamed product. Measured on
-    sm_90 with `kernels.resources` (Triton 3.9) and checked there (`tests/test_resources.py`)."""
+    [BB, P] staged (a projection), and the streamed product's pipeline, two fp32 [BB, BK] chunks of the
+    gate gradients and two [BK, BCP] of W_hh (taken as fp32). Measured on sm_90 with
+    `kernels.resources` (Triton 3.9) and checked there (`tests/test_resources.py`)."""
     gates, PP, HP = triton.next_power_of_2(G), _padded(P), _padded(H)
     proj = P != H
     if backward:
-        return 16 * BB * BK + ((itemsize * BH + 4 * BB) * PP if proj else 0)
+        return 8 * BK * (BB + BCP) + ((itemsize * BH + 4 * BB) * PP if proj else 0)
     projection = (itemsize * BCP + 4 * BB) * HP if proj else 0
     return itemsize * gates * BH * PP + 4 * BB * PP + projection + 4096
 
@@ -153,9 +154,17 @@ def _padded(n: int) -> int:
 
 # the split forward's A operand, all of h_{t-1} [BB, P] in fp32, in registers: at most this many values
 # per program (measured: BB·P = 16384 with 8 warps takes 112-158 registers and does not spill; 32768
-# spills), and 8 warps above half of it. The backward's product streams W_hh in chunks of BK = 32 rows
-# (64 spilled a few bytes in one kernel, 128 more) with 4 warps (8 spilled 4 bytes in one kernel)
+# spills), and 8 warps above half of it. The backward's product streams W_hh in chunks of `split_chunk`
+# rows with 4 warps (8 spilled 4 bytes in one kernel)
 SPLIT_MAX_OPERAND = 16384
+
+
+def split_chunk(BB: int) -> int:
+    """The split backward's reduction chunk: rows of W_hh (and columns of the gate gradients) per step
+    of its K-loop. Each chunk costs about one pipelined L2 round trip (0.19 µs on the H200, G·H / 32
+    of them per step at 32), so the widest that does not spill: BB·BK <= 2048 (measured with
+    `kernels.resources`, sm_90: 134-158 registers at BB 16-64; BK 128 at BB 32 spills 4 bytes)."""
+    return max(32, min(128, 2048 // BB))
 
 
 def _split_config(
@@ -168,7 +177,9 @@ def _split_config(
     if interpreted():
         BB, BH = 16, max(least, INTERPRETER_SPLIT_UNITS)
     else:
-        BB = _tile(B, 64)
+        # at least two batch tiles past 16 rows, at most 32 rows: on the H200 (tools/split_probe.py)
+        # halving BB from 32 or 64 saved 3-21% per step where the SMs held the extra programs
+        BB = min(32, _tile(triton.cdiv(_size(B), 2), 32))
         while BB > 16 and BB * PP > SPLIT_MAX_OPERAND:
             BB //= 2
         tiles = triton.cdiv(_size(B), BB) * D
@@ -180,12 +191,13 @@ def _split_config(
             return f"{triton.cdiv(H, BH) * tiles} programs > {sms} SMs"
     NJ = triton.cdiv(H, BH)
     BC = BH if P == H else triton.next_power_of_2(triton.cdiv(P, NJ))
-    needed = split_shared_memory(G, BB, BH, max(16, BC), H, P, like.element_size(), backward=backward)
+    BK = split_chunk(BB)
+    needed = split_shared_memory(G, BB, BH, max(16, BC), H, P, like.element_size(), backward=backward, BK=BK)
     if needed > shared_memory_limit(like.device):
         return f"{needed} bytes of shared memory per program > {shared_memory_limit(like.device)}"
     wide = BB * PP > SPLIT_MAX_OPERAND // 2 and not backward
     return LaunchConfig(
-        path="split", BB=BB, BH=BH, BK=32, num_warps=8 if wide else 4, PRECISION=PRECISION, BC=BC,
+        path="split", BB=BB, BH=BH, BK=BK, num_warps=8 if wide else 4, PRECISION=PRECISION, BC=BC,
         why=f"{NJ} programs per batch tile and direction, {BH} units each",
     )  # fmt: skip
 

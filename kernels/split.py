@@ -18,11 +18,14 @@ Forward, phase 0 writes the initial state, then per step (phases 1 + NPH·s ...)
   are loaded once before the loop and stay in shared memory; the cell's gate math in fp32; the
   program's slice of h_t (or, with a projection, of m_t = o ⊙ tanh c_t).
 - projection phase (LSTM proj_size): m_t [BB, H] (all of it) @ the program's rows of W_hrᵀ.
-Backward, phase 0 writes the final-state gradients, then per step in reverse: the program's units'
-gate gradients from δh_t (its own columns) and the saved activations, then the carried gradient of
-its columns, δh_{t-1} = [gate gradients of every unit] @ W_hh[:, columns] (+ δh_t ⊙ z for the GRU),
-W_hh read in [BK, BCP] chunks. With a projection a columns phase comes first: δh_t = dy_t + carried
-for the program's columns of h, then the units phase reads all of δh_t for δm = δh_t W_hr.
+Backward, phase 0 writes the final-state gradients, then per step in reverse: the carried gradient
+of the program's columns from the step before, += [gate gradients of every unit] @ W_hh[:, columns]
+(W_hh read in [BK, BCP] chunks), then its units' gate gradients from δh_t (its own columns; + δh_t ⊙ z
+carried directly for the GRU) and the saved activations. With a projection a columns phase comes
+first: the product and δh_t = dy_t + carried for the program's columns of h, then the units phase
+reads all of δh_t for δm = δh_t W_hr. In each units phase the loads that do not depend on h_{t-1}
+(forward: gx_t, c_{t-1}) or on δh_t (backward: the saved activations, dy_t) come first, so that they
+are in flight with the dependent ones instead of after them.
 
 State between phases lives in global fp32 buffers that only its owner writes (c, the carried
 gradient) or that every program reads after the barrier (h_t, m_t, the gate gradients), so a launch
@@ -43,12 +46,14 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from kernels._cells import (
+    gru_grads,
+    gru_saved,
     gru_units,
-    gru_units_bwd,
+    lstm_grads,
+    lstm_saved,
     lstm_units,
-    lstm_units_bwd,
+    rnn_grads,
     rnn_units,
-    rnn_units_bwd,
 )
 from kernels._config import LaunchConfig, alloc, interpreted, launch
 from kernels._tiles import (
@@ -75,6 +80,49 @@ def _load_all(ptr, row_off, N, row_mask, NP: tl.constexpr):
     return tl.load(ptr + row_off[:, None] + cols[None, :], mask=mask, other=0.0, cache_modifier=".cg").to(
         tl.float32
     )
+
+
+@triton.jit
+def _load_gates(gx_ptr, gx_rows, j, jm, row_mask, H, NG: tl.constexpr):
+    # the step's input pre-activations of the program's units, one [BB, BH] fp32 tile per gate (zeros
+    # past the cell's NG gates)
+    x0 = load_tile(gx_ptr, gx_rows, j, row_mask, jm)
+    x1 = tl.zeros_like(x0)
+    x2 = tl.zeros_like(x0)
+    x3 = tl.zeros_like(x0)
+    if NG > 1:
+        x1 = load_tile(gx_ptr, gx_rows, H + j, row_mask, jm)
+    if NG > 2:
+        x2 = load_tile(gx_ptr, gx_rows, 2 * H + j, row_mask, jm)
+    if NG > 3:
+        x3 = load_tile(gx_ptr, gx_rows, 3 * H + j, row_mask, jm)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def _carry_product(
+    da_ptr, w_hh, carry_ptr, st_p, st_g, cols, cm, row_mask, NGH, P, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, BB: tl.constexpr, BCP: tl.constexpr, BK: tl.constexpr,
+):  # fmt: skip
+    # the program's columns of the carried gradient += [gate gradients of every unit] @ W_hh[:, columns],
+    # W_hh and the gate gradients read in chunks of BK rows (the K-loop's loads are pipelined)
+    carried = load_tile(carry_ptr, st_p, cols, row_mask, cm)
+    acc = tl.zeros((BB, BCP), dtype=tl.float32)
+    for k0 in range(0, NGH, BK):
+        kk = k0 + tl.arange(0, BK)
+        km = kk < NGH
+        a = tl.load(
+            da_ptr + st_g[:, None] + kk[None, :], mask=row_mask[:, None] & km[None, :], other=0.0,
+            cache_modifier=".cg",
+        )  # fmt: skip
+        w_mask = km[:, None] & cm[None, :]
+        w = tl.load(w_hh + kk[:, None].to(tl.int64) * P + cols[None, :], mask=w_mask, other=0.0)
+        if UPCAST:
+            w = w.to(tl.float32)
+        acc += tl.dot(a.to(w.dtype), w, input_precision=PRECISION)
+    tl.debug_barrier()  # every thread has read `carried` before any overwrites it
+    store_tile(carry_ptr, st_p, cols, row_mask, cm, carried + acc)
+    tl.debug_barrier()  # read back by other threads
 
 
 @triton.jit
@@ -179,26 +227,31 @@ def _split_fwd_kernel(
             h_nxt = h_buf_ptr + ((s + 1) % 2) * half
             y_rows = seq_offset(t, rows, B, D, d, P)
             if (i - 1) % NPH == 0:  # the units phase
-                h_all = _load_all(h_cur, st_p, P, row_mask, PP)  # [BB, PP] h_{t-1}
-                acc = tl.dot(h_all.to(w_t.dtype), w_t, input_precision=PRECISION)  # [BB, GP*BH]
                 gx_rows = seq_offset(t, rows, B, D, d, NG * H)
                 u_rows = seq_offset(t, rows, B, D, d, H)
+                # first the loads that do not wait for h_{t-1}, so that they overlap its load: issued
+                # after the product they would wait behind its bar.syncs, a second round trip per step
+                x0, x1, x2, x3 = _load_gates(gx_ptr, gx_rows, j, jm, row_mask, H, NG)
+                if CELL == LSTM:
+                    c_prev = load_tile(c_buf_ptr, st_u, j, row_mask, jm)
                 if PROJ:
                     h_prev = tl.zeros((BB, BH), dtype=tl.float32)  # h lives in P columns: not the units'
                 else:
                     h_prev = load_tile(h_cur, st_p, j, row_mask, jm)  # the program's units of h_{t-1}
+                h_all = _load_all(h_cur, st_p, P, row_mask, PP)  # [BB, PP] h_{t-1}
+                acc = tl.dot(h_all.to(w_t.dtype), w_t, input_precision=PRECISION)  # [BB, GP*BH]
                 if CELL == LSTM:
                     h_new = lstm_units(
-                        acc, gx_ptr, gx_rows, j, jm, row_mask, valid, H, c_buf_ptr, st_u, gates_ptr, aux_ptr,
-                        u_rows, TRAINING, BB, BH,
+                        acc, x0, x1, x2, x3, c_prev, gx_rows, j, jm, row_mask, valid, H, c_buf_ptr, st_u,
+                        gates_ptr, aux_ptr, u_rows, TRAINING, BB, BH,
                     )  # fmt: skip
                 elif CELL == GRU:
                     h_new = gru_units(
-                        acc, h_prev, b_hn, gx_ptr, gx_rows, j, jm, row_mask, valid, H, gates_ptr, aux_ptr,
+                        acc, x0, x1, x2, h_prev, b_hn, gx_rows, j, jm, row_mask, valid, H, gates_ptr, aux_ptr,
                         u_rows, TRAINING, BB, BH,
                     )  # fmt: skip
                 else:
-                    h_new = rnn_units(acc, gx_ptr, gx_rows, j, jm, row_mask, CELL == RNN_RELU)
+                    h_new = rnn_units(acc, x0, CELL == RNN_RELU)
                 if PROJ:
                     store_tile(m_buf_ptr, st_u, j, row_mask, jm, h_new)
                 else:
@@ -304,29 +357,7 @@ def _split_bwd_kernel(
                 )
             tl.debug_barrier()  # read back below by other threads of the program
         u = i // NPH  # the backward step: forward step s = T - 1 - u
-        if i % NPH == 0:  # the columns phase
-            if u > 0:  # carried += [gate gradients of every unit at step u-1] @ W_hh[:, columns]
-                da = da_buf_ptr + ((u - 1) % 2) * half
-                carried = load_tile(carry_ptr, st_p, cols, row_mask, cm)
-                acc = tl.zeros((BB, BCP), dtype=tl.float32)
-                for k0 in range(0, NG * H, BK):
-                    kk = k0 + tl.arange(0, BK)
-                    km = kk < NG * H
-                    a = tl.load(
-                        da + st_g[:, None] + kk[None, :], mask=row_mask[:, None] & km[None, :], other=0.0,
-                        cache_modifier=".cg",
-                    )  # fmt: skip
-                    w = tl.load(
-                        w_hh + kk[:, None].to(tl.int64) * P + cols[None, :],
-                        mask=km[:, None] & cm[None, :],
-                        other=0.0,
-                    )
-                    if UPCAST:
-                        w = w.to(tl.float32)
-                    acc += tl.dot(a.to(w.dtype), w, input_precision=PRECISION)
-                tl.debug_barrier()  # every thread has read `carried` before any overwrites it
-                store_tile(carry_ptr, st_p, cols, row_mask, cm, carried + acc)
-                tl.debug_barrier()  # read back below by other threads
+        da_prev = da_buf_ptr + ((u + 1) % 2) * half  # the gate gradients of the step before (u - 1)
         if u < T:
             s = T - 1 - u
             t = tl.where(d == 0, s, T - 1 - s)
@@ -340,40 +371,71 @@ def _split_bwd_kernel(
             da_now = da_buf_ptr + (u % 2) * half
             if PROJ:
                 if i % NPH == 0:  # the columns phase: δh_t = dy_t + carried for the program's columns
+                    if u > 0:
+                        _carry_product(
+                            da_prev, w_hh, carry_ptr, st_p, st_g, cols, cm, row_mask, NG * H, P, UPCAST,
+                            PRECISION, BB, BCP, BK,
+                        )  # fmt: skip
                     carried = load_tile(carry_ptr, st_p, cols, row_mask, cm)
                     step_grad(carried, dy_ptr, dh_steps_ptr, y_rows, cols, row_mask, cm, valid, HAS_DY, True)
                     tl.debug_barrier()
                     # what the carried gradient becomes at a valid step: the product adds to it next phase
                     store_tile(carry_ptr, st_p, cols, row_mask, cm, tl.where(valid, 0.0, carried))
             if i % NPH == NPH - 1:  # the units phase
+                # first the loads that do not wait for δh_t, so that they overlap the product and the
+                # load of δh_t: issued after them they would wait behind their bar.syncs
+                if CELL == LSTM:
+                    a0, a1, a2, a3, tanh_c, c_prev, dc_carried = lstm_saved(
+                        gates_ptr, aux_ptr, c0_ptr, dc_buf_ptr, gx_rows, u_rows, prev_rows, st_u, j, jm,
+                        row_mask, is_valid, is_first, H, HAS_C0,
+                    )  # fmt: skip
+                elif CELL == GRU:
+                    a0, a1, a2, ghn, h_prev = gru_saved(
+                        gates_ptr, aux_ptr, y_ptr, h0_ptr, gx_rows, u_rows, prev_rows, st_u, j, jm, row_mask,
+                        is_valid, is_first, H, HAS_H0,
+                    )  # fmt: skip
+                else:
+                    h_t = load_tile(y_ptr, u_rows, j, row_mask, jm)
                 if PROJ:
                     dh_all = _load_all(dh_steps_ptr, y_rows, P, row_mask, PP)  # [BB, PP] δh_t
                     dm = tl.dot(dh_all.to(w_hr.dtype), w_hr, input_precision=PRECISION)  # [BB, BH] δm_t
                 else:
+                    dm = tl.zeros((BB, BH), dtype=tl.float32)
+                    if HAS_DY:
+                        dm += load_tile(dy_ptr, y_rows, j, row_mask, jm)
+                    if u > 0:  # carried += [gate gradients of every unit at step u-1] @ W_hh[:, columns]
+                        _carry_product(
+                            da_prev, w_hh, carry_ptr, st_p, st_g, cols, cm, row_mask, NG * H, P, UPCAST,
+                            PRECISION, BB, BCP, BK,
+                        )  # fmt: skip
                     carried_u = load_tile(carry_ptr, st_p, j, row_mask, jm)
-                    dm = step_grad(
-                        carried_u, dy_ptr, dh_steps_ptr, y_rows, j, row_mask, jm, valid, HAS_DY, KEEP_DH
-                    )  # δh_t of the program's units
+                    dm = tl.where(valid, dm + carried_u, 0.0)  # δh_t of the program's units
+                    if KEEP_DH:
+                        store_tile(dh_steps_ptr, y_rows, j, row_mask, jm, dm)
                 if CELL == LSTM:
-                    lstm_units_bwd(
-                        dm, gates_ptr, aux_ptr, c0_ptr, dc_buf_ptr, dc_steps_ptr, dgx_ptr, da_now, gx_rows,
-                        u_rows, prev_rows, st_u, st_g, j, jm, row_mask, valid, is_valid, is_first, H, HAS_C0,
-                        RECORD,
+                    lstm_grads(
+                        dm, a0, a1, a2, a3, tanh_c, c_prev, dc_carried, dc_buf_ptr, dc_steps_ptr, dgx_ptr,
+                        da_now, gx_rows, u_rows, st_u, st_g, j, jm, row_mask, valid, H, RECORD,
                     )  # fmt: skip
                     direct = tl.zeros((BB, BH), dtype=tl.float32)
                 elif CELL == GRU:
-                    direct = gru_units_bwd(
-                        dm, gates_ptr, aux_ptr, y_ptr, h0_ptr, dgx_ptr, dghn_ptr, da_now, gx_rows, u_rows,
-                        prev_rows, st_u, st_g, j, jm, row_mask, valid, is_valid, is_first, H, HAS_H0,
+                    direct = gru_grads(
+                        dm, a0, a1, a2, ghn, h_prev, dgx_ptr, dghn_ptr, da_now, gx_rows, u_rows, st_g, j, jm,
+                        row_mask, valid, H,
                     )  # fmt: skip
                 else:
-                    da = rnn_units_bwd(dm, y_ptr, u_rows, j, jm, row_mask, valid, CELL == RNN_RELU)
+                    da = rnn_grads(dm, h_t, valid, CELL == RNN_RELU)
                     store_tile(dgx_ptr, gx_rows, j, row_mask, jm, da)
                     store_tile(da_now, st_g, j, row_mask, jm, da)
                     direct = tl.zeros((BB, BH), dtype=tl.float32)
                 if not PROJ:  # the carried gradient: what h_t gives h_{t-1} directly; the product adds to it
                     tl.debug_barrier()  # every thread has read `carried_u` before any overwrites it
                     store_tile(carry_ptr, st_p, j, row_mask, jm, tl.where(valid, direct, carried_u))
+        else:  # the last phase: the product alone, what reaches h_{-1}
+            _carry_product(
+                da_prev, w_hh, carry_ptr, st_p, st_g, cols, cm, row_mask, NG * H, P, UPCAST, PRECISION,
+                BB, BCP, BK,
+            )  # fmt: skip
         if SYNC:
             grid_barrier(counter_ptr + group, (i + 1 - i_begin) * programs)
         else:

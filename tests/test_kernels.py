@@ -280,3 +280,22 @@ def test_mnist_rowwise_lstm_trains_like_reference(poisoned, monkeypatch):
         assert abs(a - b) <= 1e-4, f"batch {step}: loss {a:.6f} with triton, {b:.6f} with the reference"
     for name, value in first_grads["reference"].items():
         assert_close(f"grad {name}", first_grads["triton"][name], value, torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("B", "H", "BB", "BK"),
+    [(8, 128, 16, 128), (16, 768, 16, 128), (32, 128, 16, 128), (64, 512, 32, 64), (100, 256, 32, 64)],
+)
+def test_split_batch_tile_and_chunk(monkeypatch, B, H, BB, BK):
+    """The split path's block sizes on a GPU (H200 figures, as on meta tensors): at least two batch
+    tiles past 16 rows, at most 32 rows, and the backward's reduction chunk BK = 2048 / BB."""
+    from kernels import _config
+
+    monkeypatch.setattr(_config, "interpreted", lambda: False)
+    monkeypatch.setattr(_config, "KERNEL_PATH", "split")
+    like = torch.empty(0, device="meta")
+    for backward in (False, True):
+        cfg = _config.launch_config(B, H, H, 4, like, "tf32", backward=backward)
+        assert (cfg.path, cfg.BB, cfg.BK) == ("split", BB, BK), cfg
+        programs = -(-H // cfg.BH) * -(-B // cfg.BB)
+        assert programs <= _config.SM90_SMS, cfg

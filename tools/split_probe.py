@@ -71,7 +71,7 @@ def _fits(cfg: _config.LaunchConfig, B: int, H: int, G: int, dtype: torch.dtype,
         return f"{programs} programs > {sms} SMs"
     needed = _config.split_shared_memory(
         G, cfg.BB, cfg.BH, max(16, cfg.BC), H, H, torch.tensor([], dtype=dtype).element_size(),
-        backward=backward,
+        backward=backward, BK=cfg.BK,
     )  # fmt: skip
     limit = _config.shared_memory_limit(torch.device("cuda"))
     return f"{needed} bytes of shared memory > {limit}" if needed > limit else ""
