@@ -559,7 +559,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument(
         "--providers", default="torch.nn,rnnkit-triton,rnnkit-reference,naive-cell-loop,compiled-cell-loop"
     )
-    b.add_argument("--modes", default="fwd,fwd+bwd")
+    b.add_argument(
+        "--modes",
+        default="fwd,fwd+bwd,fwd+bwd+record",
+        help="fwd (inference), fwd+bwd (a training step), fwd+bwd+record (with every step's gradient "
+        "recorded, rnnkit only)",
+    )
     b.add_argument("--device", default="cuda" if _cuda() else "cpu")
     b.add_argument(
         "--fp32",

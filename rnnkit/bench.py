@@ -31,7 +31,9 @@ from rnnkit._checks import ArgumentError, check_at_least, check_device
 PROVIDERS = ("torch.nn", "rnnkit-triton", "rnnkit-reference", "naive-cell-loop", "compiled-cell-loop")
 # torch.compile unrolls the cell loop: compiling T·layers = 100 LSTM steps took ~90 s on a 2-core CPU
 COMPILE_MAX_STEPS = 256
-MODES = ("fwd", "fwd+bwd")
+# fwd: inference (no gradient); fwd+bwd: a training step; fwd+bwd+record: the same with every step's
+# gradient recorded (a step-gradient hook that keeps each step's norm, as the diagnostics do): rnnkit only
+MODES = ("fwd", "fwd+bwd", "fwd+bwd+record")
 # how fp32 rows multiply on a GPU: torch's defaults (TF32 in cuDNN's RNN) and IEEE fp32 for both sides
 FP32_MATH = ("tf32", "ieee")
 
@@ -50,6 +52,7 @@ class BenchRow:
     dtype: str = "float32"
     note: str = ""
     gpu_only: bool = False  # a row for the GPU's comparison only (fp16: cuDNN's persistent kernels)
+    cells: bool = False  # a Python loop over each provider's cells (torch.nn's, rnnkit's) instead of a layer
 
 
 DEFAULT_ROWS = (
@@ -65,6 +68,8 @@ DEFAULT_ROWS = (
     BenchRow("gradflow-rnn", "rnn", 32, 500, 128, 128, note="the gradflow setting"),
     BenchRow("gradflow-lstm", "lstm", 32, 500, 128, 128, note="the gradflow setting"),
     BenchRow("gradflow-gru", "gru", 32, 500, 128, 128, note="the gradflow setting"),
+    BenchRow("sine-cells", "lstm", 97, 999, 1, 51, num_layers=2, dtype="float64", cells=True,
+             note="PyTorch's sine-wave example: two LSTMCells stepped in Python"),
 )  # fmt: skip
 
 
@@ -124,13 +129,18 @@ def _cpu_model() -> str:
 
 
 class _CellLoop(nn.Module):
-    """What the seed examples do: a Python loop over torch.nn cells, layer by layer."""
+    """What the seed examples do: a Python loop over cells (torch.nn's, or rnnkit's with ``backend``),
+    layer by layer."""
 
-    def __init__(self, cell: str, I: int, H: int, num_layers: int, **factory) -> None:
+    def __init__(
+        self, cell: str, I: int, H: int, num_layers: int, backend: str | None = None, **factory
+    ) -> None:
         super().__init__()
-        cls = {"rnn": nn.RNNCell, "lstm": nn.LSTMCell, "gru": nn.GRUCell}[cell]
+        names = {"rnn": "RNNCell", "lstm": "LSTMCell", "gru": "GRUCell"}
+        cls = getattr(nn if backend is None else rnnkit, names[cell])
+        extra = {} if backend is None else {"backend": backend}
         self.lstm = cell == "lstm"
-        self.cells = nn.ModuleList(cls(I if i == 0 else H, H, **factory) for i in range(num_layers))
+        self.cells = nn.ModuleList(cls(I if i == 0 else H, H, **extra, **factory) for i in range(num_layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for cell in self.cells:
@@ -146,6 +156,9 @@ class _CellLoop(nn.Module):
 def build_model(row: BenchRow, provider: str, device: torch.device) -> nn.Module:
     """The model a provider times for a row (same sizes, the provider's own implementation)."""
     factory = {"device": device, "dtype": getattr(torch, row.dtype)}
+    if row.cells:  # each provider's own cells in the same loop
+        backend = None if provider == "torch.nn" else provider.removeprefix("rnnkit-")
+        return _CellLoop(row.cell, row.I, row.H, row.num_layers, backend, **factory)
     if provider in ("naive-cell-loop", "compiled-cell-loop"):
         loop = _CellLoop(row.cell, row.I, row.H, row.num_layers, **factory)
         if provider == "naive-cell-loop":
@@ -170,6 +183,11 @@ def _step(model: nn.Module, x: torch.Tensor, mode: str) -> Callable[[], None]:
 
     params = list(model.parameters())
     x = x.detach().requires_grad_()
+    if mode == "fwd+bwd+record":  # what the diagnostics keep: each step's gradient norm
+        norms = []
+        for layer in model.modules():
+            if hasattr(layer, "register_step_grad_hook"):
+                layer.register_step_grad_hook(lambda m, i, g: norms.append(g.h.norm(dim=-1)))
 
     def run() -> None:
         for p in params:
@@ -311,6 +329,12 @@ def _time_row(
                 skipped = "a GPU row"
             if provider == "compiled-cell-loop" and steps > compile_max_steps:
                 skipped = f"{steps} steps to unroll > {compile_max_steps}"
+            if row.cells and provider in ("naive-cell-loop", "compiled-cell-loop"):
+                skipped = "the row is a cell loop (torch.nn's)"
+            if row.cells and provider == "rnnkit-triton" and row.dtype == "float64":
+                skipped = "float64: the kernels compute in fp32"
+            if mode == "fwd+bwd+record" and (row.cells or not provider.startswith("rnnkit-")):
+                skipped = "no per-step record"
             if skipped is None:
                 torch.manual_seed(0)
                 model = build_model(row, provider, dev)
@@ -332,7 +356,8 @@ def _time_row(
                     median, p20, p80 = _time_cpu(fn, warmup, repeats)
                 if provider == "torch.nn":
                     torch_ms[mode] = median
-                ratio = median / torch_ms[mode] if mode in torch_ms else None
+                compared = "fwd+bwd" if mode == "fwd+bwd+record" else mode  # torch.nn records nothing
+                ratio = median / torch_ms[compared] if compared in torch_ms else None
                 result = BenchResult(
                     row.name, row.cell, shape, row.dtype, provider, mode,
                     median, p20, p80, ratio, row.B / (median / 1e3), peak, None, first, setting,
@@ -397,12 +422,16 @@ def to_json(results: list[BenchResult], header: dict[str, str]) -> dict:
 _LAUNCH_BOUND_ROWS = ("flashrnn-h768", "pytorch-default", "mnist-rowwise", "imdb-lstm")
 _PERSISTENT_ROWS = ("flashrnn-h768-fp16", "imdb-rnn", "long-small-batch", "gradflow-rnn", "gradflow-lstm",
                     "gradflow-gru")  # fmt: skip
+_CPU_ROWS = ("pytorch-default", "mnist-rowwise", "imdb-rnn", "imdb-lstm", "gradflow-rnn", "gradflow-lstm",
+             "gradflow-gru")  # fmt: skip
 TARGETS = (
-    ("cpu", "rnnkit-reference", ("fwd+bwd",), ("mnist-rowwise", "imdb-rnn", "imdb-lstm", "gradflow-rnn",
-                                               "gradflow-lstm", "gradflow-gru"), 1.5),
+    ("cpu", "rnnkit-reference", ("fwd+bwd",), _CPU_ROWS, 1.2),  # issue #16
+    ("cpu", "rnnkit-reference", ("fwd",), _CPU_ROWS, 1.5),
+    ("cpu", "rnnkit-reference", ("fwd", "fwd+bwd"), ("sine-cells",), 1.2),
     ("cuda", "rnnkit-triton", ("fwd", "fwd+bwd"), _LAUNCH_BOUND_ROWS, 0.5),
     ("cuda", "rnnkit-triton", ("fwd", "fwd+bwd"), _PERSISTENT_ROWS, 1.0),
 )  # fmt: skip
+RECORD_COST = 0.05  # the per-step record: at most this much added to a training step's time
 NAIVE_SPEEDUP = 10  # GPU: rnnkit-triton at least this many times faster than the naive cell loop
 
 
@@ -425,6 +454,14 @@ def check_targets(results: list[BenchResult], device: str) -> list[str]:
                 verdict = "met" if ratio <= limit else f"missed by {ratio / limit:.2f}×"
                 what = f"{ratio:.2f}× torch.nn (target ≤ {limit}×)"
                 lines.append(f"{provider} {mode} on {row}: {what}: {verdict}")
+    recorded = "rnnkit-triton" if gpu else "rnnkit-reference"
+    for (row, provider, mode), r in by_key.items():
+        plain = by_key.get((row, provider, "fwd+bwd"))
+        if provider == recorded and mode == "fwd+bwd+record" and r.median_ms and plain and plain.median_ms:
+            cost = r.median_ms / plain.median_ms - 1
+            verdict = "met" if cost <= RECORD_COST else f"missed by {cost / RECORD_COST:.2f}×"
+            what = f"{cost:+.1%} of fwd+bwd (target ≤ {RECORD_COST:.0%})"
+            lines.append(f"{provider} per-step record on {row}: {what}: {verdict}")
     if torch.device(device).type == "cuda":
         for (row, provider, mode), r in by_key.items():
             naive = by_key.get((row, "naive-cell-loop", mode))

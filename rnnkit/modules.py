@@ -24,7 +24,7 @@ from torch.utils.hooks import RemovableHandle
 from rnnkit import functional
 from rnnkit._checks import check_dtype_device, check_floating, check_lengths, check_tensor
 from rnnkit.autograd import StepGradients, StepRecord
-from rnnkit.backends import check_backend_name
+from rnnkit.backends import backend_name, check_backend_name
 
 StepGradHook = Callable[[nn.Module, int, StepGradients], None]
 
@@ -63,6 +63,24 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
         return None
     return torch.get_autocast_dtype(device)
+
+
+def _torch_fused(backend: str, x: torch.Tensor, tensors: list[torch.Tensor | None]) -> bool:
+    # whether torch's own fused recurrence (what torch.nn runs) may stand in for rnnkit's reference:
+    # eager, on the CPU, the reference backend, fp32 or fp64 throughout, no autocast
+    if torch.compiler.is_compiling() or x.device.type != "cpu" or _autocast_dtype(x) is not None:
+        return False
+    if x.dtype not in (torch.float32, torch.float64):
+        return False
+    if backend_name(backend, x.device, x.dtype) != "reference":
+        return False
+    return all(t is None or t.dtype == x.dtype for t in tensors)
+
+
+def _needs_grad(x: torch.Tensor, tensors: list[torch.Tensor | None]) -> bool:
+    return torch.is_grad_enabled() and (
+        x.requires_grad or any(t is not None and t.requires_grad for t in tensors)
+    )
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -297,27 +315,38 @@ class _RecurrentLayer(nn.RNNBase):
             layer_input = acts.y.reshape(T, B, D * self._width)
         return result
 
-    def forward(
-        self,
-        input: torch.Tensor | PackedSequence,
-        hx: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
-        *,
-        lengths: torch.Tensor | Sequence[int] | None = None,
-    ):
-        """Run every layer over the sequence, as the torch.nn twin does.
+    def _fused_inference(self, x, h0, c0, lengths):
+        # torch's own fused recurrence (ATen or oneDNN: what torch.nn runs) where rnnkit's reference
+        # would compute the same numbers and keep nothing: on the CPU, no gradient asked for, no
+        # dropout, no autocast. Returns (output [T, B, D*P], h_n, c_n or None), or None where the
+        # explicit recurrence runs
+        tensors = [*self._flat_weights, h0, c0]
+        if not _torch_fused(self.backend, x, tensors) or _needs_grad(x, tensors):
+            return None
+        if self.training and self.dropout > 0 and self.num_layers > 1:
+            return None
+        T, B, _ = x.shape
+        rows = self.num_layers * self._directions
+        h = x.new_zeros(rows, B, self._width) if h0 is None else h0
+        hx = (h, x.new_zeros(rows, B, self.hidden_size) if c0 is None else c0) if self.mode == "LSTM" else h
+        fn = {"LSTM": torch._VF.lstm, "GRU": torch._VF.gru, "RNN_TANH": torch._VF.rnn_tanh,
+              "RNN_RELU": torch._VF.rnn_relu}[self.mode]  # fmt: skip
+        settings = (self._flat_weights, self.bias, self.num_layers, 0.0, False, self.bidirectional)
+        if lengths is None:
+            out = fn(x, hx, *settings, False)
+            return out[0], out[1], out[2] if self.mode == "LSTM" else None
+        # variable lengths: torch's packed form, in its order (sorted by length) and back
+        packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+        order, back = packed.sorted_indices, packed.unsorted_indices
+        hx = tuple(t.index_select(1, order) for t in hx) if self.mode == "LSTM" else hx.index_select(1, order)
+        out = fn(packed.data, packed.batch_sizes, hx, *settings)
+        result = PackedSequence(out[0], packed.batch_sizes, order, back)
+        output = pad_packed_sequence(result, total_length=T)[0]
+        c_n = out[2].index_select(1, back) if self.mode == "LSTM" else None
+        return output, out[1].index_select(1, back), c_n
 
-        Args:
-            input: [T, B, I] ([B, T, I] with batch_first), [T, I] unbatched, or a PackedSequence.
-            hx: initial state [num_layers*D, B, P] (unbatched: [num_layers*D, P]); for the LSTM a
-                tuple (h_0, c_0) with c_0 [num_layers*D, B, H]. None: zeros.
-            lengths: [B] valid steps per sequence, for padded input without packing: outputs
-                past a length are zero and h_n is each sequence's state at its own last step.
-
-        Returns:
-            (output, h_n) for RNN and GRU, (output, (h_n, c_n)) for LSTM, shaped as torch.nn's:
-            output [T, B, D*P] (or a PackedSequence), h_n [num_layers*D, B, P].
-        """
-        x, h0, c0, lengths, batched = self._prepare(input, hx, lengths)
+    def _layers(self, x, h0, c0, lengths):
+        # rnnkit's recurrence, layer by layer: (output [T, B, D*P], h_n, c_n or None)
         T, B, _ = x.shape
         D = self._directions
         h_n, c_n = [], []
@@ -337,9 +366,36 @@ class _RecurrentLayer(nn.RNNBase):
             layer_input = y.reshape(T, B, D * self._width)
             if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
-        output, h_n = layer_input, torch.cat(h_n)
-        c_n = torch.cat(c_n) if self.mode == "LSTM" else None
+        return layer_input, torch.cat(h_n), torch.cat(c_n) if self.mode == "LSTM" else None
 
+    def forward(
+        self,
+        input: torch.Tensor | PackedSequence,
+        hx: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        lengths: torch.Tensor | Sequence[int] | None = None,
+    ):
+        """Run every layer over the sequence, as the torch.nn twin does.
+
+        Inference on the CPU (no gradient asked for, no dropout, no autocast) with the reference
+        backend runs torch's own fused recurrence, as torch.nn does: it keeps nothing for a backward
+        and records nothing, so rnnkit's explicit loop would compute the same numbers slower. Anything
+        else (training, the per-step record, the Triton kernels) runs rnnkit's recurrence.
+
+        Args:
+            input: [T, B, I] ([B, T, I] with batch_first), [T, I] unbatched, or a PackedSequence.
+            hx: initial state [num_layers*D, B, P] (unbatched: [num_layers*D, P]); for the LSTM a
+                tuple (h_0, c_0) with c_0 [num_layers*D, B, H]. None: zeros.
+            lengths: [B] valid steps per sequence, for padded input without packing: outputs
+                past a length are zero and h_n is each sequence's state at its own last step.
+
+        Returns:
+            (output, h_n) for RNN and GRU, (output, (h_n, c_n)) for LSTM, shaped as torch.nn's:
+            output [T, B, D*P] (or a PackedSequence), h_n [num_layers*D, B, P].
+        """
+        x, h0, c0, lengths, batched = self._prepare(input, hx, lengths)
+        fused = self._fused_inference(x, h0, c0, lengths)
+        output, h_n, c_n = fused if fused is not None else self._layers(x, h0, c0, lengths)
         if isinstance(input, PackedSequence):
             order = input.sorted_indices
             lengths_cpu = lengths.cpu()
@@ -457,6 +513,34 @@ class _RecurrentCell:
         else:
             states = [] if hx is None else [check_tensor("hx", hx, shape, legend, **like)]
         h0, c0 = [s.reshape(1, B, H) for s in states] + [None] * (2 - len(states))
+        if _torch_fused(
+            self.backend, x, [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, *states]
+        ):
+            out = self._torch_step(x, h0, c0)
+        else:
+            out = self._rnnkit_step(x, h0, c0)
+        if not batched:
+            out = tuple(t.squeeze(0) for t in out)
+        return out if self.mode == "LSTM" else out[0]
+
+    def _torch_step(self, x, h0, c0):
+        # torch's own cell (what torch.nn's runs), autograd included: on the CPU with the reference
+        # backend it computes rnnkit's numbers without the custom operator's dispatch per step
+        B, H = x.shape[0], self.hidden_size
+        h = x.new_zeros(B, H) if h0 is None else h0[0]
+        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        if self.mode == "LSTM":
+            return torch._VF.lstm_cell(x, (h, x.new_zeros(B, H) if c0 is None else c0[0]), *weights)
+        fn = {
+            "GRU": torch._VF.gru_cell,
+            "RNN_TANH": torch._VF.rnn_tanh_cell,
+            "RNN_RELU": torch._VF.rnn_relu_cell,
+        }
+        return (fn[self.mode](x, h, *weights),)
+
+    def _rnnkit_step(self, x, h0, c0):
+        # the step through rnnkit's recurrence (its operators: compiled graphs, the Triton kernels)
+        B = x.shape[0]
         dtype = _autocast_dtype(x) or x.dtype  # as torch.nn: under autocast, compute in its dtype
 
         def cast(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -476,9 +560,7 @@ class _RecurrentCell:
         else:
             _, h = functional.rnn(gx, w_hh, h0, nonlinearity=self.nonlinearity, backend=self.backend)
             out = (h[0],)
-        if not batched:
-            out = tuple(t.squeeze(0) for t in out)
-        return out if self.mode == "LSTM" else out[0]
+        return out
 
     def forward(self, input: torch.Tensor, hx=None):
         """One step: input [B, I] (or [I]), hx [B, H] (LSTM: a tuple (h, c)) or None.

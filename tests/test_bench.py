@@ -27,6 +27,9 @@ def test_run_bench_fields_and_ratios():
     results = bench.run_bench(TINY, providers=EAGER, device="cpu", warmup=0, repeats=2)
     assert len(results) == len(TINY) * len(EAGER) * len(bench.MODES)
     for r in results:
+        if r.mode == "fwd+bwd+record" and not r.provider.startswith("rnnkit-"):
+            assert r.skipped == "no per-step record" and r.median_ms is None
+            continue
         if r.provider == "rnnkit-triton":
             assert r.skipped == "needs CUDA" and r.median_ms is None
             continue
@@ -66,10 +69,13 @@ def test_targets_are_judged_from_the_results():
             "imdb-rnn", "rnn", "", "float32", "rnnkit-reference", "fwd+bwd", 6, 6, 6, 3.0, 1, None
         ),
     ]
+    recorded = ("imdb-rnn", "rnn", "", "float32", "rnnkit-reference", "fwd+bwd+record")
+    fake.append(bench.BenchResult(*recorded, 6.6, 6.6, 6.6, 3.3, 1, None))
     lines = bench.check_targets(fake, "cpu")
     assert lines == [
-        "rnnkit-reference fwd+bwd on mnist-rowwise: 1.20× torch.nn (target ≤ 1.5×): met",
-        "rnnkit-reference fwd+bwd on imdb-rnn: 3.00× torch.nn (target ≤ 1.5×): missed by 2.00×",
+        "rnnkit-reference fwd+bwd on mnist-rowwise: 1.20× torch.nn (target ≤ 1.2×): met",
+        "rnnkit-reference fwd+bwd on imdb-rnn: 3.00× torch.nn (target ≤ 1.2×): missed by 2.50×",
+        "rnnkit-reference per-step record on imdb-rnn: +10.0% of fwd+bwd (target ≤ 5%): missed by 2.00×",
     ]
 
 
@@ -112,3 +118,30 @@ def test_cli_bench_writes_json_and_markdown(tmp_path):
     assert [r["provider"] for r in data["results"]] == ["torch.nn", "rnnkit-reference"]
     text = md.read_text()
     assert text.startswith("# Benchmarks") and "| mnist-rowwise |" in text
+
+
+def test_cells_row_loops_over_each_providers_cells():
+    """A cells row times a Python loop over torch.nn's cells against one over rnnkit's; the layer
+    providers' cell loop is that row's torch.nn, and cells record nothing."""
+    row = bench.BenchRow("tiny-cells", "lstm", 3, 4, 1, 5, num_layers=2, dtype="float64", cells=True)
+    results = bench.run_bench((row,), providers=EAGER, device="cpu", warmup=0, repeats=2)
+    by = {(r.provider, r.mode): r for r in results}
+    assert by[("rnnkit-reference", "fwd+bwd")].skipped is None
+    assert by[("rnnkit-reference", "fwd+bwd")].ratio_to_torch > 0
+    assert by[("naive-cell-loop", "fwd")].skipped == "the row is a cell loop (torch.nn's)"
+    assert by[("rnnkit-reference", "fwd+bwd+record")].skipped == "no per-step record"
+    model = bench.build_model(row, "rnnkit-reference", torch.device("cpu"))
+    assert [type(c).__module__ for c in model.cells] == ["rnnkit.modules"] * 2
+    assert model.cells[0].weight_hh.dtype == torch.float64
+
+
+def test_record_mode_records_every_step():
+    """fwd+bwd+record runs the step-gradient hook of every rnnkit layer in each training step."""
+    row = bench.BenchRow("tiny-gru", "gru", 3, 4, 2, 5, num_layers=2)
+    model = bench.build_model(row, "rnnkit-reference", torch.device("cpu"))
+    calls = []
+    for layer in model.modules():
+        if hasattr(layer, "register_step_grad_hook"):
+            layer.register_step_grad_hook(lambda m, i, g: calls.append(tuple(g.h.shape)))
+    bench._step(model, torch.randn(4, 3, 2), "fwd+bwd+record")()
+    assert calls == [(4, 3, 1, 5), (4, 3, 1, 5)]

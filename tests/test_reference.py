@@ -168,12 +168,18 @@ def test_low_precision_storage(cell, dtype):
         assert_close(name, results[0][name].float(), value, dtype)
 
 
-def test_inference_saves_nothing():
+def test_inference_saves_nothing(monkeypatch):
+    from rnnkit import modules, ops
+
+    ops.backend_ops("reference")  # registered on first use
     module = rnnkit.LSTM(3, 4)
     with OpCalls("reference_lstm_fwd") as calls:
         with torch.no_grad():
-            out, _ = module(torch.randn(5, 2, 3))
-        assert not out.requires_grad
+            out, _ = module(torch.randn(5, 2, 3))  # torch's fused recurrence: no operator at all
+        assert not out.requires_grad and not calls.args
+        monkeypatch.setattr(modules, "_torch_fused", lambda *a: False)  # rnnkit's, as compiled graphs run
+        with torch.no_grad():
+            module(torch.randn(5, 2, 3))
         module(torch.randn(5, 2, 3))
     assert [args[-2] for args in calls.args] == [False, True]  # the training flag
     out = reference.lstm_fwd(torch.randn(3, 2, 1, 16), torch.randn(1, 16, 4), training=False)

@@ -76,7 +76,8 @@ def _commands(args: argparse.Namespace, out: Path) -> dict[str, list[str]]:
         "-m", "cuda or interpreter", *_plugins(), "-q", "-p", "no:cacheprovider", "-rfE",
     ]  # fmt: skip
     bench_args = shlex.split(args.bench_args) if args.bench_args is not None else [
-        "--providers", "torch.nn,rnnkit-triton", "--modes", "fwd,fwd+bwd", "--fp32", "tf32,ieee",
+        "--providers", "torch.nn,rnnkit-triton", "--modes", "fwd,fwd+bwd,fwd+bwd+record",
+        "--fp32", "tf32,ieee",
     ]  # fmt: skip
     train_args = shlex.split(args.train_args) if args.train_args is not None else [
         "--task", "mnist", "--device", "cuda", "--backend", "triton", "--epochs", "1", "--no-download",
