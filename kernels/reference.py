@@ -35,6 +35,8 @@ from typing import NamedTuple
 
 import torch
 
+from kernels._onednn import RowProducts
+
 
 class RNNForward(NamedTuple):
     y: torch.Tensor  # [T, B, D, H]; backward needs only y
@@ -204,13 +206,13 @@ def rnn_fwd(
         ct = compute_dtype(gx)
         act = torch.tanh if nonlinearity == "tanh" else torch.relu
         gxp = _processing_order(gx).to(ct)  # [T, D, B, H]
-        w_t = w_hh.to(ct).transpose(1, 2)  # [D, H, H]
+        recurrent = RowProducts(w_hh.to(ct), B)  # h @ W_hhᵀ
         h = _init_state(h0, (D, B, H), gx, ct)  # [D, B, H]
         valid = _valid_steps(lengths, T, D)
         yp = gx.new_empty(T, D, B, H)
         for s in range(T):
             v = None if valid is None else valid[s]
-            h_new = act(torch.baddbmm(gxp[s], h, w_t))
+            h_new = act(recurrent(h, gxp[s]))
             yp[s] = _keep(h_new, 0.0, v)
             h = _keep(h_new, h, v)
         return RNNForward(_time_order(yp), h.to(gx.dtype, copy=True))
@@ -242,7 +244,7 @@ def rnn_bwd(
         ct = compute_dtype(y)
         yp = _processing_order(y).to(ct)
         dyp = None if dy is None else _processing_order(dy).to(ct)
-        w = w_hh.to(ct)  # [D, H, H]
+        back = RowProducts(w_hh.to(ct).transpose(1, 2), B)  # δa @ W_hh
         dh = _init_state(dh_n, (D, B, H), y, ct)  # gradient carried into the step being processed
         valid = _valid_steps(lengths, T, D)
         dgp = y.new_empty(T, D, B, H)
@@ -255,7 +257,7 @@ def rnn_bwd(
             dgp[s] = dpre
             if recp is not None:
                 recp[s] = _keep(dh_total, 0.0, v)
-            dh = _keep(torch.bmm(dpre, w), dh, v)
+            dh = _keep(back(dpre), dh, v)
         dh_steps = None if recp is None else _time_order(recp)
         return RNNBackward(_time_order(dgp), dh.to(y.dtype, copy=True), dh_steps)
 
@@ -290,8 +292,8 @@ def lstm_fwd(
         H, P = G // 4, w_hh.shape[2]
         ct = compute_dtype(gx)
         gxp = _processing_order(gx).to(ct)  # [T, D, B, 4H]
-        w_t = w_hh.to(ct).transpose(1, 2)  # [D, P, 4H]
-        w_hr_t = None if w_hr is None else w_hr.to(ct).transpose(1, 2)  # [D, H, P]
+        recurrent = RowProducts(w_hh.to(ct), B)  # h @ W_hhᵀ: [D, B, 4H]
+        projection = None if w_hr is None else RowProducts(w_hr.to(ct), B)  # m @ W_hrᵀ: [D, B, P]
         h = _init_state(h0, (D, B, P), gx, ct)
         c = _init_state(c0, (D, B, H), gx, ct)
         valid = _valid_steps(lengths, T, D)
@@ -303,14 +305,14 @@ def lstm_fwd(
             v = None if valid is None else valid[s]
             gates = gates_p[s if training else 0]
             c_new = c_p[s if training else 0]
-            pre = torch.baddbmm(gxp[s], h, w_t)  # [D, B, 4H]
+            pre = recurrent(h, gxp[s])  # [D, B, 4H]
             torch.sigmoid(pre, out=gates)
             torch.tanh(pre[..., 2 * H : 3 * H], out=gates[..., 2 * H : 3 * H])
             i, f, g, o = gates.chunk(4, dim=-1)
             torch.addcmul(f * c, i, g, out=c_new)
             h_new = o * torch.tanh(c_new)
-            if w_hr_t is not None:
-                h_new = torch.bmm(h_new, w_hr_t)
+            if projection is not None:
+                h_new = projection(h_new)
             if v is None:
                 yp[s], h, c = h_new, h_new, c_new
                 continue
@@ -365,15 +367,18 @@ def lstm_bwd(
         c_prev_p = _previous_p(c_p, _init_state(c0, (D, B, H), gates, ct), lengths)
         # what does not depend on the recurrence, for every step at once (zero at masked steps,
         # where the saved gates are zero):
+        # (x - x·y written as addcmul: one pass over these [T, D, B, H] tensors instead of two)
         tanh_c = torch.tanh(c_p)
-        to_c = o * (1 - tanh_c * tanh_c)  # δc_t = carried + δm_t ⊙ to_c
-        # [T, D, B, 4, H]: δa_{i,f,g} = δc_t ⊙ factor, δa_o = δm_t ⊙ factor
-        factors = torch.stack(
-            (g * i * (1 - i), c_prev_p * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)), dim=3
-        )
+        to_c = torch.addcmul(o, o * tanh_c, tanh_c, value=-1)  # o (1 - tanh² c): δc_t = carried + δm_t ⊙ to_c
+        # [T, D, B, 4, H]: δa_{i,f,g} = δc_t ⊙ factor, δa_o = δm_t ⊙ factor, each written in place
+        factors = gates.new_empty(T, D, B, 4, H, dtype=ct)
+        torch.mul(g, torch.addcmul(i, i, i, value=-1), out=factors[:, :, :, 0])  # g i (1 - i)
+        torch.mul(c_prev_p, torch.addcmul(f, f, f, value=-1), out=factors[:, :, :, 1])  # c_{t-1} f (1 - f)
+        torch.addcmul(i, i * g, g, value=-1, out=factors[:, :, :, 2])  # i (1 - g²)
+        torch.mul(tanh_c, torch.addcmul(o, o, o, value=-1), out=factors[:, :, :, 3])  # tanh c o (1 - o)
         dyp = None if dy is None else _processing_order(dy).to(ct)
-        w = w_hh.to(ct)  # [D, 4H, P]
-        w_r = None if w_hr is None else w_hr.to(ct)  # [D, P, H]
+        back = RowProducts(w_hh.to(ct).transpose(1, 2), B)  # δa @ W_hh: [D, B, P]
+        back_r = None if w_hr is None else RowProducts(w_hr.to(ct).transpose(1, 2), B)  # δh @ W_hr
         dh = _init_state(dh_n, (D, B, P), gates, ct)
         dc = _init_state(dc_n, (D, B, H), gates, ct)
         valid = _valid_steps(lengths, T, D)
@@ -383,7 +388,7 @@ def lstm_bwd(
         for s in reversed(range(T)):
             v = None if valid is None else valid[s]
             dh_total = dh if dyp is None else dh + dyp[s]
-            dm = dh_total if w_r is None else torch.bmm(dh_total, w_r)  # [D, B, H]
+            dm = dh_total if back_r is None else back_r(dh_total)  # [D, B, H]
             dc_total = torch.addcmul(dc, dm, to_c[s])
             dpre = dgp[s]  # [D, B, 4H]
             gates_s = dpre.view(D, B, 4, H)  # δa_{i,f,g} = δc ⊙ factor, δa_o = δm ⊙ factor: no stacked copy
@@ -395,7 +400,7 @@ def lstm_bwd(
                 rec_c[s] = _keep(dc_total, 0.0, v)
             if v is not None:
                 dpre.masked_fill_(~v, 0.0)
-            dh = _keep(torch.bmm(dpre, w), dh, v)
+            dh = _keep(back(dpre), dh, v)
             dc = _keep(dc_total * f[s], dc, v)
         return LSTMBackward(
             _time_order(dgp).to(gates.dtype),
@@ -436,7 +441,7 @@ def gru_fwd(
         H = G // 3
         ct = compute_dtype(gx)
         gxp = _processing_order(gx).to(ct)  # [T, D, B, 3H]
-        w_t = w_hh.to(ct).transpose(1, 2)  # [D, H, 3H]
+        recurrent = RowProducts(w_hh.to(ct), B)  # h @ W_hhᵀ: [D, B, 3H]
         bias_n = None if b_hn is None else b_hn.to(ct)[:, None, :]  # [D, 1, H]
         h = _init_state(h0, (D, B, H), gx, ct)
         valid = _valid_steps(lengths, T, D)
@@ -446,7 +451,7 @@ def gru_fwd(
         for s in range(T):
             v = None if valid is None else valid[s]
             x_r, x_z, x_n = gxp[s].chunk(3, dim=-1)
-            h_r, h_z, ghn = torch.bmm(h, w_t).chunk(3, dim=-1)
+            h_r, h_z, ghn = recurrent(h).chunk(3, dim=-1)
             if bias_n is not None:
                 ghn = ghn + bias_n
             r = torch.sigmoid(x_r + h_r)
@@ -499,7 +504,7 @@ def gru_bwd(
         ghn_p = _processing_order(ghn).to(ct)
         h_prev_p = _previous_p(_processing_order(y).to(ct), _init_state(h0, (D, B, H), y, ct), lengths)
         dyp = None if dy is None else _processing_order(dy).to(ct)
-        w = w_hh.to(ct)  # [D, 3H, H]
+        back = RowProducts(w_hh.to(ct).transpose(1, 2), B)  # [δr δz δĥn] @ W_hh
         dh = _init_state(dh_n, (D, B, H), y, ct)
         valid = _valid_steps(lengths, T, D)
         dgx_p = gates.new_empty(T, D, B, G)
@@ -519,7 +524,7 @@ def gru_bwd(
             if recp is not None:
                 recp[s] = _keep(dh_total, 0.0, v)
             dgh = torch.cat((dgx[..., : 2 * H], dghn), dim=-1)
-            dh = _keep(dh_total * z + torch.bmm(dgh, w), dh, v)
+            dh = _keep(dh_total * z + back(dgh), dh, v)
         return GRUBackward(
             _time_order(dgx_p),
             _time_order(dghn_p),

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from torch.utils.hooks import RemovableHandle
 
+from kernels import _onednn
 from rnnkit import functional
 from rnnkit._checks import check_dtype_device, check_floating, check_lengths, check_tensor
 from rnnkit.autograd import StepGradients, StepRecord
@@ -216,7 +217,7 @@ class _RecurrentLayer(nn.RNNBase):
             folded = [_fold_biases(self.mode, b_ih, b_hh) for b_ih, b_hh in pairs]
         b_gx = None if folded[0][0] is None else _cat([b for b, _ in folded])
         b_hn = None if folded[0][1] is None else _stack([b for _, b in folded])
-        gx = F.linear(x, _cat(self._params(layer, "weight_ih", dtype)), b_gx)
+        gx = _onednn.linear(x, _cat(self._params(layer, "weight_ih", dtype)), b_gx)  # F.linear, on oneDNN
         return gx.view(T, B, self._directions, gx.shape[-1] // self._directions), b_hn
 
     def _recurrence(self, layer, x, h0, c0, lengths, record):

@@ -184,3 +184,60 @@ def test_inference_saves_nothing(monkeypatch):
     assert [args[-2] for args in calls.args] == [False, True]  # the training flag
     out = reference.lstm_fwd(torch.randn(3, 2, 1, 16), torch.randn(1, 16, 4), training=False)
     assert out.gates is None and out.c_steps is None
+
+
+@pytest.mark.parametrize("cell", CELL_NAMES)
+@pytest.mark.parametrize("lengths", [None, [3, 1, 4]], ids=["full", "lengths"])
+def test_onednn_products_give_torchs_numbers(monkeypatch, cell, lengths):
+    """The fp32 CPU products on oneDNN (forced for every size here) and on torch's bmm: the same
+    outputs, gradients and record, both directions, with and without lengths and a projection."""
+    from kernels import _onednn
+
+    if _onednn._linear_op() is None:
+        pytest.skip("this torch has no oneDNN linear operator")
+    P = 3 if cell == "lstm_proj" else None
+    fn, args, kwargs = recurrence_inputs(cell, T=5, B=3, D=2, H=6, P=P, dtype=torch.float32)
+    used = []
+    results = []
+    for floor in (0.0, float("inf")):  # every product on oneDNN, then none
+        monkeypatch.setattr(_onednn, "ONEDNN_MIN_FLOP", floor)
+        ts = [t.detach().clone().requires_grad_() for t in args]
+        kw = {k: v.detach().clone().requires_grad_() if torch.is_tensor(v) else v for k, v in kwargs.items()}
+        records = []
+        out = getattr(functional, fn)(*ts, lengths=lengths, backend="reference", record=records.append, **kw)
+        outs = [o for o in out if torch.is_tensor(o)]
+        gen = torch.Generator().manual_seed(1)
+        sum((o * torch.randn(o.shape, generator=gen)).sum() for o in outs).backward()
+        grads = [t.grad for t in ts] + [v.grad for v in kw.values() if torch.is_tensor(v)]
+        steps = [g for g in (records[0].h, records[0].c) if g is not None]
+        results.append(outs + grads + steps)
+        used.append(_onednn.RowProducts(ts[1].detach(), 3).packed is not None)
+    assert used == [True, False]
+    for a, b in zip(*results, strict=True):
+        assert_close(cell, a, b)
+
+
+def test_onednn_linear_is_f_linear(monkeypatch):
+    """The layers' input projection on oneDNN: F.linear's output and gradients (x, W, b), batched
+    and batch-first views included; fp64, small products and a compiled trace take F.linear."""
+    from kernels import _onednn
+
+    if _onednn._linear_op() is None:
+        pytest.skip("this torch has no oneDNN linear operator")
+    monkeypatch.setattr(_onednn, "ONEDNN_MIN_FLOP", 0.0)
+    x = torch.randn(3, 5, 7).transpose(0, 1)  # a strided view, as batch_first input is
+    w, b = torch.randn(9, 7), torch.randn(9)
+    results = []
+    for fn in (_onednn.linear, torch.nn.functional.linear):
+        ts = [t.clone().requires_grad_() for t in (x, w, b)]
+        out = fn(*ts)
+        (out * torch.arange(out.numel()).view(out.shape)).sum().backward()
+        results.append([out, *(t.grad for t in ts)])
+    for a, c in zip(*results, strict=True):
+        assert_close("linear", a, c)
+    calls = []
+    monkeypatch.setattr(_onednn._Linear, "apply", lambda *a: calls.append(a) or torch.zeros(0))
+    _onednn.linear(x.double(), w.double(), b.double())
+    monkeypatch.setattr(_onednn, "ONEDNN_MIN_FLOP", 8e6)
+    _onednn.linear(x, w, b)
+    assert not calls
