@@ -48,7 +48,7 @@ class RowProducts:
         """``rows``: the B of the products to come (oneDNN picks its blocking for it)."""
         self.w_t = w.transpose(1, 2)  # [D, K, N], for torch's bmm
         self.packed = None
-        if rows > 0 and _usable(w[0], w[0], rows):  # w[0]: one direction's [N, K]
+        if rows > 0 and _usable(w, rows, w.shape[1], w.shape[2]):
             reorder = _linear_op()[1]
             self.packed = [reorder(w[d].contiguous(), rows) for d in range(w.shape[0])]
 
@@ -64,14 +64,15 @@ class RowProducts:
         return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
 
 
-def _usable(x: torch.Tensor, w: torch.Tensor, rows: int) -> bool:
-    # oneDNN for this product: fp32 on the CPU, eager, large enough, and torch has the operator
-    # (is_compiling first: torch.compile traces `linear`, and must see none of the rest)
+def _usable(t: torch.Tensor, rows: int, N: int, K: int, *others: torch.Tensor | None) -> bool:
+    # oneDNN for a [rows, K] x [K, N] product: fp32 on the CPU (``t`` and every other operand),
+    # eager, large enough, and torch has the operator (is_compiling first: torch.compile traces
+    # `linear`, and must see none of the rest)
     return (
         not torch.compiler.is_compiling()
-        and x.device.type == "cpu"
-        and x.dtype == w.dtype == torch.float32
-        and 2 * rows * w.shape[0] * w.shape[1] >= ONEDNN_MIN_FLOP
+        and t.device.type == "cpu"
+        and all(o is None or o.dtype == torch.float32 for o in (t, *others))
+        and 2 * rows * N * K >= ONEDNN_MIN_FLOP
         and _linear_op() is not None
     )
 
@@ -105,7 +106,7 @@ def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> t
     """`F.linear(x, w, b)` (x [..., K], w [N, K]): its product and its input gradient on oneDNN for
     large fp32 CPU products in eager mode, `F.linear` itself everywhere else."""
     rows = x.numel() // max(1, x.shape[-1])
-    if rows == 0 or not _usable(x, w, rows) or (b is not None and b.dtype != torch.float32):
+    if rows == 0 or not _usable(x, rows, *w.shape, w, b):
         return F.linear(x, w, b)
     out = _Linear.apply(x.reshape(rows, x.shape[-1]), w, b)
     return out.view(*x.shape[:-1], w.shape[0])

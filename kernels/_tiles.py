@@ -204,16 +204,11 @@ def load_state(ptr, row_off, cols, row_mask, col_mask, HAS_STATE: tl.constexpr):
 
 
 @triton.jit
-def step_grad(
-    carried, dy_ptr, dh_steps_ptr, rows_t, cols, row_mask, col_mask, valid,
-    HAS_DY: tl.constexpr, RECORD: tl.constexpr,
-):  # fmt: skip
-    # δh_t = carried + dy_t in registers (zero at masked steps), written to the record when kept (dy
-    # and the record share the [T, B, D, P] layout): the resident and the split kernels' step
-    dh = carried
-    if HAS_DY:
-        dh += load_tile(dy_ptr, rows_t, cols, row_mask, col_mask)
-    dh = tl.where(valid, dh, 0.0)
+def step_grad(carried, dy, dh_steps_ptr, rows_t, cols, row_mask, col_mask, valid, RECORD: tl.constexpr):
+    # δh_t = carried + dy_t in registers (zero at masked steps; dy_t loaded by the caller, zeros without
+    # one: `load_state`), written to the record when kept (dy and the record share the [T, B, D, P]
+    # layout): the resident and the split kernels' step
+    dh = tl.where(valid, carried + dy, 0.0)
     if RECORD:
         store_tile(dh_steps_ptr, rows_t, cols, row_mask, col_mask, dh)
     return dh

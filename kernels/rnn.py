@@ -228,7 +228,8 @@ def _rnn_bwd_resident_kernel(
         t = tl.where(d == 0, s, T - 1 - s)
         valid = (row_mask & (t < length))[:, None]
         rows_t = seq_offset(t, rows, B, D, d, H)
-        dh_t = step_grad(dh, dy_ptr, dh_steps_ptr, rows_t, j, row_mask, jm, valid, HAS_DY, RECORD)
+        dy = load_state(dy_ptr, rows_t, j, row_mask, jm, HAS_DY)
+        dh_t = step_grad(dh, dy, dh_steps_ptr, rows_t, j, row_mask, jm, valid, RECORD)
         da = rnn_units_bwd(dh_t, y_ptr, rows_t, j, jm, row_mask, valid, RELU)
         store_tile(dgx_ptr, rows_t, j, row_mask, jm, da)
         dh = tl.where(valid, tl.dot(da, w, input_precision=PRECISION), dh)

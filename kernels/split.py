@@ -377,7 +377,8 @@ def _split_bwd_kernel(
                             PRECISION, BB, BCP, BK,
                         )  # fmt: skip
                     carried = load_tile(carry_ptr, st_p, cols, row_mask, cm)
-                    step_grad(carried, dy_ptr, dh_steps_ptr, y_rows, cols, row_mask, cm, valid, HAS_DY, True)
+                    dy = load_state(dy_ptr, y_rows, cols, row_mask, cm, HAS_DY)
+                    step_grad(carried, dy, dh_steps_ptr, y_rows, cols, row_mask, cm, valid, True)
                     tl.debug_barrier()
                     # what the carried gradient becomes at a valid step: the product adds to it next phase
                     store_tile(carry_ptr, st_p, cols, row_mask, cm, tl.where(valid, 0.0, carried))
@@ -400,18 +401,14 @@ def _split_bwd_kernel(
                     dh_all = _load_all(dh_steps_ptr, y_rows, P, row_mask, PP)  # [BB, PP] δh_t
                     dm = tl.dot(dh_all.to(w_hr.dtype), w_hr, input_precision=PRECISION)  # [BB, BH] δm_t
                 else:
-                    dm = tl.zeros((BB, BH), dtype=tl.float32)
-                    if HAS_DY:
-                        dm += load_tile(dy_ptr, y_rows, j, row_mask, jm)
+                    dy = load_state(dy_ptr, y_rows, j, row_mask, jm, HAS_DY)
                     if u > 0:  # carried += [gate gradients of every unit at step u-1] @ W_hh[:, columns]
                         _carry_product(
                             da_prev, w_hh, carry_ptr, st_p, st_g, cols, cm, row_mask, NG * H, P, UPCAST,
                             PRECISION, BB, BCP, BK,
                         )  # fmt: skip
                     carried_u = load_tile(carry_ptr, st_p, j, row_mask, jm)
-                    dm = tl.where(valid, dm + carried_u, 0.0)  # δh_t of the program's units
-                    if KEEP_DH:
-                        store_tile(dh_steps_ptr, y_rows, j, row_mask, jm, dm)
+                    dm = step_grad(carried_u, dy, dh_steps_ptr, y_rows, j, row_mask, jm, valid, KEEP_DH)
                 if CELL == LSTM:
                     lstm_grads(
                         dm, a0, a1, a2, a3, tanh_c, c_prev, dc_carried, dc_buf_ptr, dc_steps_ptr, dgx_ptr,
