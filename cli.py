@@ -314,6 +314,7 @@ def _train_table(title: str, rows: list[dict], metric: str) -> Table:
 
 def _train_sine(plan, console: Console, quiet: bool) -> int:
     from rnnkit.train import Run, train_sine
+    from rnnkit.train.run import plot_curves
     from rnnkit.train.sine import compare_plot
 
     results, runs = {}, {}
@@ -334,6 +335,7 @@ def _train_sine(plan, console: Console, quiet: bool) -> int:
         ):
             results[cfg.cell] = train_sine(cfg, run, resume=plan.resume, on_epoch=on_epoch)
         runs[cfg.cell] = run
+        plot_curves(run, "loss")
         console.print(_train_table(f"sine, {cfg.cell}", run.records("epoch"), "loss"))
         if results[cfg.cell]["status"] == "interrupted":
             console.print(f"[yellow]interrupted[/]; resume with: python cli.py train --resume {run.out}")
@@ -355,7 +357,7 @@ _TRAIN_SETTINGS = (
     "task", "resume", "out", "cell", "epochs", "batch_size", "lr", "optimizer", "clip", "hidden", "layers",
     "seed", "device", "backend", "data_dir", "download", "limit", "checkpoint_every", "log_every", "diagnose",
     "compile", "val_fraction", "dataset", "pixel", "permuted", "max_len", "seq_len", "steps_per_epoch",
-    "compare", "window", "noise",
+    "compare", "window", "noise", "schedule", "dropout", "bidirectional", "init", "pool",
 )  # fmt: skip
 
 
@@ -401,7 +403,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             bars.update(batch_bar, advance=1, stats=stats)
 
         def on_epoch_end(record):
-            bars.update(epoch_bar, completed=record["epoch"] + 1)
+            bars.update(epoch_bar, completed=record["epoch"])
             line = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
             console.print(f"epoch {record['epoch']}: {line}")
 
@@ -426,15 +428,24 @@ def _results(args: argparse.Namespace, console: Console) -> int:
 
     if args.markdown:
         check_output_path(args.markdown, "markdown", folder=False)
-    section = results_markdown([Path(p) for p in args.runs], machine())
-    if args.markdown:
-        path = Path(args.markdown)
-        head = "# Results\n\nWritten by `python cli.py results RUN_DIR ...` from the runs' own files.\n"
-        existing = path.read_text() if path.exists() else head
-        path.write_text(existing.rstrip("\n") + "\n\n" + section)
-        console.print(f"appended to {path}")
-    else:
-        console.print(section)
+    notes = ""
+    if args.notes:
+        try:
+            notes = Path(args.notes).read_text()
+        except OSError as err:
+            raise ArgumentError("notes", f"cannot read {args.notes}: {err.strerror}") from None
+    if not args.markdown:
+        console.print(results_markdown([Path(p) for p in args.runs], machine()) + notes)
+        return 0
+    path = Path(args.markdown)
+    curves = path.parent / "docs" / "results"
+    section = results_markdown([Path(p) for p in args.runs], machine(), curves=curves, link_from=path.parent)
+    runs = " ".join(args.runs)
+    with_notes = f" --notes {args.notes}" if args.notes else ""
+    head = (f"# Results\n\nWritten by `python cli.py results {runs} --markdown {args.markdown}{with_notes}` "
+            "from the runs' own files; each run's learning curves are linked from its row.\n\n")  # fmt: skip
+    path.write_text(head + section + ("\n" + notes if notes else ""))
+    console.print(f"wrote {path} and {len(list(curves.glob('*.png')))} curves in {curves}")
     return 0
 
 
@@ -488,10 +499,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     flow.set_defaults(run=_gradflow)
     from rnnkit.train import TASK_DEFAULTS
+    from rnnkit.train.config import VARIANT_DEFAULTS
+
+    def flags(settings):
+        return ", ".join(
+            f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}") for k, v in settings.items()
+        )
 
     defaults = "\n".join(
-        f"  {task:7} " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
-        for task, settings in TASK_DEFAULTS.items()
+        [f"  {task:7} {flags(settings)}" for task, settings in TASK_DEFAULTS.items()]
+        + [f"  {task} --{option}: {flags(settings)}" for (task, option), settings in VARIANT_DEFAULTS.items()]
     )
     t = sub.add_parser(
         "train", help="train on sine, mnist, imdb, adding or copy; checkpoints, resume",
@@ -510,7 +527,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", dest="batch_size", type=int)
     t.add_argument("--lr", type=float)
     t.add_argument("--optimizer", choices=("adam", "sgd", "lbfgs"), help="default: adam")
-    t.add_argument("--clip", type=float, help="clip the gradient norm to this")
+    t.add_argument("--clip", type=float, help="clip the gradient norm to this (0: no clipping)")
+    t.add_argument("--schedule", choices=("constant", "cosine"), help="the learning rate by step")
+    t.add_argument(
+        "--dropout", type=float, help="on the embedding, between layers and before the head (training only)"
+    )
+    t.add_argument(
+        "--bidirectional", action=argparse.BooleanOptionalAction, default=None, help="both directions"
+    )
+    t.add_argument(
+        "--init",
+        choices=("default", "orthogonal", "identity", "chrono"),
+        help="the recurrent layers' initialisation",
+    )
+    t.add_argument("--pool", choices=("last", "max", "mean"), help="mnist, imdb: what the head reads")
     t.add_argument("--hidden", type=int)
     t.add_argument("--layers", type=int)
     t.add_argument("--seed", type=int, help="default: 0")
@@ -550,7 +580,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(run=_train)
     res = sub.add_parser("results", help="summarize finished training runs as Markdown")
     res.add_argument("runs", nargs="+", help="run directories")
-    res.add_argument("--markdown", help="append the section to this file (e.g. RESULTS.md)")
+    res.add_argument(
+        "--markdown", help="write the whole file (e.g. RESULTS.md); curves go to docs/results/ beside it"
+    )
+    res.add_argument("--notes", help="a Markdown file to put after the tables (what was tried, what helped)")
     res.set_defaults(run=_results)
     b = sub.add_parser(
         "bench", help="time torch.nn, rnnkit and a naive cell loop (eager, compiled) side by side"

@@ -26,7 +26,7 @@ class SequenceModel(nn.Module):
     Args:
         cell: "rnn", "rnn_relu", "lstm" or "gru".
         input_size, hidden_size, output_size: sizes; num_layers, bidirectional, backend: as the
-            layer's.
+            layer's; dropout: the layer's, between layers (training only).
 
     Example:
         >>> model = SequenceModel("lstm", 2, 128, 1)
@@ -44,12 +44,14 @@ class SequenceModel(nn.Module):
         num_layers: int = 1,
         bidirectional: bool = False,
         backend: str = "auto",
+        dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.cell = cell
         self.recurrent = make_layer(
-            cell, input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional, backend=backend
-        )
+            cell, input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
+            backend=backend, dropout=dropout if num_layers > 1 else 0.0,
+        )  # fmt: skip
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), output_size)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -65,12 +67,18 @@ class SequenceClassifier(nn.Module):
     bidirectional layer the reverse direction's state after reading the whole sequence; both
     directions are concatenated.
 
+    With ``pool="max"`` or ``"mean"`` the head reads the last layer's outputs pooled over each
+    sequence's own steps (padding excluded) instead of the final state.
+
     Args:
         cell: "rnn", "rnn_relu", "lstm" or "gru".
         input_size, hidden_size, num_classes: sizes; num_layers, bidirectional, backend: as the
             layer's.
         vocab_size: when given, inputs are token ids [T, B] and an embedding (index 0: padding)
             of width ``input_size`` comes first.
+        dropout: the probability of zeroing a feature (training only) on the embedding's output,
+            between layers (the layer's own ``dropout``) and before the head.
+        pool: what the head reads: "last" (the final state), "max" or "mean" over the steps.
 
     Example:
         >>> model = SequenceClassifier("lstm", 28, 256, 10, num_layers=2)   # row-wise MNIST
@@ -89,21 +97,46 @@ class SequenceClassifier(nn.Module):
         bidirectional: bool = False,
         backend: str = "auto",
         vocab_size: int | None = None,
+        dropout: float = 0.0,
+        pool: str = "last",
     ) -> None:
         super().__init__()
-        self.cell = cell
+        if pool not in POOLS:
+            raise ValueError(f"pool: expected one of {', '.join(POOLS)}, got {pool!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
+        self.cell, self.pool = cell, pool
         self.embedding = None if vocab_size is None else nn.Embedding(vocab_size, input_size, padding_idx=0)
+        self.dropout = nn.Dropout(dropout)
         self.recurrent = make_layer(
-            cell, input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional, backend=backend
-        )
+            cell, input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
+            backend=backend, dropout=dropout if num_layers > 1 else 0.0,
+        )  # fmt: skip
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """x [T, B, I] (token ids [T, B] with an embedding) -> logits [B, num_classes]."""
         if self.embedding is not None:
-            x = self.embedding(x)
-        _, state = self.recurrent(x, lengths=lengths)
-        h_n = state[0] if isinstance(state, tuple) else state  # [num_layers * D, B, H]
-        D = 2 if self.recurrent.bidirectional else 1
-        last = h_n[-D:].permute(1, 0, 2).reshape(h_n.shape[1], -1)  # [B, D * H]
-        return self.head(last)
+            x = self.dropout(self.embedding(x))
+        output, state = self.recurrent(x, lengths=lengths)
+        if self.pool == "last":
+            h_n = state[0] if isinstance(state, tuple) else state  # [num_layers * D, B, H]
+            D = 2 if self.recurrent.bidirectional else 1
+            features = h_n[-D:].permute(1, 0, 2).reshape(h_n.shape[1], -1)  # [B, D * H]
+        else:
+            features = _pool(output, lengths, self.pool)
+        return self.head(self.dropout(features))
+
+
+POOLS = ("last", "max", "mean")
+
+
+def _pool(output: torch.Tensor, lengths: torch.Tensor | None, how: str) -> torch.Tensor:
+    # output [T, B, F] -> [B, F], over each sequence's first lengths[b] steps
+    if lengths is None:
+        return output.amax(0) if how == "max" else output.mean(0)
+    steps = torch.arange(output.shape[0], device=output.device)[:, None]
+    valid = (steps < lengths.to(output.device)[None, :])[..., None]  # [T, B, 1]
+    if how == "max":
+        return output.masked_fill(~valid, float("-inf")).amax(0)
+    return (output * valid).sum(0) / lengths.to(output.device, output.dtype)[:, None]

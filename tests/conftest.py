@@ -43,3 +43,10 @@ def poisoned(monkeypatch):
     from kernels import _config
 
     monkeypatch.setattr(_config, "POISON_OUTPUTS", True)
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path, monkeypatch):
+    from tests._data import make_tiny_mnist
+
+    return make_tiny_mnist(tmp_path, monkeypatch)

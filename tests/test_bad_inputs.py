@@ -59,6 +59,15 @@ CLI_CASES = [
     ("--resume with fewer --epochs", "run", "train --resume run --lr 0.5", 2, r"--lr: a resumed run keeps"),
     ("an option the task does not use", None, "train --task sine --limit 5", 2,
      r"--limit: does not apply to the sine task \(it uses: cell, epochs"),
+    # the #18 settings
+    ("--dropout 1", None, "train --task imdb --dropout 1", 2,
+     r"--dropout: expected a probability in \[0, 1\), got 1.0"),
+    ("--init chrono on a plain RNN", None, "train --task adding --cell rnn --init chrono", 2,
+     r"--init: chrono sets gate biases: it needs --cell lstm or gru, got rnn"),
+    ("--pool on a per-step task", None, "train --task adding --pool max", 2,
+     r"--pool: does not apply to the adding task"),
+    ("--schedule with LBFGS", None, "train --task adding --optimizer lbfgs --schedule cosine", 2,
+     r"--schedule: LBFGS sets its own step length"),
     # tracebacks before: now one line
     ("--resume of a missing folder", None, "train --resume missing", 2,
      r"--resume: missing is not a run folder \(no such folder\)"),

@@ -31,37 +31,9 @@ from rnnkit.train import (
     train_sine,
 )
 from rnnkit.train.run import StopRequest
+from tests._data import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    code = {np.uint8: 0x08}[array.dtype.type]
-    header = bytes([0, 0, code, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.tobytes())
-
-
-@pytest.fixture
-def tiny_mnist(tmp_path, monkeypatch):
-    """96 training and 32 test 'digits': class k lights up columns 2k + 4 and 2k + 5 of every row."""
-    rng = np.random.default_rng(0)
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    for prefix, n in (("train", 96), ("t10k", 32)):
-        labels = rng.integers(0, 10, n).astype(np.uint8)
-        images = (rng.random((n, 28, 28)) * 60).astype(np.uint8)
-        for i, k in enumerate(labels):
-            images[i, :, 2 * k + 4 : 2 * k + 6] = 255
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
-    md5 = {
-        name: (hashlib.md5((folder / name).read_bytes()).hexdigest(),
-               hashlib.md5(gzip.decompress((folder / name).read_bytes())).hexdigest())
-        for name in datasets.MNIST_FILES
-    }  # fmt: skip
-    monkeypatch.setitem(datasets.IDX_DATASETS, "mnist", (md5, ()))
-    return folder
 
 
 def mnist_config(folder: Path, **kw) -> TrainConfig:
@@ -137,7 +109,7 @@ def test_nan_loss_stops_with_the_step_named_and_keeps_the_checkpoint(tiny_mnist,
 
     monkeypatch.setattr(task, "score", poisoned_score)
     run = Run(tmp_path / "run", vars(cfg))
-    with pytest.raises(TrainingDivergedError, match=r"the loss became nan at step 6 \(epoch 1, batch 0\)"):
+    with pytest.raises(TrainingDivergedError, match=r"the loss became nan at step 6 \(epoch 2, batch 1\)"):
         fit(task, cfg, run)
     assert run.load_checkpoint()["epoch"] == 1, "the checkpoint of the last finished epoch stays"
 
@@ -381,7 +353,35 @@ def test_results_markdown_reads_the_runs(tiny_mnist, tmp_path):
     md = results_markdown([tmp_path / "mnist-run"], {"device": "test machine", "date": "today"})
     test_acc = Run(tmp_path / "mnist-run").records("test")[0]["test_acc"]
     assert f"test acc {test_acc:.2%}" in md
-    assert "`python cli.py train --task mnist --cell lstm --dataset mnist --epochs 1 --batch-size 16" in md
+    assert "| 1 |" in md, "one epoch"
+    assert f"--data-dir {tiny_mnist}" not in md and f"| {tmp_path}" not in md, "no absolute path"
+
+
+def test_results_command_reproduces_the_run(tiny_mnist, tmp_path, monkeypatch):
+    """The command RESULTS.md shows is short (only what differs from the task's defaults) and, given
+    to `train`, settles the same configuration as the run's (data folder relative to the repo)."""
+    import shlex
+    from dataclasses import asdict
+
+    from cli import _TRAIN_SETTINGS, build_parser
+    from rnnkit.train.config import plan_training
+    from rnnkit.train.results import command
+
+    monkeypatch.chdir(tmp_path)
+    cfg = mnist_config(tiny_mnist, epochs=1, clip=None, bidirectional=True)
+    argv = shlex.split(command(asdict(cfg)))
+    assert argv[:4] == ["python", "cli.py", "train", "--task"]
+    assert "--clip" in argv and argv[argv.index("--clip") + 1] == "0", "no clipping, against the default 1"
+    assert not Path(argv[argv.index("--data-dir") + 1]).is_absolute()
+    args = build_parser().parse_args(argv[2:])
+    planned = asdict(plan_training({k: getattr(args, k) for k in _TRAIN_SETTINGS}).config)
+    planned["data_dir"] = str(Path(planned["data_dir"]).resolve())
+    # clip 0 and None both mean "no clipping"; download and log_every do not change what is trained
+    expected = {**asdict(cfg), "data_dir": str(Path(cfg.data_dir).resolve()), "clip": 0.0, "download": True,
+                "log_every": 10}  # fmt: skip
+    assert planned == expected
+    default = asdict(TrainConfig(**{**asdict(plan_training({"task": "imdb"}).config)}))
+    assert command(default) == "python cli.py train --task imdb", "the defaults need no flag"
 
 
 def test_only_rank_zero_refuses_an_existing_run(tmp_path, monkeypatch):

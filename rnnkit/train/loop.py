@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from rnnkit._checks import ArgumentError, check_at_least, check_choice
+from rnnkit.init import INITS
+from rnnkit.models import POOLS
 from rnnkit.train.run import (
     Run,
     StopRequest,
@@ -38,7 +40,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     optimizer: str = "adam"
-    clip: float | None = None
+    clip: float | None = None  # the gradient norm to clip to (None or 0: no clipping)
     seed: int = 0
     device: str = "cpu"
     backend: str = "auto"
@@ -52,6 +54,11 @@ class TrainConfig:
     log_every: int = 10
     diagnose: int = 0  # record the gradient-flow profile every N steps (0: off)
     compile: bool = False  # train through torch.compile(model)
+    schedule: str = "constant"  # the learning rate by step: "constant", or "cosine" from lr to 0
+    dropout: float = 0.0  # on the inputs of every layer after the first, and before the head
+    bidirectional: bool = False
+    init: str = "default"  # rnnkit.init's scheme: default, orthogonal, identity, chrono (T: the task's steps)
+    pool: str = "last"  # classifiers: the head reads the final state, or the outputs' max or mean
     # mnist
     dataset: str = "mnist"
     pixel: bool = False
@@ -72,6 +79,23 @@ class TrainConfig:
         check_choice("cell", self.cell, ("rnn", "rnn_relu", "lstm", "gru"))
         check_choice("optimizer", self.optimizer, ("adam", "sgd", "lbfgs"))
         check_choice("dataset", self.dataset, ("mnist", "fashion-mnist"))
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("init", self.init, INITS)
+        check_choice("pool", self.pool, POOLS)
+        if self.pool != "last" and self.task not in ("mnist", "imdb"):
+            raise ArgumentError("pool", f"applies to the classifiers (mnist, imdb), not to {self.task}")
+        if self.init == "chrono" and self.cell not in ("lstm", "gru"):
+            raise ArgumentError(
+                "init", f"chrono sets gate biases: it needs --cell lstm or gru, got {self.cell}"
+            )
+        if self.init == "identity" and self.cell not in ("rnn", "rnn_relu"):
+            raise ArgumentError(
+                "init", f"identity is the IRNN recipe (--cell rnn or rnn_relu), got {self.cell}"
+            )
+        if self.schedule != "constant" and self.optimizer == "lbfgs":
+            raise ArgumentError("schedule", "LBFGS sets its own step length: use --schedule constant with it")
+        if not 0 <= self.dropout < 1:
+            raise ArgumentError("dropout", f"expected a probability in [0, 1), got {self.dropout}")
         for name in ("epochs", "batch_size", "hidden", "layers", "log_every", "steps_per_epoch", "max_len"):
             check_at_least(name, getattr(self, name), 1)
         check_at_least("limit", self.limit, 1, "at least 1 example per split (or no --limit: all)")
@@ -86,14 +110,27 @@ class TrainConfig:
             raise ArgumentError("lr", f"expected a positive learning rate, got {self.lr}")
         if not 0 <= self.val_fraction < 1:
             raise ArgumentError("val_fraction", f"expected a fraction in [0, 1), got {self.val_fraction}")
-        if self.clip is not None and not self.clip > 0:
-            raise ArgumentError("clip", f"expected a positive gradient norm, got {self.clip}")
+        if self.clip is not None and not self.clip >= 0:
+            raise ArgumentError(
+                "clip", f"expected a gradient norm to clip to (0: no clipping), got {self.clip}"
+            )
         if self.compile and self.diagnose:
             raise ArgumentError(
                 "diagnose",
                 f"the per-step gradient record runs Python in backward, which a compiled model cannot; got "
                 f"--diagnose {self.diagnose} with --compile: drop one of them",
             )
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based) of ``total_steps``: a function of the
+    step alone, so a resumed run continues the same curve (given more epochs, the curve stretches)."""
+    if cfg.schedule == "constant" or total_steps <= 1:
+        return cfg.lr
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
@@ -196,6 +233,7 @@ class _Training:
             self.trained = torch.compile(self.trained)
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.start_epoch = self.start_batch = self.step = 0
+        self.total_steps = cfg.epochs * len(task.train_keys(0, cfg.batch_size, cfg.seed))
 
     def resume(self) -> None:
         checkpoint = self.run.resume(self.model, self.optimizer, self.device)
@@ -239,8 +277,10 @@ class _Training:
             raise TrainingDivergedError(_diverged_message(value, *where, self.step, self.run))
         grad_norm = None
         if cfg.optimizer != "lbfgs":
-            if cfg.clip is not None:
+            if cfg.clip:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip))
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, self.step, self.total_steps)
             optimizer.step()
         self.step += 1
         return value, stats["metric"], stats["count"], grad_norm
@@ -262,7 +302,7 @@ class _Training:
                 total_metric + metric,
                 total_count + count,
             )
-            record = {"kind": "step", "step": self.step, "epoch": epoch, "loss": value,
+            record = {"kind": "step", "step": self.step, "epoch": epoch + 1, "loss": value,
                       task.metric: metric / max(count, 1)}  # fmt: skip
             if grad_norm is not None:
                 record["grad_norm"] = grad_norm
@@ -271,11 +311,11 @@ class _Training:
             self.progress.on_step(record)
             if stop.requested:
                 self.save(epoch, b + 1)
-                self.run.log({"kind": "interrupted", "step": self.step, "epoch": epoch})
+                self.run.log({"kind": "interrupted", "step": self.step, "epoch": epoch + 1})
                 return False
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                 self.save(epoch, b + 1)
-        summary = {"kind": "epoch", "step": self.step, "epoch": epoch,
+        summary = {"kind": "epoch", "step": self.step, "epoch": epoch + 1,
                    "train_loss": total_loss / max(len(keys) - first, 1),
                    f"train_{task.metric}": total_metric / max(total_count, 1),
                    "seconds": time.perf_counter() - started}  # fmt: skip
@@ -320,6 +360,6 @@ def _diverged_message(value: float, epoch: int, batch: int, step: int, run: Run)
         else "no checkpoint was written yet"
     )
     return (
-        f"the loss became {value} at step {step + 1} (epoch {epoch}, batch {batch}); training stopped and "
-        f"{kept}. Try a lower --lr or --clip 1.0"
+        f"the loss became {value} at step {step + 1} (epoch {epoch + 1}, batch {batch + 1}); training "
+        f"stopped and {kept}. Try a lower --lr or --clip 1.0"
     )

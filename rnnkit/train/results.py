@@ -1,67 +1,68 @@
 """RESULTS.md from finished run directories: what each run reached, its command, machine and time.
 
-Every number is read from the run's own files (config.json, metrics.jsonl); nothing is typed in.
+Every number is read from the run's own files (config.json, machine.json, metrics.jsonl); nothing
+is typed in. Rows are grouped by the machine that trained them; each run's curves.png is copied
+next to the Markdown and linked from its row.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from rnnkit._checks import ArgumentError
 from rnnkit.bench import markdown_header
+from rnnkit.train.config import defaults
+from rnnkit.train.loop import TrainConfig
 from rnnkit.train.run import Run, RunFolderError
+from rnnkit.train.sine import SineConfig
 
-_FLAGS = {  # config key -> command-line flag
-    "cell": "--cell", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
-    "optimizer": "--optimizer", "hidden": "--hidden", "layers": "--layers", "seed": "--seed",
-    "clip": "--clip", "dataset": "--dataset", "max_len": "--max-len", "seq_len": "--seq-len",
-    "window": "--window", "noise": "--noise", "limit": "--limit", "data_dir": "--data-dir",
-}  # fmt: skip
-_PER_TASK = {
+_MINIBATCH = ("cell", "epochs", "batch_size", "lr", "optimizer", "schedule", "clip", "hidden", "layers",
+              "bidirectional", "dropout", "init", "seed", "val_fraction", "limit", "data_dir")  # fmt: skip
+_PER_TASK = {  # the settings a command line shows, where they differ from the task's defaults
     "sine": ("cell", "epochs", "lr", "hidden", "window", "noise", "seed"),
-    "mnist": (
-        "cell",
-        "dataset",
-        "epochs",
-        "batch_size",
-        "lr",
-        "hidden",
-        "layers",
-        "seed",
-        "data_dir",
-        "limit",
-    ),
-    "imdb": (
-        "cell",
-        "epochs",
-        "batch_size",
-        "lr",
-        "hidden",
-        "layers",
-        "max_len",
-        "seed",
-        "data_dir",
-        "limit",
-    ),
-    "adding": ("cell", "epochs", "batch_size", "lr", "hidden", "layers", "seq_len", "seed"),
-    "copy": ("cell", "epochs", "batch_size", "lr", "hidden", "layers", "seq_len", "seed"),
+    "mnist": ("dataset", "pixel", "permuted", *_MINIBATCH, "pool"),
+    "imdb": ("max_len", *_MINIBATCH, "pool"),
+    "adding": ("seq_len", "steps_per_epoch", *_MINIBATCH),
+    "copy": ("seq_len", "steps_per_epoch", *_MINIBATCH),
 }
 
 
+def _settings_default(task: str, config: dict[str, Any]) -> dict[str, Any]:
+    # what `train --task <task>` uses where the command line is silent, for this run's variant
+    cls = SineConfig if task == "sine" else TrainConfig
+    base = {f.name: f.default for f in fields(cls) if f.name != "extra"}
+    return {**base, **defaults(task, config)}
+
+
+def _path_flag(value: str) -> str:
+    # a data folder as seen from the repository root (the folder `cli.py results` runs in), never
+    # one machine's absolute path
+    path = Path(value)
+    return os.path.relpath(path) if path.is_absolute() else value
+
+
 def command(config: dict[str, Any]) -> str:
-    """The `python cli.py train` command line that reproduces a run's configuration."""
+    """The shortest `python cli.py train` command that reproduces a run's configuration: the task
+    and every setting that differs from the task's defaults."""
     task = config["task"]
+    default = _settings_default(task, config)
     parts = ["python cli.py train", f"--task {task}"]
     for key in _PER_TASK[task]:
         value = config.get(key)
-        if value in (None, False, 0, 0.0) and key not in ("seed",):
+        if value == default.get(key) or (key == "data_dir" and value is None):
             continue
-        parts.append(f"{_FLAGS[key]} {value}")
-    for flag in ("pixel", "permuted"):
-        if config.get(flag):
-            parts.append(f"--{flag}")
-    return " ".join(parts)
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else f"--no-{flag[2:]}")
+        elif value is None:  # only clip has a default that None undoes: 0 says "no clipping"
+            parts.append(f"{flag} 0" if key == "clip" else "")
+        else:
+            parts.append(f"{flag} {_path_flag(value) if key == 'data_dir' else value}")
+    return " ".join(p for p in parts if p)
 
 
 def summarize_run(out: Path) -> dict[str, Any]:
@@ -78,14 +79,16 @@ def summarize_run(out: Path) -> dict[str, Any]:
         seconds, how = times[-1] - times[0] + (epochs[0].get("seconds", 0) if epochs else 0), "wall"
     else:
         seconds, how = sum(r.get("seconds", 0.0) for r in epochs), "training epochs"
-    row: dict[str, Any] = {"run": str(out), "task": config["task"], "cell": config.get("cell")}
+    row: dict[str, Any] = {"run": _path_flag(str(out)), "task": config["task"], "cell": config.get("cell")}
     row.update(epochs=len(epochs), seconds=seconds, time_kind=how, command=command(config))
+    row["machine"] = run.machine()
     if config["task"] == "sine":
         row["result"] = f"test MSE {epochs[-1]['test_loss']:.3g} (train MSE {epochs[-1]['train_loss']:.3g})"
         return row
     test = next((r for r in reversed(records) if r.get("kind") == "test"), None)
     if test is None:
-        row["result"] = "unfinished (no test evaluation)"
+        best = _best_validation(epochs, config)
+        row["result"] = f"unfinished: {best}" if best else "unfinished (no evaluation yet)"
         return row
     metric = next(k for k in test if k.startswith("test_") and k not in ("test_loss", "test_examples"))
     value = test[metric]
@@ -99,16 +102,68 @@ def summarize_run(out: Path) -> dict[str, Any]:
     return row
 
 
-def results_markdown(run_dirs: list[Path], machine: dict[str, str]) -> str:
-    """A Markdown section: the machine, then one row per run."""
-    lines = [
-        *markdown_header(machine),
-        "| run | task | cell | result | epochs | time | command |",
-        "|---|---|---|---|---:|---:|---|",
+def _best_validation(epochs: list[dict[str, Any]], config: dict[str, Any]) -> str:
+    # an unfinished run (no test evaluation yet): its best validation score so far, and when
+    keys = [
+        k
+        for k in (epochs[-1] if epochs else {})
+        if k.startswith("val_") and k not in ("val_loss", "val_examples")
     ]
+    if not keys:
+        return ""
+    key = keys[0]
+    better = max if key.endswith("acc") else min
+    best = better(epochs, key=lambda r: r[key])
+    value = f"{best[key]:.2%}" if key.endswith("acc") else f"{best[key]:.4g}"
+    return f"best {key.replace('_', ' ')} {value} at epoch {best['epoch']} of {config.get('epochs')}"
+
+
+def _curve_name(out: Path) -> str:
+    parts = [p for p in Path(out).parts if p not in ("runs", ".", "..", "/")]
+    return "-".join(parts[-2:] if len(parts) > 1 else parts) + ".png"
+
+
+def results_markdown(
+    run_dirs: list[Path],
+    machine: dict[str, str],
+    *,
+    curves: Path | None = None,
+    link_from: Path | None = None,
+) -> str:
+    """Markdown: per machine (the run's machine.json; ``machine`` for runs without one), a header
+    and one row per run. With ``curves``, each run's curves.png is copied there and linked
+    (relative to the folder ``link_from``)."""
+    sections: dict[tuple, list[str]] = {}
     for out in run_dirs:
         r = summarize_run(Path(out))
         minutes = f"{r['seconds'] / 60:.1f} min ({r['time_kind']})"
-        cells = (r["run"], r["task"], r["cell"], r["result"], r["epochs"], minutes, f"`{r['command']}`")
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    return "\n".join(lines) + "\n"
+        curve = ""
+        source = Path(out) / "curves.png"
+        if curves is not None and source.is_file():
+            curves.mkdir(parents=True, exist_ok=True)
+            target = curves / _curve_name(Path(out))
+            shutil.copyfile(source, target)
+            curve = f"[curves]({os.path.relpath(target, link_from or Path.cwd())})"
+        cells = (
+            r["run"],
+            r["task"],
+            r["cell"],
+            r["result"],
+            r["epochs"],
+            minutes,
+            f"`{r['command']}`",
+            curve,
+        )
+        trained_on = r["machine"] or machine
+        key = tuple(sorted((k, v) for k, v in trained_on.items() if k != "date"))
+        section = sections.setdefault(key, {"dates": [], "rows": []})
+        section["dates"].append(trained_on.get("date", ""))
+        section["rows"].append("| " + " | ".join(map(str, cells)) + " |")
+    lines: list[str] = []
+    for key, section in sections.items():
+        dates = sorted(d for d in section["dates"] if d)
+        when = dates[0] if len(set(dates)) <= 1 else f"runs started {dates[0]} to {dates[-1]}"
+        lines += [*markdown_header({**dict(key), "date": when or ""}),
+                  "| run | task | cell | result | epochs | time | command | curves |",
+                  "|---|---|---|---|---:|---:|---|---|", *section["rows"], ""]  # fmt: skip
+    return "\n".join(lines)

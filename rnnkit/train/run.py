@@ -1,6 +1,7 @@
 """A training run on disk: config, metrics, checkpoints written atomically, plots.
 
 <out>/config.json      the arguments of the run (what --resume reads back)
+<out>/machine.json     the machine it started on (device, versions, date): RESULTS.md's header
 <out>/metrics.jsonl    one JSON record per line: steps, epochs, evaluations, diagnostics
 <out>/checkpoint.pt    model, optimizer, RNG states, epoch, step: replaced atomically
 <out>/checkpoint.prev.pt   the checkpoint before it: one bad write never loses the run
@@ -64,6 +65,16 @@ class Run:
             self.out.mkdir(parents=True, exist_ok=True)
             if config is not None:
                 atomic_write_bytes(self.out / "config.json", json.dumps(config, indent=1).encode())
+                from rnnkit.bench import machine
+
+                atomic_write_bytes(self.out / "machine.json", json.dumps(machine(), indent=1).encode())
+
+    def machine(self) -> dict[str, str] | None:
+        """The machine the run was started on (machine.json), or None for a run without one."""
+        try:
+            return json.loads((self.out / "machine.json").read_text())
+        except (OSError, ValueError):
+            return None
 
     @property
     def checkpoint_path(self) -> Path:
@@ -211,24 +222,52 @@ class StopRequest:
 
 
 def plot_curves(run: Run, metric: str) -> None:
-    """curves.png in the run directory: the loss by step and by epoch, the metric by epoch."""
+    """curves.png in the run directory: the loss by step and by epoch, the metric by epoch.
+
+    Training is blue and validation orange in both panels; epochs are counted from 1 (the table's
+    numbers) on an axis of whole epochs.
+    """
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
 
     steps, epochs = run.records("step"), run.records("epoch")
     if not steps and not epochs:
         return
+    train, val = {"color": "C0"}, {"color": "C1"}
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(12, 4.5), dpi=100)
     if steps:
-        ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps], alpha=0.5, label="train (step)")
+        ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps], alpha=0.5, label="train (step)",
+                     **train)  # fmt: skip
+    else:  # one record per epoch (sine: one LBFGS step each)
+        ax_loss.plot(
+            [r["step"] for r in epochs], [r["train_loss"] for r in epochs], "s-", label="train", **train
+        )
     if epochs and "val_loss" in epochs[0]:
-        ax_loss.plot([r["step"] for r in epochs], [r["val_loss"] for r in epochs], "o-", label="validation")
+        ax_loss.plot(
+            [r["step"] for r in epochs], [r["val_loss"] for r in epochs], "o-", label="validation", **val
+        )
         ax_metric.plot(
-            [r["epoch"] + 1 for r in epochs], [r[f"val_{metric}"] for r in epochs], "o-", label="validation"
+            [r["epoch"] for r in epochs],
+            [r[f"val_{metric}"] for r in epochs],
+            "o-",
+            label="validation",
+            **val,
         )
     if epochs:
         ax_metric.plot(
-            [r["epoch"] + 1 for r in epochs], [r[f"train_{metric}"] for r in epochs], "s--", label="train"
+            [r["epoch"] for r in epochs],
+            [r[f"train_{metric}"] for r in epochs],
+            "s--",
+            label="train",
+            **train,
         )
+        if f"test_{metric}" in epochs[0]:  # sine: the held-out waves after each epoch
+            test = [r[f"test_{metric}"] for r in epochs]
+            ax_metric.plot([r["epoch"] for r in epochs], test, "o-", label="test", color="C2")
+        ax_metric.set_xlim(0.5, max(r["epoch"] for r in epochs) + 0.5)
+    if metric in ("loss", "mse"):
+        ax_metric.set_yscale("log")
+    ax_metric.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("loss")
     ax_loss.set_yscale("log")

@@ -165,22 +165,28 @@ def train_sine(cfg: SineConfig, run: Run, *, resume: bool = False, on_epoch=None
                 loss.backward()
                 return loss
 
-            train_loss = optimizer.step(closure).item()
-            if not math.isfinite(train_loss):
-                raise TrainingDivergedError(
-                    f"the loss became {train_loss} at epoch {epoch}; training stopped and the last good "
-                    f"checkpoint ({run.checkpoint_path}) is kept. Try a lower --lr"
-                )
+            # LBFGS returns the loss of its first evaluation, before the step: the epoch's training
+            # loss is measured again after it
+            first_loss = optimizer.step(closure).item()
             with torch.no_grad():
+                train_loss = float(F.mse_loss(model(train_x), train_y))
                 pred = model(test_x, future=cfg.future)
                 test_loss = float(F.mse_loss(pred[:, : test_y.shape[1]], test_y))
-            record = {"kind": "epoch", "step": epoch + 1, "epoch": epoch, "train_loss": train_loss,
+            if not (math.isfinite(first_loss) and math.isfinite(train_loss)):
+                bad = first_loss if not math.isfinite(first_loss) else train_loss
+                raise TrainingDivergedError(
+                    f"the loss became {bad} at epoch {epoch + 1}; training stopped and the last good "
+                    f"checkpoint ({run.checkpoint_path}) is kept. Try a lower --lr"
+                )
+            record = {"kind": "epoch", "step": epoch + 1, "epoch": epoch + 1, "train_loss": train_loss,
                       "test_loss": test_loss, "seconds": time.perf_counter() - started}  # fmt: skip
             run.log(record)
             if run.rank == 0:
-                title = f"{cfg.cell.upper()} epoch {epoch}: test MSE {test_loss:.3g} (dotted: its own future)"
+                title = (
+                    f"{cfg.cell.upper()} epoch {epoch + 1}: test MSE {test_loss:.3g} (dotted: its own future)"
+                )
                 plot_predictions(
-                    run.out / f"predict_{epoch:03d}.png", {cfg.cell: pred}, test_x.shape[1], title
+                    run.out / f"predict_{epoch + 1:03d}.png", {cfg.cell: pred}, test_x.shape[1], title
                 )
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state()}
             run.save_checkpoint({**state, "epoch": epoch + 1, "step": epoch + 1, "config": asdict(cfg)})
@@ -188,7 +194,7 @@ def train_sine(cfg: SineConfig, run: Run, *, resume: bool = False, on_epoch=None
             if on_epoch:
                 on_epoch(record)
             if stop.requested:
-                run.log({"kind": "interrupted", "step": epoch + 1, "epoch": epoch})
+                run.log({"kind": "interrupted", "step": epoch + 1, "epoch": epoch + 1})
                 return {**result, "status": "interrupted", "epochs": epoch + 1}
     return result
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnkit.datasets import load_idx_dataset, load_imdb_reviews
+from rnnkit.init import initialize
 from rnnkit.models import SequenceClassifier, SequenceModel
 from rnnkit.synthetic import get_task
 from rnnkit.text import build_vocab, encode, tokenize
@@ -135,8 +136,8 @@ class MNISTTask(_IndexedTask):
         return Batch(self.inputs[key].transpose(0, 1).to(device), self.labels[key].to(device))
 
     def build_model(self, cfg):
-        I = self.inputs.shape[2]
-        return SequenceClassifier(cfg.cell, I, cfg.hidden, 10, num_layers=cfg.layers, backend=cfg.backend)
+        T, I = self.inputs.shape[1:]
+        return _initialized(SequenceClassifier(cfg.cell, I, cfg.hidden, 10, **_model_options(cfg)), cfg, T)
 
 
 class IMDBTask(_IndexedTask):
@@ -172,10 +173,10 @@ class IMDBTask(_IndexedTask):
         return Batch(self.ids[key, :T].T.to(device), self.labels[key].to(device), lengths)
 
     def build_model(self, cfg):
-        return SequenceClassifier(
-            cfg.cell, cfg.embedding_dim, cfg.hidden, 2, num_layers=cfg.layers, backend=cfg.backend,
-            vocab_size=len(self.vocab) + 2,
-        )  # fmt: skip
+        model = SequenceClassifier(
+            cfg.cell, cfg.embedding_dim, cfg.hidden, 2, vocab_size=len(self.vocab) + 2, **_model_options(cfg)
+        )
+        return _initialized(model, cfg, cfg.max_len)
 
 
 class SyntheticTask(Task):
@@ -209,14 +210,11 @@ class SyntheticTask(Task):
 
     def build_model(self, cfg):
         spec = self.spec
-        return SequenceModel(
-            cfg.cell,
-            spec.input_size,
-            cfg.hidden,
-            spec.output_size,
-            num_layers=cfg.layers,
-            backend=cfg.backend,
-        )
+        model = SequenceModel(
+            cfg.cell, spec.input_size, cfg.hidden, spec.output_size, num_layers=cfg.layers,
+            bidirectional=cfg.bidirectional, backend=cfg.backend, dropout=cfg.dropout,
+        )  # fmt: skip
+        return _initialized(model, cfg, spec.total_steps(cfg.seq_len))
 
     def score(self, output, batch):
         if not self.spec.classification:  # adding: the answer at the last step
@@ -226,6 +224,18 @@ class SyntheticTask(Task):
         loss = F.cross_entropy(output.flatten(0, 1), batch.target.flatten())  # copy: every step
         recall = output[-10:].argmax(-1) == batch.target[-10:]
         return loss, float(recall.sum()), recall.numel()
+
+
+def _model_options(cfg) -> dict[str, Any]:
+    return {"num_layers": cfg.layers, "bidirectional": cfg.bidirectional, "backend": cfg.backend,
+            "dropout": cfg.dropout, "pool": cfg.pool}  # fmt: skip
+
+
+def _initialized(model: nn.Module, cfg, steps: int) -> nn.Module:
+    # cfg.init on the recurrent layers; chrono's longest dependency is the task's sequence length
+    if cfg.init != "default":
+        initialize(model.recurrent, cfg.init, seq_len=steps)
+    return model
 
 
 def make_task(name: str) -> Task:
