@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 import torch
 
+from kernels import _memory
 from kernels._onednn import RowProducts
 
 
@@ -209,7 +210,7 @@ def rnn_fwd(
         recurrent = RowProducts(w_hh.to(ct), B)  # h @ W_hhᵀ
         h = _init_state(h0, (D, B, H), gx, ct)  # [D, B, H]
         valid = _valid_steps(lengths, T, D)
-        yp = gx.new_empty(T, D, B, H)
+        yp = _memory.empty(gx, T, D, B, H)
         for s in range(T):
             v = None if valid is None else valid[s]
             h_new = act(recurrent(h, gxp[s]))
@@ -247,8 +248,8 @@ def rnn_bwd(
         back = RowProducts(w_hh.to(ct).transpose(1, 2), B)  # δa @ W_hh
         dh = _init_state(dh_n, (D, B, H), y, ct)  # gradient carried into the step being processed
         valid = _valid_steps(lengths, T, D)
-        dgp = y.new_empty(T, D, B, H)
-        recp = y.new_empty(T, D, B, H, dtype=ct) if record else None
+        dgp = _memory.empty(y, T, D, B, H)
+        recp = _memory.empty(y, T, D, B, H, dtype=ct) if record else None
         for s in reversed(range(T)):
             v = None if valid is None else valid[s]
             dh_total = dh if dyp is None else dh + dyp[s]
@@ -297,10 +298,10 @@ def lstm_fwd(
         h = _init_state(h0, (D, B, P), gx, ct)
         c = _init_state(c0, (D, B, H), gx, ct)
         valid = _valid_steps(lengths, T, D)
-        yp = gx.new_empty(T, D, B, P, dtype=ct)
+        yp = _memory.empty(gx, T, D, B, P, dtype=ct)
         # the loop writes the gates and c_t of every step in place (a scratch row without training)
-        gates_p = gx.new_empty(T if training else 1, D, B, G, dtype=ct)
-        c_p = gx.new_empty(T if training else 1, D, B, H, dtype=ct)
+        gates_p = _memory.empty(gx, T if training else 1, D, B, G, dtype=ct)
+        c_p = _memory.empty(gx, T if training else 1, D, B, H, dtype=ct)
         for s in range(T):
             v = None if valid is None else valid[s]
             gates = gates_p[s if training else 0]
@@ -364,44 +365,45 @@ def lstm_bwd(
         ct = compute_dtype(gates)
         i, f, g, o = _processing_order(gates).to(ct).chunk(4, dim=-1)  # [T, D, B, H] each
         c_p = _processing_order(c_steps).to(ct)
-        c_prev_p = _previous_p(c_p, _init_state(c0, (D, B, H), gates, ct), lengths)
-        # what does not depend on the recurrence, for every step at once (zero at masked steps,
-        # where the saved gates are zero):
-        # (x - x·y written as addcmul: one pass over these [T, D, B, H] tensors instead of two)
-        tanh_c = torch.tanh(c_p)
-        to_c = torch.addcmul(o, o * tanh_c, tanh_c, value=-1)  # o (1 - tanh² c): δc_t = carried + δm_t ⊙ to_c
-        # [T, D, B, 4, H]: δa_{i,f,g} = δc_t ⊙ factor, δa_o = δm_t ⊙ factor, each written in place
-        factors = gates.new_empty(T, D, B, 4, H, dtype=ct)
-        torch.mul(g, torch.addcmul(i, i, i, value=-1), out=factors[:, :, :, 0])  # g i (1 - i)
-        torch.mul(c_prev_p, torch.addcmul(f, f, f, value=-1), out=factors[:, :, :, 1])  # c_{t-1} f (1 - f)
-        torch.addcmul(i, i * g, g, value=-1, out=factors[:, :, :, 2])  # i (1 - g²)
-        torch.mul(tanh_c, torch.addcmul(o, o, o, value=-1), out=factors[:, :, :, 3])  # tanh c o (1 - o)
+        c_init = _init_state(c0, (D, B, H), gates, ct)
+        first = None if D == 1 or lengths is None else _first_steps(lengths, T, D, B, gates.device)
         dyp = None if dy is None else _processing_order(dy).to(ct)
         back = RowProducts(w_hh.to(ct).transpose(1, 2), B)  # δa @ W_hh: [D, B, P]
         back_r = None if w_hr is None else RowProducts(w_hr.to(ct).transpose(1, 2), B)  # δh @ W_hr
         dh = _init_state(dh_n, (D, B, P), gates, ct)
         dc = _init_state(dc_n, (D, B, H), gates, ct)
         valid = _valid_steps(lengths, T, D)
-        dgp = gates.new_empty(T, D, B, G, dtype=ct)
-        rec_h = gates.new_empty(T, D, B, P, dtype=ct) if record or w_hr is not None else None
-        rec_c = gates.new_empty(T, D, B, H, dtype=ct) if record else None
-        for s in reversed(range(T)):
-            v = None if valid is None else valid[s]
-            dh_total = dh if dyp is None else dh + dyp[s]
-            dm = dh_total if back_r is None else back_r(dh_total)  # [D, B, H]
-            dc_total = torch.addcmul(dc, dm, to_c[s])
-            dpre = dgp[s]  # [D, B, 4H]
-            gates_s = dpre.view(D, B, 4, H)  # δa_{i,f,g} = δc ⊙ factor, δa_o = δm ⊙ factor: no stacked copy
-            torch.mul(factors[s, :, :, :3], dc_total.unsqueeze(2), out=gates_s[:, :, :3])
-            torch.mul(factors[s, :, :, 3], dm, out=gates_s[:, :, 3])
-            if rec_h is not None:
-                rec_h[s] = _keep(dh_total, 0.0, v)
-            if rec_c is not None:
-                rec_c[s] = _keep(dc_total, 0.0, v)
-            if v is not None:
-                dpre.masked_fill_(~v, 0.0)
-            dh = _keep(back(dpre), dh, v)
-            dc = _keep(dc_total * f[s], dc, v)
+        dgp = _memory.empty(gates, T, D, B, G, dtype=ct)
+        rec_h = _memory.empty(gates, T, D, B, P, dtype=ct) if record or w_hr is not None else None
+        rec_c = _memory.empty(gates, T, D, B, H, dtype=ct) if record else None
+        K = _chunk_steps(D * B * H, T)
+        for a in reversed(range(0, T, K)):
+            b = min(a + K, T)
+            # what does not depend on the recurrence, for steps a..b-1 at once: a chunk small enough
+            # to stay in cache while the steps read it (whole-sequence tensors made these passes
+            # memory-bound: 63% of the backward at T 784, B 128, H 128)
+            c_prev = c_p[a - 1 : b - 1] if a > 0 else torch.cat((c_init[None], c_p[: b - 1]))
+            if first is not None:
+                c_prev = torch.where(first[a:b], c_init[None], c_prev)
+            to_c, factors = _lstm_factors(i[a:b], f[a:b], g[a:b], o[a:b], c_p[a:b], c_prev)
+            for s in reversed(range(a, b)):
+                k = s - a
+                v = None if valid is None else valid[s]
+                dh_total = dh if dyp is None else dh + dyp[s]
+                dm = dh_total if back_r is None else back_r(dh_total)  # [D, B, H]
+                dc_total = torch.addcmul(dc, dm, to_c[k])
+                dpre = dgp[s]  # [D, B, 4H]
+                gates_s = dpre.view(D, B, 4, H)  # δa_{i,f,g} = δc ⊙ factor, δa_o = δm ⊙ factor, in place
+                torch.mul(factors[k, :, :, :3], dc_total.unsqueeze(2), out=gates_s[:, :, :3])
+                torch.mul(factors[k, :, :, 3], dm, out=gates_s[:, :, 3])
+                if rec_h is not None:
+                    rec_h[s] = _keep(dh_total, 0.0, v)
+                if rec_c is not None:
+                    rec_c[s] = _keep(dc_total, 0.0, v)
+                if v is not None:
+                    dpre.masked_fill_(~v, 0.0)
+                dh = _keep(back(dpre), dh, v)
+                dc = _keep(dc_total * f[s], dc, v)
         return LSTMBackward(
             _time_order(dgp).to(gates.dtype),
             dh.to(gates.dtype, copy=True),
@@ -409,6 +411,29 @@ def lstm_bwd(
             None if rec_h is None else _time_order(rec_h),
             None if rec_c is None else _time_order(rec_c),
         )
+
+
+# elements of one [steps, D, B, H] tensor in a chunk of the LSTM backward's per-step factors: the
+# chunk's seven such tensors (four factors, to_c, c_{t-1}, tanh c) then take 7 MiB in fp32
+STEP_CHUNK_ELEMENTS = 2**18
+
+
+def _chunk_steps(per_step: int, T: int) -> int:
+    return max(1, min(T, STEP_CHUNK_ELEMENTS // max(per_step, 1)))
+
+
+def _lstm_factors(i, f, g, o, c, c_prev):
+    # [K, D, B, H] each -> to_c [K, D, B, H] and factors [K, D, B, 4, H]: zero at masked steps,
+    # where the saved gates are zero (x - x·y written as addcmul: one pass instead of two)
+    tanh_c = torch.tanh(c)
+    to_c = torch.addcmul(o, o * tanh_c, tanh_c, value=-1)  # o (1 - tanh² c): δc_t = carried + δm_t ⊙ to_c
+    K, D, B, H = c.shape
+    factors = c.new_empty(K, D, B, 4, H)  # δa_{i,f,g} = δc_t ⊙ factor, δa_o = δm_t ⊙ factor
+    torch.mul(g, torch.addcmul(i, i, i, value=-1), out=factors[:, :, :, 0])  # g i (1 - i)
+    torch.mul(c_prev, torch.addcmul(f, f, f, value=-1), out=factors[:, :, :, 1])  # c_{t-1} f (1 - f)
+    torch.addcmul(i, i * g, g, value=-1, out=factors[:, :, :, 2])  # i (1 - g²)
+    torch.mul(tanh_c, torch.addcmul(o, o, o, value=-1), out=factors[:, :, :, 3])  # tanh c o (1 - o)
+    return to_c, factors
 
 
 def gru_fwd(
@@ -445,9 +470,9 @@ def gru_fwd(
         bias_n = None if b_hn is None else b_hn.to(ct)[:, None, :]  # [D, 1, H]
         h = _init_state(h0, (D, B, H), gx, ct)
         valid = _valid_steps(lengths, T, D)
-        yp = gx.new_empty(T, D, B, H)
-        gates_p = gx.new_empty(T, D, B, G) if training else None
-        ghn_p = gx.new_empty(T, D, B, H) if training else None
+        yp = _memory.empty(gx, T, D, B, H)
+        gates_p = _memory.empty(gx, T, D, B, G) if training else None
+        ghn_p = _memory.empty(gx, T, D, B, H) if training else None
         for s in range(T):
             v = None if valid is None else valid[s]
             x_r, x_z, x_n = gxp[s].chunk(3, dim=-1)
@@ -507,9 +532,9 @@ def gru_bwd(
         back = RowProducts(w_hh.to(ct).transpose(1, 2), B)  # [δr δz δĥn] @ W_hh
         dh = _init_state(dh_n, (D, B, H), y, ct)
         valid = _valid_steps(lengths, T, D)
-        dgx_p = gates.new_empty(T, D, B, G)
-        dghn_p = gates.new_empty(T, D, B, H)
-        recp = gates.new_empty(T, D, B, H, dtype=ct) if record else None
+        dgx_p = _memory.empty(gates, T, D, B, G)
+        dghn_p = _memory.empty(gates, T, D, B, H)
+        recp = _memory.empty(gates, T, D, B, H, dtype=ct) if record else None
         for s in reversed(range(T)):
             v = None if valid is None else valid[s]
             r, z, n = gates_p[s].chunk(3, dim=-1)

@@ -241,3 +241,49 @@ def test_onednn_linear_is_f_linear(monkeypatch):
     monkeypatch.setattr(_onednn, "ONEDNN_MIN_FLOP", 8e6)
     _onednn.linear(x, w, b)
     assert not calls
+
+
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj"])
+@pytest.mark.parametrize("D", [1, 2], ids=["uni", "bi"])
+@pytest.mark.parametrize("lengths", [None, [3, 1, 4]], ids=["full", "lengths"])
+@pytest.mark.parametrize("steps_per_chunk", [1, 3])
+def test_lstm_backward_in_chunks_of_steps(monkeypatch, cell, D, lengths, steps_per_chunk):
+    """The LSTM backward computes its per-step factors a chunk of steps at a time (a cache-sized
+    chunk): chunks of 1 and 3 of the 4 steps give the gradients and record of one whole chunk."""
+    P = 3 if cell == "lstm_proj" else None
+    fn, args, kwargs = recurrence_inputs(cell, D=D, P=P)
+    results = []
+    for elements in (2**30, steps_per_chunk * D * 3 * 2):  # one chunk, then steps_per_chunk steps
+        monkeypatch.setattr(reference, "STEP_CHUNK_ELEMENTS", elements)
+        ts = [t.detach().clone().requires_grad_() for t in args]
+        kw = {k: v.detach().clone().requires_grad_() if torch.is_tensor(v) else v for k, v in kwargs.items()}
+        records = []
+        out = getattr(functional, fn)(*ts, lengths=lengths, backend="reference", record=records.append, **kw)
+        outs = [o for o in out if torch.is_tensor(o)]
+        gen = torch.Generator().manual_seed(1)
+        sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs).backward()
+        grads = [t.grad for t in ts] + [v.grad for v in kw.values() if torch.is_tensor(v)]
+        results.append([*grads, records[0].h, records[0].c])
+    assert reference._chunk_steps(D * 3 * 2, 4) == steps_per_chunk
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_large_cpu_buffers_ask_for_huge_pages(monkeypatch):
+    """`kernels._memory.empty`: the whole 2 MiB pages inside a large CPU buffer get MADV_HUGEPAGE
+    (where Linux has transparent huge pages); small ones and other devices are plain torch.empty."""
+    from kernels import _memory
+
+    calls = []
+    monkeypatch.setattr(_memory, "_madvise", lambda: lambda *a: calls.append(a) or 0)
+    like = torch.zeros(1)
+    big = _memory.empty(like, 3, 1 << 20, 3, dtype=torch.float32)  # 36 MiB
+    assert big.shape == (3, 1 << 20, 3) and big.dtype == torch.float32
+    ((start, length, advice),) = calls
+    assert (
+        advice == _memory.MADV_HUGEPAGE and start % _memory.HUGE_PAGE == 0 and length % _memory.HUGE_PAGE == 0
+    )
+    assert big.data_ptr() <= start and start + length <= big.data_ptr() + big.nbytes
+    assert length >= big.nbytes - 2 * _memory.HUGE_PAGE
+    assert _memory.empty(like, 1000).shape == (1000,) and len(calls) == 1, "small: no advice"
+    assert _memory.empty(like.to(torch.float64), 2, dtype=None).dtype == torch.float64
