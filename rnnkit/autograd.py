@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from kernels._onednn import sum_over_rows
 from kernels.reference import compute_dtype, previous_states
 
 
@@ -91,10 +92,11 @@ def _only_needed(ctx, *grads):
 
 def _sum_over_steps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # [T, B, D, M], [T, B, D, N] -> [D, M, N] = Σ_{t,b} a[t, b, d]ᵀ b[t, b, d]: one [M, T·B] @ [T·B, N]
-    # product per direction, on strided views (no transposed copy of a)
+    # product per direction, on strided views (no transposed copy of a; oneDNN where a is gate-major)
     T, B, D, M = a.shape
     b = b.to(a.dtype)
-    return torch.stack([a[:, :, d].reshape(T * B, M).T @ b[:, :, d].reshape(T * B, -1) for d in range(D)])
+    return torch.stack([sum_over_rows(a[:, :, d].reshape(T * B, M), b[:, :, d].reshape(T * B, -1))
+                        for d in range(D)])  # fmt: skip
 
 
 def _setup(ctx, training: bool, precision: str, saved, saved_only) -> None:

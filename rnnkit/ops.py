@@ -191,7 +191,7 @@ def _fake_lstm_bwd(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, reco
     T, B, D, G = gates.shape
     H, P = G // 4, w_hh.shape[2]
     return (
-        gates.new_empty(T, B, D, G),
+        gates.new_empty(D, G, T, B).permute(2, 3, 0, 1),  # the reference's gate-major dgx
         gates.new_empty(D, B, P),
         gates.new_empty(D, B, H),
         _steps_or_nothing(record or w_hr is not None, gates, T, B, D, P),

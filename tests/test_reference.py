@@ -287,3 +287,39 @@ def test_large_cpu_buffers_ask_for_huge_pages(monkeypatch):
     assert length >= big.nbytes - 2 * _memory.HUGE_PAGE
     assert _memory.empty(like, 1000).shape == (1000,) and len(calls) == 1, "small: no advice"
     assert _memory.empty(like.to(torch.float64), 2, dtype=None).dtype == torch.float64
+
+
+@pytest.mark.parametrize("K", [7, 300], ids=["dx-mkl", "dx-onednn"])
+def test_gate_major_gradient_takes_onednn_for_the_weights(monkeypatch, K):
+    """The reference LSTM backward's dgx lies gate-major; the input projection's backward then
+    gives F.linear's gradients, with dW on oneDNN (and dx on oneDNN from GATHER_MIN_K features)."""
+    from kernels import _onednn
+
+    if _onednn._linear_op() is None:
+        pytest.skip("this torch has no oneDNN linear operator")
+    monkeypatch.setattr(_onednn, "ONEDNN_MIN_FLOP", 0.0)
+    _, args, _ = recurrence_inputs("lstm", T=5, B=3, D=2, H=4, dtype=torch.float32)
+    fw = reference.lstm_fwd(*args)
+    dgx = reference.lstm_bwd(
+        torch.randn_like(fw.y), None, None, args[1], None, args[3], fw.gates, fw.c_steps
+    ).dgx
+    assert dgx.shape == (5, 3, 2, 16) and dgx.permute(2, 3, 0, 1).is_contiguous(), "gate-major strides"
+    grad = dgx.reshape(15, 32)  # as the projection's backward receives it
+    assert grad.t().is_contiguous()
+    products = []
+    linear_op = _onednn._linear_op()
+    monkeypatch.setattr(
+        _onednn, "_linear_op", lambda: (lambda *a: products.append(a) or linear_op[0](*a), linear_op[1])
+    )
+    x, w, b = (
+        torch.randn(15, K, requires_grad=True),
+        torch.randn(32, K, requires_grad=True),
+        torch.randn(32, requires_grad=True),
+    )
+    _onednn._Linear.apply(x, w, b).backward(grad)
+    x2, w2, b2 = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    torch.nn.functional.linear(x2, w2, b2).backward(grad)
+    for a, c in ((x.grad, x2.grad), (w.grad, w2.grad), (b.grad, b2.grad)):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+    # the forward product, dW, and dx from GATHER_MIN_K input features
+    assert len(products) == (3 if K >= _onednn.GATHER_MIN_K else 2)
