@@ -117,3 +117,36 @@ def test_gpu_check_summarizes_the_probe(tmp_path):
     stage = gpu_check.Stage("probe", [], tmp_path / "probe.log")
     gpu_check._summarize_probe(stage, tmp_path)
     assert stage.details == ["r fwd: 3.50 µs/step, 2.50 without the barrier, fastest BB/2 3.10"]
+
+
+def _gpu_train(tmp_path: Path, *args: str) -> tuple[int, str]:
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools" / "gpu_train.py"),
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        *args,
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_gpu_train_runs_stops_at_the_budget_and_resumes(tmp_path):
+    """tools/gpu_train.py on the CPU: a job that ends in time finishes; one past the budget gets
+    Ctrl-C and leaves a resumable checkpoint; a second session resumes the folders it finds."""
+    tiny = ["--", "--seq-len", "10", "--batch-size", "4", "--hidden", "8", "--limit", "8"]
+    code, out = _gpu_train(tmp_path, "--jobs", "adding", "--budget", "300", "--grace", "30", *tiny,
+                           "--epochs", "1", "--steps-per-epoch", "2")  # fmt: skip
+    assert code == 0 and "adding: finished" in out, out
+    assert "| adding |" in (tmp_path / "results.md").read_text()
+    # a job far longer than its budget: stopped by Ctrl-C, saved mid-epoch
+    long = tmp_path / "long"
+    many = ["--epochs", "1000", "--steps-per-epoch", "1000", "--checkpoint-every", "5"]
+    code, out = _gpu_train(long, "--jobs", "adding", "--budget", "20", "--grace", "30", *tiny, *many)
+    assert code == 0 and "adding: stopped at the budget, checkpoint saved" in out, out
+    assert (long / "adding" / "checkpoint.pt").is_file()
+    code, out = _gpu_train(long, "--jobs", "adding", "--budget", "20", "--grace", "30")
+    assert "adding: stopped at the budget" in out, out
+    assert "--resume" in (long / "adding.log").read_text(), "the second session resumed the run"
