@@ -486,6 +486,14 @@ class GRU(_RecurrentLayer):
         super().__init__("GRU", *args, backend=backend, **kwargs)
 
 
+# torch's cell functions by mode, looked up once (each torch._VF lookup costs a Python call per step)
+_TORCH_CELLS = {
+    "GRU": torch._VF.gru_cell,
+    "RNN_TANH": torch._VF.rnn_tanh_cell,
+    "RNN_RELU": torch._VF.rnn_relu_cell,
+}
+
+
 class _RecurrentCell:
     """One step of a recurrent cell through the same recurrence as the layers (mixin)."""
 
@@ -529,15 +537,11 @@ class _RecurrentCell:
         # backend it computes rnnkit's numbers without the custom operator's dispatch per step
         B, H = x.shape[0], self.hidden_size
         h = x.new_zeros(B, H) if h0 is None else h0[0]
-        weights = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        p = self._parameters
+        weights = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
         if self.mode == "LSTM":
             return torch._VF.lstm_cell(x, (h, x.new_zeros(B, H) if c0 is None else c0[0]), *weights)
-        fn = {
-            "GRU": torch._VF.gru_cell,
-            "RNN_TANH": torch._VF.rnn_tanh_cell,
-            "RNN_RELU": torch._VF.rnn_relu_cell,
-        }
-        return (fn[self.mode](x, h, *weights),)
+        return (_TORCH_CELLS[self.mode](x, h, *weights),)
 
     def _rnnkit_step(self, x, h0, c0):
         # the step through rnnkit's recurrence (its operators: compiled graphs, the Triton kernels)
