@@ -379,10 +379,10 @@ def lstm_bwd(
         # and oneDNN's product wants that dimension last (2x MKL's speed on the CPU); the step's
         # own δa [D, B, 4H] is scratch for the recurrent product
         dgm = _memory.empty(gates, D, G, T, B, dtype=ct)
-        dpre = gates.new_empty(D, B, G, dtype=ct)
+        K = _chunk_steps(D * B * H, T)
+        chunk = gates.new_empty(K, D, B, G, dtype=ct)  # the chunk's δa, step-major, then transposed
         rec_h = _memory.empty(gates, T, D, B, P, dtype=ct) if record or w_hr is not None else None
         rec_c = _memory.empty(gates, T, D, B, H, dtype=ct) if record else None
-        K = _chunk_steps(D * B * H, T)
         for a in reversed(range(0, T, K)):
             b = min(a + K, T)
             # what does not depend on the recurrence, for steps a..b-1 at once: a chunk small enough
@@ -398,6 +398,7 @@ def lstm_bwd(
                 dh_total = dh if dyp is None else dh + dyp[s]
                 dm = dh_total if back_r is None else back_r(dh_total)  # [D, B, H]
                 dc_total = torch.addcmul(dc, dm, to_c[k])
+                dpre = chunk[k]  # [D, B, 4H]
                 gates_s = dpre.view(D, B, 4, H)  # δa_{i,f,g} = δc ⊙ factor, δa_o = δm ⊙ factor, in place
                 torch.mul(factors[k, :, :, :3], dc_total.unsqueeze(2), out=gates_s[:, :, :3])
                 torch.mul(factors[k, :, :, 3], dm, out=gates_s[:, :, 3])
@@ -407,10 +408,9 @@ def lstm_bwd(
                     rec_c[s] = _keep(dc_total, 0.0, v)
                 if v is not None:
                     dpre.masked_fill_(~v, 0.0)
-                for d in range(D):
-                    dgm[d, :, s if d == 0 else T - 1 - s].copy_(dpre[d].T)
                 dh = _keep(back(dpre), dh, v)
                 dc = _keep(dc_total * f[s], dc, v)
+            _to_gate_major(dgm, chunk[: b - a], a)
         return LSTMBackward(
             dgm.permute(2, 3, 0, 1).to(gates.dtype),  # [T, B, D, 4H] with gate-major strides
             dh.to(gates.dtype, copy=True),
@@ -420,9 +420,25 @@ def lstm_bwd(
         )
 
 
-# elements of one [steps, D, B, H] tensor in a chunk of the LSTM backward's per-step factors: the
-# chunk's seven such tensors (four factors, to_c, c_{t-1}, tanh c) then take 7 MiB in fp32
-STEP_CHUNK_ELEMENTS = 2**18
+def _to_gate_major(dgm: torch.Tensor, chunk: torch.Tensor, a: int) -> None:
+    # chunk [K, D, B, G] (loop steps a..a+K-1) into dgm [D, G, T, B] (time order): per direction one
+    # 2-D transpose into a contiguous [G, K·B] (torch's blocked transpose; a strided copy straight
+    # into dgm ran 2-3x slower) and one copy of whole rows
+    K, D, B, G = chunk.shape
+    T = dgm.shape[2]
+    for d in range(D):
+        rows = chunk[:, d].reshape(K * B, G).T.contiguous().view(G, K, B)
+        if d == 0:
+            dgm[0, :, a : a + K].copy_(rows)
+        else:  # loop step s of the reverse direction is time T - 1 - s
+            dgm[1, :, T - a - K : T - a].copy_(rows.flip(1))
+
+
+# elements of one [steps, D, B, H] tensor in a chunk of the LSTM backward's steps: the chunk's
+# tensors (four factors, to_c, c_{t-1}, tanh c, its 4H-wide δa) then take about 2 MiB in fp32. One
+# thread, backward alone: T 784 B 128 H 128 229 ms (2^18: 275, whole sequence: 829); T 500 B 32
+# H 128 56 ms (93); T 100 B 64 H 512 114 ms (201)
+STEP_CHUNK_ELEMENTS = 2**16
 
 
 def _chunk_steps(per_step: int, T: int) -> int:
