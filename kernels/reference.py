@@ -310,7 +310,12 @@ def lstm_fwd(
             torch.sigmoid(pre, out=gates)
             torch.tanh(pre[..., 2 * H : 3 * H], out=gates[..., 2 * H : 3 * H])
             i, f, g, o = gates.chunk(4, dim=-1)
-            torch.addcmul(f * c, i, g, out=c_new)
+            torch.mul(f, c, out=c_new)
+            c_new.addcmul_(i, g)
+            if projection is None and v is None:  # h_t straight into the output: no copy
+                h = torch.mul(o, torch.tanh(c_new), out=yp[s])
+                c = c_new
+                continue
             h_new = o * torch.tanh(c_new)
             if projection is not None:
                 h_new = projection(h_new)
