@@ -156,7 +156,7 @@ def _rnn_autograd(bwd):
     return setup_context, backward
 
 
-def _lstm_autograd(bwd):
+def _lstm_autograd(bwd, gate_major: bool = False):
     def setup_context(ctx, inputs, output):
         _, w_hh, h0, c0, w_hr, lengths, training, precision = inputs
         y, _, _, gates, c_steps = output
@@ -171,6 +171,8 @@ def _lstm_autograd(bwd):
             dgx, dh0, dc0, dh_steps, dc_steps = bwd(
                 dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record is not None, ctx.precision
             )
+            if gate_major:  # [D, 4H, T, B] -> a [T, B, D, 4H] view: the weight gradients read it as it lies
+                dgx = dgx.permute(2, 3, 0, 1)
             if record is not None:
                 record(StepGradients(dh_steps, dc_steps, lengths))
             dw_hh = dw_hr = None
@@ -218,10 +220,11 @@ def _gru_autograd(bwd):
 _FORMULAS = {"rnn": _rnn_autograd, "lstm": _lstm_autograd, "gru": _gru_autograd}
 
 
-def register(fwd, bwd, cell: str) -> None:
+def register(fwd, bwd, cell: str, *, gate_major: bool = False) -> None:
     """Register the autograd of forward op ``fwd`` of ``cell``, whose backward calls op ``bwd``; the
-    backward op itself has no derivative, and says so when a second backward reaches it."""
-    setup_context, backward = _FORMULAS[cell](bwd)
+    backward op itself has no derivative, and says so when a second backward reaches it.
+    ``gate_major``: the LSTM backward op returns dgx as [D, 4H, T, B] (see `rnnkit.ops`)."""
+    setup_context, backward = _FORMULAS[cell](bwd, gate_major) if cell == "lstm" else _FORMULAS[cell](bwd)
     fwd.register_autograd(backward, setup_context=setup_context)
     bwd.register_autograd(_no_double_backward(bwd), setup_context=lambda ctx, inputs, output: None)
 
