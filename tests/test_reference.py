@@ -186,6 +186,20 @@ def test_inference_saves_nothing(monkeypatch):
     assert out.gates is None and out.c_steps is None
 
 
+def _outputs_gradients_record(fn: str, args, kwargs, lengths) -> list[torch.Tensor]:
+    # one call of functional.<fn> on fresh copies of the inputs: its outputs, the gradients of a
+    # seeded random projection of them, and the per-step record
+    ts = [t.detach().clone().requires_grad_() for t in args]
+    kw = {k: v.detach().clone().requires_grad_() if torch.is_tensor(v) else v for k, v in kwargs.items()}
+    records = []
+    out = getattr(functional, fn)(*ts, lengths=lengths, backend="reference", record=records.append, **kw)
+    outs = [o for o in out if torch.is_tensor(o)]
+    gen = torch.Generator().manual_seed(1)
+    sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs).backward()
+    grads = [t.grad for t in ts] + [v.grad for v in kw.values() if torch.is_tensor(v)]
+    return outs + grads + [g for g in (records[0].h, records[0].c) if g is not None]
+
+
 @pytest.mark.parametrize("cell", CELL_NAMES)
 @pytest.mark.parametrize("lengths", [None, [3, 1, 4]], ids=["full", "lengths"])
 def test_onednn_products_give_torchs_numbers(monkeypatch, cell, lengths):
@@ -201,17 +215,8 @@ def test_onednn_products_give_torchs_numbers(monkeypatch, cell, lengths):
     results = []
     for floor in (0.0, float("inf")):  # every product on oneDNN, then none
         monkeypatch.setattr(_onednn, "ONEDNN_MIN_FLOP", floor)
-        ts = [t.detach().clone().requires_grad_() for t in args]
-        kw = {k: v.detach().clone().requires_grad_() if torch.is_tensor(v) else v for k, v in kwargs.items()}
-        records = []
-        out = getattr(functional, fn)(*ts, lengths=lengths, backend="reference", record=records.append, **kw)
-        outs = [o for o in out if torch.is_tensor(o)]
-        gen = torch.Generator().manual_seed(1)
-        sum((o * torch.randn(o.shape, generator=gen)).sum() for o in outs).backward()
-        grads = [t.grad for t in ts] + [v.grad for v in kw.values() if torch.is_tensor(v)]
-        steps = [g for g in (records[0].h, records[0].c) if g is not None]
-        results.append(outs + grads + steps)
-        used.append(_onednn.RowProducts(ts[1].detach(), 3).packed is not None)
+        results.append(_outputs_gradients_record(fn, args, kwargs, lengths))
+        used.append(_onednn.RowProducts(args[1].float(), 3).packed is not None)
     assert used == [True, False]
     for a, b in zip(*results, strict=True):
         assert_close(cell, a, b)
@@ -255,15 +260,7 @@ def test_lstm_backward_in_chunks_of_steps(monkeypatch, cell, D, lengths, steps_p
     results = []
     for elements in (2**30, steps_per_chunk * D * 3 * 2):  # one chunk, then steps_per_chunk steps
         monkeypatch.setattr(reference, "STEP_CHUNK_ELEMENTS", elements)
-        ts = [t.detach().clone().requires_grad_() for t in args]
-        kw = {k: v.detach().clone().requires_grad_() if torch.is_tensor(v) else v for k, v in kwargs.items()}
-        records = []
-        out = getattr(functional, fn)(*ts, lengths=lengths, backend="reference", record=records.append, **kw)
-        outs = [o for o in out if torch.is_tensor(o)]
-        gen = torch.Generator().manual_seed(1)
-        sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs).backward()
-        grads = [t.grad for t in ts] + [v.grad for v in kw.values() if torch.is_tensor(v)]
-        results.append([*grads, records[0].h, records[0].c])
+        results.append(_outputs_gradients_record(fn, args, kwargs, lengths))
     assert reference._chunk_steps(D * 3 * 2, 4) == steps_per_chunk
     for a, b in zip(*results, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
