@@ -92,9 +92,7 @@ def summarize_run(out: Path) -> dict[str, Any]:
         return row
     metric = next(k for k in test if k.startswith("test_") and k not in ("test_loss", "test_examples"))
     value = test[metric]
-    row["result"] = (
-        f"{metric.replace('_', ' ')} {value:.2%}" if metric.endswith("acc") else f"{metric} {value:.4g}"
-    )
+    row["result"] = f"test acc {value:.2%}" if metric.endswith("acc") else f"test MSE {value:.3g}"
     examples = test.get("test_examples")
     on = f" on {examples} examples" if examples is not None else ""
     limited = f", --limit {config['limit']}" if config.get("limit") else ""
@@ -131,8 +129,8 @@ def results_markdown(
     link_from: Path | None = None,
 ) -> str:
     """Markdown: per machine (the run's machine.json; ``machine`` for runs without one), a header
-    and one row per run. With ``curves``, each run's curves.png is copied there and linked
-    (relative to the folder ``link_from``)."""
+    and one row per run, with the threads it started on. With ``curves``, each run's curves.png is
+    copied there and linked (relative to the folder ``link_from``)."""
     sections: dict[tuple, list[str]] = {}
     for out in run_dirs:
         r = summarize_run(Path(out))
@@ -144,18 +142,11 @@ def results_markdown(
             target = curves / _curve_name(Path(out))
             shutil.copyfile(source, target)
             curve = f"[curves]({os.path.relpath(target, link_from or Path.cwd())})"
-        cells = (
-            r["run"],
-            r["task"],
-            r["cell"],
-            r["result"],
-            r["epochs"],
-            minutes,
-            f"`{r['command']}`",
-            curve,
-        )
         trained_on = r["machine"] or machine
-        key = tuple(sorted((k, v) for k, v in trained_on.items() if k != "date"))
+        threads = trained_on.get("threads", "-")
+        command = f"`{r['command']}`"
+        cells = (r["run"], r["task"], r["cell"], r["result"], r["epochs"], minutes, threads, command, curve)
+        key = tuple(sorted((k, v) for k, v in trained_on.items() if k not in ("date", "threads")))
         section = sections.setdefault(key, {"dates": [], "rows": []})
         section["dates"].append(trained_on.get("date", ""))
         section["rows"].append("| " + " | ".join(map(str, cells)) + " |")
@@ -164,6 +155,6 @@ def results_markdown(
         dates = sorted(d for d in section["dates"] if d)
         when = dates[0] if len(set(dates)) <= 1 else f"runs started {dates[0]} to {dates[-1]}"
         lines += [*markdown_header({**dict(key), "date": when or ""}),
-                  "| run | task | cell | result | epochs | time | command | curves |",
-                  "|---|---|---|---|---:|---:|---|---|", *section["rows"], ""]  # fmt: skip
+                  "| run | task | cell | result | epochs | time | threads | command | curves |",
+                  "|---|---|---|---|---:|---:|---:|---|---|", *section["rows"], ""]  # fmt: skip
     return "\n".join(lines)
