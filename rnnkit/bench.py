@@ -114,6 +114,8 @@ def machine() -> dict[str, str]:
     else:
         info["device"] = _cpu_model()
         info["threads"] = str(torch.get_num_threads())
+        if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1":  # torch's huge pages (cli.py train sets it)
+            info["THP_MEM_ALLOC_ENABLE"] = "1"
     return info
 
 

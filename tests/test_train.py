@@ -304,8 +304,20 @@ def test_cli_train_writes_the_run_directory(tmp_path):
                "--hidden", "8", "--limit", "16", "--out", str(tmp_path / "run"))  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "baseline loss: 0.1667" in done.stdout and "adding: test" in done.stdout
-    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "curves.png"):
+    for name in ("config.json", "machine.json", "metrics.jsonl", "checkpoint.pt", "curves.png"):
         assert (tmp_path / "run" / name).is_file(), name
+    # train's process takes torch's huge pages (set before torch is imported), and says so
+    assert json.loads((tmp_path / "run" / "machine.json").read_text())["THP_MEM_ALLOC_ENABLE"] == "1"
+
+
+def test_training_process_keeps_freed_memory():
+    """`kernels._memory.keep_freed_memory` (what `train` calls): glibc's malloc takes the settings
+    (in a process of its own: they last for the process)."""
+    code = "from kernels._memory import keep_freed_memory; print(keep_freed_memory(), keep_freed_memory())"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = "True True" if sys.platform.startswith("linux") else "False False"
+    assert done.stdout.strip() == expected
 
 
 def test_cli_compile_refuses_the_sine_task(tmp_path):
