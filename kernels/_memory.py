@@ -25,21 +25,28 @@ MADV_HUGEPAGE = 14
 MIN_BYTES = 8 * HUGE_PAGE
 
 
+def _libc(name: str, *argtypes):
+    # a function of Linux's C library, typed, or None (another system, no such function)
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = argtypes, ctypes.c_int
+    return fn
+
+
 @functools.cache
 def _madvise():
     # libc's madvise, where transparent huge pages can be asked for; else None
-    if not sys.platform.startswith("linux"):
-        return None
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
             if "[never]" in f.read():
                 return None
-        fn = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
+    except OSError:
         return None
-    fn.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    fn.restype = ctypes.c_int
-    return fn
+    return _libc("madvise", ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
 
 
 def empty(like: torch.Tensor, *shape: int, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -71,12 +78,7 @@ def keep_freed_memory() -> bool:
     machine. Larger buffers are always mapped anew by glibc: the huge pages above cover those.
     Returns whether malloc took the settings (False where there is no glibc).
     """
-    if not sys.platform.startswith("linux"):
+    mallopt = _libc("mallopt", ctypes.c_int, ctypes.c_int)
+    if mallopt is None:
         return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
     return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, 1 << 30))

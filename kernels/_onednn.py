@@ -98,17 +98,14 @@ class _Linear(torch.autograd.Function):
         if grad.t().is_contiguous():  # gate-major (the reference LSTM's dgx): dW on oneDNN as it lies
             if ctx.needs_input_grad[1]:
                 dw = sum_over_rows(grad, x)
-            if ctx.needs_input_grad[0]:  # dx: MKL reads the transposed operand; for a wide dx
-                # (K >= GATHER_MIN_K) a transposed copy and oneDNN cost less
-                dx = grad @ w if K < GATHER_MIN_K else None
-                if dx is None:
-                    dx = linear(grad.contiguous(), reorder(w.t().contiguous(), rows), None, "none", [], "")
+            if ctx.needs_input_grad[0] and K < GATHER_MIN_K:  # dx: MKL reads the transposed operand
+                dx = grad @ w
         else:
             grad = grad.contiguous()
-            if ctx.needs_input_grad[0]:
-                dx = linear(grad, reorder(w.t().contiguous(), rows), None, "none", [], "")
             if ctx.needs_input_grad[1]:
                 dw = grad.t() @ x
+        if ctx.needs_input_grad[0] and dx is None:  # dense (for a wide dx a transposed copy costs less)
+            dx = linear(grad.contiguous(), reorder(w.t().contiguous(), rows), None, "none", [], "")
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = grad.sum(0)
         return dx, dw, db

@@ -130,21 +130,29 @@ def _valid_steps(lengths: torch.Tensor | None, T: int, D: int) -> torch.Tensor |
     return (t_of_step[:, :, None] < lengths[None, None, :])[..., None]
 
 
-def _first_steps(lengths: torch.Tensor | None, T: int, D: int, B: int, device) -> torch.Tensor:
-    # [T, D, B, 1] bool in processing order: the loop step where each sequence starts
-    s = torch.arange(T, device=device)[:, None, None, None]
+def _first_steps(
+    lengths: torch.Tensor | None, T: int, D: int, B: int, device, a: int = 0, b: int | None = None
+) -> torch.Tensor:
+    # [b - a, D, B, 1] bool in processing order: whether loop step s (a <= s < b, default all T) is
+    # where each sequence starts
+    s = torch.arange(a, T if b is None else b, device=device)[:, None, None, None]
     first = torch.zeros(D, B, device=device, dtype=torch.long)
     if D == 2:
         first[1] = 0 if lengths is None else T - lengths
     return s == first[None, :, :, None]
 
 
-def _previous_p(state_p: torch.Tensor, init: torch.Tensor, lengths: torch.Tensor | None):
-    # [T, D, B, X] processing order -> the state entering each step (init at a sequence's start)
+def _previous_p(
+    state_p: torch.Tensor, init: torch.Tensor, lengths: torch.Tensor | None, a: int = 0, b: int | None = None
+):
+    # [T, D, B, X] processing order -> the state entering loop steps a..b-1 (default all T; init at
+    # a sequence's start)
     T, D, B, _ = state_p.shape
-    prev = torch.cat((init[None].to(state_p.dtype), state_p[:-1]), dim=0)
+    b = T if b is None else b
+    init = init[None].to(state_p.dtype)
+    prev = state_p[a - 1 : b - 1] if a > 0 else torch.cat((init, state_p[: b - 1]), dim=0)
     if D == 2 and lengths is not None:
-        prev = torch.where(_first_steps(lengths, T, D, B, state_p.device), init[None], prev)
+        prev = torch.where(_first_steps(lengths, T, D, B, state_p.device, a, b), init, prev)
     return prev
 
 
@@ -312,15 +320,14 @@ def lstm_fwd(
             i, f, g, o = gates.chunk(4, dim=-1)
             torch.mul(f, c, out=c_new)
             c_new.addcmul_(i, g)
-            if projection is None and v is None:  # h_t straight into the output: no copy
-                h = torch.mul(o, torch.tanh(c_new), out=yp[s])
-                c = c_new
-                continue
-            h_new = o * torch.tanh(c_new)
+            direct = projection is None and v is None  # h_t straight into the output: no copy
+            h_new = torch.mul(o, torch.tanh(c_new), out=yp[s] if direct else None)
             if projection is not None:
                 h_new = projection(h_new)
             if v is None:
-                yp[s], h, c = h_new, h_new, c_new
+                if not direct:
+                    yp[s] = h_new
+                h, c = h_new, c_new
                 continue
             yp[s] = torch.where(v, h_new, 0.0)
             h, c = torch.where(v, h_new, h), torch.where(v, c_new, c)
@@ -373,7 +380,6 @@ def lstm_bwd(
         i, f, g, o = _processing_order(gates).to(ct).chunk(4, dim=-1)  # [T, D, B, H] each
         c_p = _processing_order(c_steps).to(ct)
         c_init = _init_state(c0, (D, B, H), gates, ct)
-        first = None if D == 1 or lengths is None else _first_steps(lengths, T, D, B, gates.device)
         dyp = None if dy is None else _processing_order(dy).to(ct)
         back = RowProducts(w_hh.to(ct).transpose(1, 2), B)  # δa @ W_hh: [D, B, P]
         back_r = None if w_hr is None else RowProducts(w_hr.to(ct).transpose(1, 2), B)  # δh @ W_hr
@@ -393,9 +399,7 @@ def lstm_bwd(
             # what does not depend on the recurrence, for steps a..b-1 at once: a chunk small enough
             # to stay in cache while the steps read it (whole-sequence tensors made these passes
             # memory-bound: 63% of the backward at T 784, B 128, H 128)
-            c_prev = c_p[a - 1 : b - 1] if a > 0 else torch.cat((c_init[None], c_p[: b - 1]))
-            if first is not None:
-                c_prev = torch.where(first[a:b], c_init[None], c_prev)
+            c_prev = _previous_p(c_p, c_init, lengths, a, b)
             to_c, factors = _lstm_factors(i[a:b], f[a:b], g[a:b], o[a:b], c_p[a:b], c_prev)
             for s in reversed(range(a, b)):
                 k = s - a

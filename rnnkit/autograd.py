@@ -99,6 +99,12 @@ def _sum_over_steps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
                         for d in range(D)])  # fmt: skip
 
 
+def _time_major(dgx: torch.Tensor, gate_major: bool) -> torch.Tensor:
+    # a backward op that writes dgx gate-major returns the dense [D, G, T, B] (see `rnnkit.ops`):
+    # viewed as [T, B, D, G], the weight gradients read it as it lies
+    return dgx.permute(2, 3, 0, 1) if gate_major else dgx
+
+
 def _setup(ctx, training: bool, precision: str, saved, saved_only) -> None:
     ctx.training = training
     ctx.precision = precision
@@ -130,7 +136,7 @@ def no_autocast(device_type: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _rnn_autograd(bwd):
+def _rnn_autograd(bwd, gate_major: bool):
     def setup_context(ctx, inputs, output):
         _, w_hh, h0, lengths, nonlinearity, training, precision = inputs
         y, _ = output
@@ -146,6 +152,7 @@ def _rnn_autograd(bwd):
             dgx, dh0, dh_steps = bwd(
                 dy, dh_n, y, w_hh, lengths, ctx.nonlinearity, record is not None, ctx.precision
             )
+            dgx = _time_major(dgx, gate_major)
             if record is not None:
                 record(StepGradients(dh_steps, None, lengths))
             dw_hh = None
@@ -156,7 +163,7 @@ def _rnn_autograd(bwd):
     return setup_context, backward
 
 
-def _lstm_autograd(bwd, gate_major: bool = False):
+def _lstm_autograd(bwd, gate_major: bool):
     def setup_context(ctx, inputs, output):
         _, w_hh, h0, c0, w_hr, lengths, training, precision = inputs
         y, _, _, gates, c_steps = output
@@ -171,8 +178,7 @@ def _lstm_autograd(bwd, gate_major: bool = False):
             dgx, dh0, dc0, dh_steps, dc_steps = bwd(
                 dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record is not None, ctx.precision
             )
-            if gate_major:  # [D, 4H, T, B] -> a [T, B, D, 4H] view: the weight gradients read it as it lies
-                dgx = dgx.permute(2, 3, 0, 1)
+            dgx = _time_major(dgx, gate_major)
             if record is not None:
                 record(StepGradients(dh_steps, dc_steps, lengths))
             dw_hh = dw_hr = None
@@ -188,7 +194,7 @@ def _lstm_autograd(bwd, gate_major: bool = False):
     return setup_context, backward
 
 
-def _gru_autograd(bwd):
+def _gru_autograd(bwd, gate_major: bool):
     def setup_context(ctx, inputs, output):
         _, w_hh, _, h0, lengths, training, precision = inputs
         y, _, gates, ghn = output
@@ -203,6 +209,7 @@ def _gru_autograd(bwd):
             dgx, dghn, dh0, dh_steps = bwd(
                 dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record is not None, ctx.precision
             )
+            dgx = _time_major(dgx, gate_major)
             if record is not None:
                 record(StepGradients(dh_steps, None, lengths))
             H = ghn.shape[-1]
@@ -223,8 +230,8 @@ _FORMULAS = {"rnn": _rnn_autograd, "lstm": _lstm_autograd, "gru": _gru_autograd}
 def register(fwd, bwd, cell: str, *, gate_major: bool = False) -> None:
     """Register the autograd of forward op ``fwd`` of ``cell``, whose backward calls op ``bwd``; the
     backward op itself has no derivative, and says so when a second backward reaches it.
-    ``gate_major``: the LSTM backward op returns dgx as [D, 4H, T, B] (see `rnnkit.ops`)."""
-    setup_context, backward = _FORMULAS[cell](bwd, gate_major) if cell == "lstm" else _FORMULAS[cell](bwd)
+    ``gate_major``: the backward op returns dgx as [D, G, T, B] (see `rnnkit.ops`)."""
+    setup_context, backward = _FORMULAS[cell](bwd, gate_major)
     fwd.register_autograd(backward, setup_context=setup_context)
     bwd.register_autograd(_no_double_backward(bwd), setup_context=lambda ctx, inputs, output: None)
 

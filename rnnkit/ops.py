@@ -54,12 +54,12 @@ def check_length_values(lengths: Tensor | None, steps: int) -> None:
 # --- implementations: one set of wrappers around a kernels module, for either backend ---------------
 
 
-def _implementations(fns: SimpleNamespace, *, gate_major: bool = False) -> dict[str, object]:
+def _implementations(fns: SimpleNamespace, gate_major: tuple[str, ...]) -> dict[str, object]:
     # fns: the six functions of `kernels.reference` or of the Triton launchers. The wrappers call
     # them by plain names: that is how torch.library.triton_op finds the kernels they launch.
-    # gate_major: the LSTM backward op returns dgx as the contiguous [D, 4H, T, B] it was written in
-    # (the reference's), which `rnnkit.autograd` views as [T, B, D, 4H]: an operator's output must
-    # be what its fake says, and compilers take a custom op's outputs as dense row-major
+    # gate_major: the cells whose backward op returns dgx as the dense [D, G, T, B] it was written in
+    # (the reference LSTM's), which `rnnkit.autograd` views as [T, B, D, G]: an operator's output
+    # must be what its fake says, and compilers take a custom op's outputs as dense row-major
     run_rnn_fwd, run_rnn_bwd = fns.rnn_fwd, fns.rnn_bwd
     run_lstm_fwd, run_lstm_bwd = fns.lstm_fwd, fns.lstm_bwd
     run_gru_fwd, run_gru_bwd = fns.gru_fwd, fns.gru_bwd
@@ -125,7 +125,7 @@ def _implementations(fns: SimpleNamespace, *, gate_major: bool = False) -> dict[
             dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record=record, precision=precision
         )
         steps = (_or_nothing(out.dh_steps, gates), _or_nothing(out.dc_steps, gates))
-        dgx = out.dgx.permute(2, 3, 0, 1) if gate_major else out.dgx
+        dgx = out.dgx.permute(2, 3, 0, 1) if "lstm" in gate_major else out.dgx
         return dgx, out.dh0, out.dc0, *steps
 
     def gru_fwd(
@@ -233,10 +233,15 @@ _FAKES = {
 # --- registration ------------------------------------------------------------------------------------
 
 
+# the cells whose backward op returns dgx gate-major, by backend (the reference LSTM's, for oneDNN's
+# weight gradients on the CPU)
+_GATE_MAJOR = {"reference": ("lstm",), "triton": ()}
+
+
 def _register(backend: str, fns: SimpleNamespace) -> SimpleNamespace:
     ops = {}
-    gate_major = backend == "reference"
-    for kind, fn in _implementations(fns, gate_major=gate_major).items():
+    gate_major = _GATE_MAJOR[backend]
+    for kind, fn in _implementations(fns, gate_major).items():
         name = f"{NAMESPACE}::{backend}_{kind}"
         fn.__name__ = fn.__qualname__ = f"{backend}_{kind}"
         if backend == "triton":
@@ -246,7 +251,7 @@ def _register(backend: str, fns: SimpleNamespace) -> SimpleNamespace:
             op.register_fake(_FAKES[kind])
         ops[kind] = op
     for cell in ("rnn", "lstm", "gru"):
-        autograd.register(ops[f"{cell}_fwd"], ops[f"{cell}_bwd"], cell, gate_major=gate_major)
+        autograd.register(ops[f"{cell}_fwd"], ops[f"{cell}_bwd"], cell, gate_major=cell in gate_major)
     return SimpleNamespace(name=backend, **ops)
 
 
