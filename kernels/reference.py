@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import torch
 
-from kernels import _memory
+from kernels import _cpu_step, _memory
 from kernels._onednn import RowProducts
 
 
@@ -307,14 +307,27 @@ def lstm_fwd(
         c = _init_state(c0, (D, B, H), gx, ct)
         valid = _valid_steps(lengths, T, D)
         yp = _memory.empty(gx, T, D, B, P, dtype=ct)
-        # the loop writes the gates and c_t of every step in place (a scratch row without training)
-        gates_p = _memory.empty(gx, T if training else 1, D, B, G, dtype=ct)
-        c_p = _memory.empty(gx, T if training else 1, D, B, H, dtype=ct)
+        # the loop writes the gates and c_t of every step in place (two scratch rows without training)
+        gates_p = _memory.empty(gx, T if training else 2, D, B, G, dtype=ct)
+        c_p = _memory.empty(gx, T if training else 2, D, B, H, dtype=ct)
+        # the step's elementwise work in one C pass where it can (no projection, fp32 on the CPU)
+        step = None if projection is not None else _cpu_step.lstm_step(D * B, H, gxp, h, c)
+        if step is not None:  # dense states; the masked step updates its own copies in place
+            copy = valid is not None
+            h = torch.clone(h, memory_format=torch.contiguous_format) if copy else h.contiguous()
+            c = torch.clone(c, memory_format=torch.contiguous_format) if copy else c.contiguous()
         for s in range(T):
             v = None if valid is None else valid[s]
-            gates = gates_p[s if training else 0]
-            c_new = c_p[s if training else 0]
+            gates = gates_p[s if training else s % 2]
+            c_new = c_p[s if training else s % 2]
             pre = recurrent(h, gxp[s])  # [D, B, 4H]
+            if step is not None:
+                if v is None:
+                    step.forward(pre, c, gates, c_new, yp[s])
+                    h, c = yp[s], c_new
+                else:
+                    step.forward_masked(pre, v, c, h, gates, c_new, yp[s])
+                continue
             torch.sigmoid(pre, out=gates)
             torch.tanh(pre[..., 2 * H : 3 * H], out=gates[..., 2 * H : 3 * H])
             i, f, g, o = gates.chunk(4, dim=-1)
@@ -377,7 +390,8 @@ def lstm_bwd(
         T, B, D, G = gates.shape
         H, P = G // 4, w_hh.shape[2]
         ct = compute_dtype(gates)
-        i, f, g, o = _processing_order(gates).to(ct).chunk(4, dim=-1)  # [T, D, B, H] each
+        gates_p = _processing_order(gates).to(ct)  # [T, D, B, 4H]
+        i, f, g, o = gates_p.chunk(4, dim=-1)  # [T, D, B, H] each
         c_p = _processing_order(c_steps).to(ct)
         c_init = _init_state(c0, (D, B, H), gates, ct)
         dyp = None if dy is None else _processing_order(dy).to(ct)
@@ -394,8 +408,25 @@ def lstm_bwd(
         chunk = gates.new_empty(K, D, B, G, dtype=ct)  # the chunk's δa, step-major, then transposed
         rec_h = _memory.empty(gates, T, D, B, P, dtype=ct) if record or w_hr is not None else None
         rec_c = _memory.empty(gates, T, D, B, H, dtype=ct) if record else None
+        # the step's elementwise work in one C pass where it can (no projection, fp32 on the CPU)
+        # (it needs no factors: only the chunk's c_{t-1})
+        step = None if back_r is not None else _cpu_step.lstm_step(D * B, H, gates_p, c_p, dh)
+        if step is not None:  # dense; dc is carried back in place, in a copy
+            dh, dc = dh.contiguous(), torch.clone(dc, memory_format=torch.contiguous_format)
         for a in reversed(range(0, T, K)):
             b = min(a + K, T)
+            if step is not None:
+                c_prev = _previous_p(c_p, c_init, lengths, a, b).contiguous()
+                for s in reversed(range(a, b)):
+                    v = None if valid is None else valid[s]
+                    dpre = chunk[s - a]  # [D, B, 4H]
+                    step.backward(
+                        gates_p[s], c_p[s], c_prev[s - a], dh, None if dyp is None else dyp[s], v, dc, dpre,
+                        None if rec_h is None else rec_h[s], None if rec_c is None else rec_c[s],
+                    )  # fmt: skip
+                    dh = back(dpre) if v is None else torch.where(v, back(dpre), dh)
+                _to_gate_major(dgm, chunk[: b - a], a)
+                continue
             # what does not depend on the recurrence, for steps a..b-1 at once: a chunk small enough
             # to stay in cache while the steps read it (whole-sequence tensors made these passes
             # memory-bound: 63% of the backward at T 784, B 128, H 128)

@@ -1,0 +1,148 @@
+/* One LSTM time step's elementwise work in a single pass, for the reference path on the CPU.
+ *
+ * rows R (= D directions x B batch), H hidden; every pointer is a dense fp32 [R, X] row block.
+ * The reference calls these once per step, between its recurrent products; torch's own ops did the
+ * same work in 5-6 passes of 2-7 µs dispatch each (kernels/_cpu_step.py says what it measured).
+ *
+ * exp is Cephes' single-precision range reduction and polynomial (about 1 ulp), written so that the
+ * compiler vectorizes it: no branches, no libm calls. NaN propagates (no fmin/fmax clamps).
+ */
+#include <stdint.h>
+#include <string.h>
+
+static inline float exp_f(float x) {
+    x = x > 88.3762626647949f ? 88.3762626647949f : x;
+    x = x < -87.3365447505531f ? -87.3365447505531f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  /* round(x / ln 2) */
+    float r = x - n * 0.693359375f;  /* ln 2 in two parts: r = x - n ln 2 without cancellation */
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;  /* 2^n */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+static inline float sigmoid_f(float x) { return 1.0f / (1.0f + exp_f(-x)); }
+
+static inline float tanh_f(float x) {
+    /* |x| < 0.625: an odd polynomial (1 - 2/(e^2|x| + 1) loses digits there); else through exp */
+    float a = x < 0.0f ? -x : x;
+    float z = x * x;
+    float small = ((((-5.70498872745e-3f * z + 2.06390887954e-2f) * z - 5.37397155531e-2f) * z
+                    + 1.33314422036e-1f) * z - 3.33332819422e-1f) * z * x + x;
+    float big = 1.0f - 2.0f / (exp_f(2.0f * a) + 1.0f);
+    big = x < 0.0f ? -big : big;
+    return a < 0.625f ? small : big;
+}
+
+/* the activations, for the tests: sigmoid, tanh and exp of n values */
+void rnnkit_activations(const float *restrict x, float *restrict s, float *restrict t,
+                        float *restrict e, int64_t n) {
+    for (int64_t k = 0; k < n; k++) {
+        s[k] = sigmoid_f(x[k]);
+        t[k] = tanh_f(x[k]);
+        e[k] = exp_f(x[k]);
+    }
+}
+
+/* Forward, every row a real step.
+ * pre [R, 4H] pre-activations (i, f, g, o), c_prev [R, H]
+ * -> gates [R, 4H] activated, c [R, H] = f c_prev + i g, h [R, H] = o tanh(c) */
+void rnnkit_lstm_fwd_step(const float *restrict pre, const float *restrict c_prev,
+                          float *restrict gates, float *restrict c, float *restrict h,
+                          int64_t R, int64_t H) {
+    for (int64_t r = 0; r < R; r++) {
+        const float *p = pre + r * 4 * H, *cp = c_prev + r * H;
+        float *a = gates + r * 4 * H, *cr = c + r * H, *hr = h + r * H;
+        for (int64_t j = 0; j < H; j++) {
+            float i = sigmoid_f(p[j]), f = sigmoid_f(p[H + j]);
+            float g = tanh_f(p[2 * H + j]), o = sigmoid_f(p[3 * H + j]);
+            float cn = f * cp[j] + i * g;
+            a[j] = i;
+            a[H + j] = f;
+            a[2 * H + j] = g;
+            a[3 * H + j] = o;
+            cr[j] = cn;
+            hr[j] = o * tanh_f(cn);
+        }
+    }
+}
+
+/* Forward with a mask: valid [R] (1: a real step). The carried states c_state, h_state [R, H] are
+ * read and, on valid rows, replaced; a masked row keeps them and writes zeros to gates, c and h. */
+void rnnkit_lstm_fwd_step_masked(const float *restrict pre, const uint8_t *restrict valid,
+                                 float *restrict c_state, float *restrict h_state,
+                                 float *restrict gates, float *restrict c, float *restrict h,
+                                 int64_t R, int64_t H) {
+    for (int64_t r = 0; r < R; r++) {
+        float *a = gates + r * 4 * H, *cr = c + r * H, *hr = h + r * H;
+        if (!valid[r]) {
+            memset(a, 0, 4 * H * sizeof(float));
+            memset(cr, 0, H * sizeof(float));
+            memset(hr, 0, H * sizeof(float));
+            continue;
+        }
+        const float *p = pre + r * 4 * H;
+        float *cs = c_state + r * H, *hs = h_state + r * H;
+        for (int64_t j = 0; j < H; j++) {
+            float i = sigmoid_f(p[j]), f = sigmoid_f(p[H + j]);
+            float g = tanh_f(p[2 * H + j]), o = sigmoid_f(p[3 * H + j]);
+            float cn = f * cs[j] + i * g;
+            float hn = o * tanh_f(cn);
+            a[j] = i;
+            a[H + j] = f;
+            a[2 * H + j] = g;
+            a[3 * H + j] = o;
+            cr[j] = cn;
+            hr[j] = hn;
+            cs[j] = cn;
+            hs[j] = hn;
+        }
+    }
+}
+
+/* Backward of one step.
+ * gates [R, 4H] activated i, f, g, o; c, c_prev [R, H] the step's cell state and the one before;
+ * dh [R, H] the gradient carried into h_t, dy [R, H] its direct gradient (NULL: none);
+ * dc [R, H] the gradient carried into c_t, replaced by the one into c_{t-1} (valid rows only);
+ * -> dpre [R, 4H] gradient of the pre-activations; rec_h, rec_c [R, H] (NULL: not asked) the total
+ * dL/dh_t and dL/dc_t. valid [R] or NULL: a masked row writes zeros and leaves dc alone. */
+void rnnkit_lstm_bwd_step(const float *restrict gates, const float *restrict c,
+                          const float *restrict c_prev, const float *restrict dh,
+                          const float *restrict dy, const uint8_t *restrict valid,
+                          float *restrict dc, float *restrict dpre, float *restrict rec_h,
+                          float *restrict rec_c, int64_t R, int64_t H) {
+    for (int64_t r = 0; r < R; r++) {
+        float *d = dpre + r * 4 * H;
+        float *rh = rec_h ? rec_h + r * H : NULL, *rc = rec_c ? rec_c + r * H : NULL;
+        if (valid && !valid[r]) {
+            memset(d, 0, 4 * H * sizeof(float));
+            if (rh) memset(rh, 0, H * sizeof(float));
+            if (rc) memset(rc, 0, H * sizeof(float));
+            continue;
+        }
+        const float *a = gates + r * 4 * H, *cr = c + r * H, *cp = c_prev + r * H;
+        const float *dhr = dh + r * H, *dyr = dy ? dy + r * H : NULL;
+        float *dcr = dc + r * H;
+        for (int64_t j = 0; j < H; j++) {
+            float i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
+            float dht = dyr ? dhr[j] + dyr[j] : dhr[j];
+            float tc = tanh_f(cr[j]);
+            float dct = dcr[j] + dht * (o * (1.0f - tc * tc));
+            d[j] = dct * (g * (i - i * i));
+            d[H + j] = dct * (cp[j] * (f - f * f));
+            d[2 * H + j] = dct * (i - i * g * g);
+            d[3 * H + j] = dht * (tc * (o - o * o));
+            dcr[j] = dct * f;
+            if (rh) rh[j] = dht;
+            if (rc) rc[j] = dct;
+        }
+    }
+}
