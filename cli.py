@@ -263,12 +263,15 @@ def _resources(args: argparse.Namespace, console: Console) -> int:
 
     if not ptxas_available():
         raise ArgumentError("capability", "Triton's CUDA backend (its ptxas) is not installed here")
+    skipped: list[str] = []
     if args.cell or args.B or args.H:
         if not (args.cell and args.B and args.H):
             raise ArgumentError("cell", "--cell, -B and -H go together")
         shapes = [("", args.cell, args.B, args.H, args.dtype)]
     else:
-        shapes = [(r.name, r.cell, r.B, r.H, r.dtype) for r in bench.DEFAULT_ROWS]
+        rows, left_out = bench.kernel_rows()
+        shapes = [(r.name, r.cell, r.B, r.H, r.dtype) for r in rows]
+        skipped = [f"{r.name} ({r.dtype})" for r in left_out]
     table = Table(title=f"Recurrent kernels compiled for sm_{args.capability} (Triton and ptxas, no GPU)")
     columns = ("shape", "cell", "B", "H", "dtype", "kernel", "BB/BH", "warps", "regs", "spills (B)", "smem",
                "programs", "per SM", "co-resident", "tensor-core ops")  # fmt: skip
@@ -302,6 +305,8 @@ def _resources(args: argparse.Namespace, console: Console) -> int:
         f"fp32 products: {args.precision}. Co-resident: every program of the launch on the device's SMs at "
         "once, which the split kernels' barrier needs (the other kernels do not wait for each other)."
     )
+    if skipped:
+        console.print(f"Not compiled: {', '.join(skipped)}: the reference runs float64, never the kernels.")
     return 0
 
 

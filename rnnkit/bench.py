@@ -27,6 +27,7 @@ from torch import nn
 
 import rnnkit
 from rnnkit._checks import ArgumentError, check_at_least, check_device
+from rnnkit.backends import TRITON_DTYPES
 
 PROVIDERS = ("torch.nn", "rnnkit-triton", "rnnkit-reference", "naive-cell-loop", "compiled-cell-loop")
 # torch.compile unrolls the cell loop: compiling T·layers = 100 LSTM steps took ~90 s on a 2-core CPU
@@ -93,6 +94,13 @@ class BenchResult:
     first_call_s: float | None = None  # the first run alone: includes torch.compile's compilation
     fp32_math: str = "-"  # fp32 rows: "tf32" (torch's defaults on a GPU) or "ieee"; "-" for other dtypes
     us_per_step: float | None = None  # the median over T·layers steps, in µs
+
+
+def kernel_rows(rows: tuple[BenchRow, ...] = DEFAULT_ROWS) -> tuple[list[BenchRow], list[BenchRow]]:
+    """(the rows whose dtype the Triton kernels run, the others): float64 always runs on the
+    reference (`rnnkit.backends.TRITON_DTYPES`), so no kernel of it is ever compiled."""
+    runs = [r for r in rows if getattr(torch, r.dtype) in TRITON_DTYPES]
+    return runs, [r for r in rows if r not in runs]
 
 
 def machine() -> dict[str, str]:

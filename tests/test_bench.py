@@ -145,3 +145,14 @@ def test_record_mode_records_every_step():
             layer.register_step_grad_hook(lambda m, i, g: calls.append(tuple(g.h.shape)))
     bench._step(model, torch.randn(4, 3, 2), "fwd+bwd+record")()
     assert calls == [(4, 3, 1, 5), (4, 3, 1, 5)]
+
+
+def test_the_resources_table_leaves_out_what_the_kernels_never_run():
+    """float64 rows (the sine-wave cells) run on the reference: `cli.py resources` compiles no
+    kernel for them (one compiled for fp64 wanted 320 KiB of shared memory and read as a failure)."""
+    from rnnkit.backends import TRITON_DTYPES
+
+    runs, left_out = bench.kernel_rows()
+    assert [r.name for r in left_out] == ["sine-cells"]
+    assert all(getattr(torch, r.dtype) in TRITON_DTYPES for r in runs)
+    assert len(runs) + len(left_out) == len(bench.DEFAULT_ROWS)
