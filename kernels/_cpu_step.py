@@ -162,11 +162,9 @@ def activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return s, t, e
 
 
-def _ptr(t: torch.Tensor | None, numel: int) -> int | None:
-    # the address of a dense buffer of numel elements (None for an absent one); anything else
-    # would be read or written out of place by the C code, so it is refused here
-    if t is None:
-        return None
+def _ptr(t: torch.Tensor, numel: int) -> int:
+    # the address of a dense buffer of numel elements; anything else would be read or written out of
+    # place by the C code, so it is refused here
     if not t.is_contiguous() or t.numel() != numel:
         raise ValueError(
             f"the fused step needs a dense buffer of {numel} elements, got {tuple(t.shape)} "
@@ -175,38 +173,70 @@ def _ptr(t: torch.Tensor | None, numel: int) -> int | None:
     return t.data_ptr()
 
 
+class _Blocks:
+    """The addresses of the [R, X] blocks of a dense [N, R, X] buffer, checked once: the loops below
+    index them by step without making a tensor per step (about 1 µs each). ``None``: no buffer."""
+
+    def __init__(self, t: torch.Tensor | None, rows: int, width: int) -> None:
+        self.base = self.bytes = 0
+        if t is not None:
+            self.base = _ptr(t, t.shape[0] * rows * width)
+            self.bytes = rows * width * t.element_size()
+
+    def __getitem__(self, k: int) -> int | None:
+        return self.base + k * self.bytes if self.base else None
+
+
 class LSTMStep:
-    """The C step for R rows (directions x batch) of H hidden units; every buffer a dense fp32
-    [R, X] block (a [D, B, X] slice of the reference's buffers)."""
+    """The C step for R rows (directions x batch) of H hidden units, and the loops that call it.
+    Every buffer is dense fp32 (bool for ``valid``), [steps, D, B, X] in the reference's processing
+    order, so a step's block is [R, X]."""
 
     def __init__(self, lib: ctypes.CDLL, rows: int, hidden: int) -> None:
         self.lib, self.R, self.H = lib, rows, hidden
 
-    def forward(self, pre, c_prev, gates, c, h) -> None:
-        """gates, c, h of a step where every row is real, from pre [R, 4H] and c_prev [R, H]."""
-        R, H = self.R, self.H
-        self.lib.rnnkit_lstm_fwd_step(
-            _ptr(pre, R * 4 * H), _ptr(c_prev, R * H), _ptr(gates, R * 4 * H), _ptr(c, R * H),
-            _ptr(h, R * H), R, H,
-        )  # fmt: skip
+    def forward(self, recurrent, gxp, h, c, valid, yp, gates_p, c_p) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward loop: pre = recurrent(h, gxp[s]), then the step writes gates_p, c_p (row
+        s, or s % 2 for two scratch rows) and yp[s]. With ``valid`` [T, D, B, 1], a masked row keeps
+        its state and writes zeros. h, c [D, B, X]: the initial states (with ``valid`` updated in
+        place). Returns the final (h, c)."""
+        R, H, lib = self.R, self.H, self.lib
+        T, n = gxp.shape[0], gates_p.shape[0]
+        gates, cells, ys = _Blocks(gates_p, R, 4 * H), _Blocks(c_p, R, H), _Blocks(yp, R, H)
+        if valid is None:
+            c_prev = _ptr(c, R * H)
+            for s in range(T):
+                pre = recurrent(h, gxp[s])  # [D, B, 4H]
+                k = s % n
+                lib.rnnkit_lstm_fwd_step(_ptr(pre, R * 4 * H), c_prev, gates[k], cells[k], ys[s], R, H)
+                c_prev, h = cells[k], yp[s]
+            return h, (c_p[(T - 1) % n] if T else c)
+        masks, c_state, h_state = _Blocks(valid, R, 1), _ptr(c, R * H), _ptr(h, R * H)
+        for s in range(T):
+            pre = recurrent(h, gxp[s])
+            k = s % n
+            lib.rnnkit_lstm_fwd_step_masked(
+                _ptr(pre, R * 4 * H), masks[s], c_state, h_state, gates[k], cells[k], ys[s], R, H
+            )
+        return h, c
 
-    def forward_masked(self, pre, valid, c_state, h_state, gates, c, h) -> None:
-        """The same with valid [R] bool: valid rows replace c_state, h_state; masked rows keep them
-        and write zeros."""
-        R, H = self.R, self.H
-        self.lib.rnnkit_lstm_fwd_step_masked(
-            _ptr(pre, R * 4 * H), _ptr(valid, R), _ptr(c_state, R * H), _ptr(h_state, R * H),
-            _ptr(gates, R * 4 * H), _ptr(c, R * H), _ptr(h, R * H), R, H,
-        )  # fmt: skip
-
-    def backward(self, gates, c, c_prev, dh, dy, valid, dc, dpre, rec_h, rec_c) -> None:
-        """dpre [R, 4H] of a step, dc carried back in place; dy, valid, rec_h, rec_c may be None."""
-        R, H = self.R, self.H
-        self.lib.rnnkit_lstm_bwd_step(
-            _ptr(gates, R * 4 * H), _ptr(c, R * H), _ptr(c_prev, R * H), _ptr(dh, R * H),
-            _ptr(dy, R * H), _ptr(valid, R), _ptr(dc, R * H), _ptr(dpre, R * 4 * H),
-            _ptr(rec_h, R * H), _ptr(rec_c, R * H), R, H,
-        )  # fmt: skip
+    def backward(self, back, a, b, gates_p, c_p, c_prev, dh, dyp, valid, dc, chunk, rec_h, rec_c):
+        """Loop steps b-1 down to a: the step writes δa of step s into chunk[s - a] and, where asked,
+        rec_h[s], rec_c[s]; dc [D, B, H] is carried back in place; dh = back(δa) (kept on masked
+        rows). c_prev [b - a, D, B, H]: the cell state entering each of those steps. Returns dh."""
+        R, H, lib = self.R, self.H, self.lib
+        gates, cells, prevs = _Blocks(gates_p, R, 4 * H), _Blocks(c_p, R, H), _Blocks(c_prev, R, H)
+        dys, masks, deltas = _Blocks(dyp, R, H), _Blocks(valid, R, 1), _Blocks(chunk, R, 4 * H)
+        recs_h, recs_c, carried = _Blocks(rec_h, R, H), _Blocks(rec_c, R, H), _ptr(dc, R * H)
+        for s in reversed(range(a, b)):
+            k = s - a
+            lib.rnnkit_lstm_bwd_step(
+                gates[s], cells[s], prevs[k], _ptr(dh, R * H), dys[s], masks[s], carried, deltas[k],
+                recs_h[s], recs_c[s], R, H,
+            )  # fmt: skip
+            dpre = chunk[k]  # [D, B, 4H]
+            dh = back(dpre) if valid is None else torch.where(valid[s], back(dpre), dh)
+        return dh
 
 
 def lstm_step(rows: int, hidden: int, *buffers: torch.Tensor) -> LSTMStep | None:

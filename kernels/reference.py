@@ -316,18 +316,12 @@ def lstm_fwd(
             copy = valid is not None
             h = torch.clone(h, memory_format=torch.contiguous_format) if copy else h.contiguous()
             c = torch.clone(c, memory_format=torch.contiguous_format) if copy else c.contiguous()
-        for s in range(T):
+            h, c = step.forward(recurrent, gxp, h, c, valid, yp, gates_p, c_p)
+        for s in range(T if step is None else 0):
             v = None if valid is None else valid[s]
             gates = gates_p[s if training else s % 2]
             c_new = c_p[s if training else s % 2]
             pre = recurrent(h, gxp[s])  # [D, B, 4H]
-            if step is not None:
-                if v is None:
-                    step.forward(pre, c, gates, c_new, yp[s])
-                    h, c = yp[s], c_new
-                else:
-                    step.forward_masked(pre, v, c, h, gates, c_new, yp[s])
-                continue
             torch.sigmoid(pre, out=gates)
             torch.tanh(pre[..., 2 * H : 3 * H], out=gates[..., 2 * H : 3 * H])
             i, f, g, o = gates.chunk(4, dim=-1)
@@ -417,14 +411,7 @@ def lstm_bwd(
             b = min(a + K, T)
             if step is not None:
                 c_prev = _previous_p(c_p, c_init, lengths, a, b).contiguous()
-                for s in reversed(range(a, b)):
-                    v = None if valid is None else valid[s]
-                    dpre = chunk[s - a]  # [D, B, 4H]
-                    step.backward(
-                        gates_p[s], c_p[s], c_prev[s - a], dh, None if dyp is None else dyp[s], v, dc, dpre,
-                        None if rec_h is None else rec_h[s], None if rec_c is None else rec_c[s],
-                    )  # fmt: skip
-                    dh = back(dpre) if v is None else torch.where(v, back(dpre), dh)
+                dh = step.backward(back, a, b, gates_p, c_p, c_prev, dh, dyp, valid, dc, chunk, rec_h, rec_c)
                 _to_gate_major(dgm, chunk[: b - a], a)
                 continue
             # what does not depend on the recurrence, for steps a..b-1 at once: a chunk small enough

@@ -30,16 +30,20 @@ needs_compiler = pytest.mark.skipif(
 
 @pytest.fixture
 def calls(monkeypatch):
-    """Counts the fused step's calls: proof that a comparison below compared two different paths."""
+    """Counts the C step's calls, one per time step: proof that a comparison below compared two
+    different paths."""
     counts = {"forward": 0, "forward_masked": 0, "backward": 0}
-    for name in counts:
-        original = getattr(_cpu_step.LSTMStep, name)
+    lib = _cpu_step.library()
+    functions = {"forward": "rnnkit_lstm_fwd_step", "forward_masked": "rnnkit_lstm_fwd_step_masked",
+                 "backward": "rnnkit_lstm_bwd_step"}  # fmt: skip
+    for key, name in functions.items() if lib is not None else ():
+        original = getattr(lib, name)
 
-        def counted(self, *args, _name=name, _original=original):
-            counts[_name] += 1
-            return _original(self, *args)
+        def counted(*args, _key=key, _original=original):
+            counts[_key] += 1
+            return _original(*args)
 
-        monkeypatch.setattr(_cpu_step.LSTMStep, name, counted)
+        monkeypatch.setattr(lib, name, counted)
     return counts
 
 
@@ -165,10 +169,14 @@ def test_fused_step_is_not_taken_where_it_does_not_apply(calls, what):
 
 @needs_compiler
 def test_a_buffer_that_is_not_dense_is_refused():
-    step = _cpu_step.lstm_step(2, 3, torch.zeros(1))
-    dense = torch.zeros(2, 12)
+    """The C code reads [R, X] blocks by address: a strided state would be read out of place."""
+    step = _cpu_step.lstm_step(2, 3, torch.zeros(1))  # R = 2 rows (D 1, B 2), H = 3
+    gxp, gates_p = torch.zeros(1, 1, 2, 12), torch.zeros(1, 1, 2, 12)
+    yp, c_p, h = torch.zeros(1, 1, 2, 3), torch.zeros(1, 1, 2, 3), torch.zeros(1, 2, 3)
+    c = torch.zeros(1, 3, 2).transpose(1, 2)  # [1, 2, 3], not dense
     with pytest.raises(ValueError, match="dense buffer of 6 elements"):
-        step.forward(dense, torch.zeros(3, 2).T, dense.clone(), torch.zeros(2, 3), torch.zeros(2, 3))
+        step.forward(lambda h, g: g, gxp, h, c, None, yp, gates_p, c_p)
+    step.forward(lambda h, g: g, gxp, h, c.contiguous(), None, yp, gates_p, c_p)  # dense: runs
 
 
 @pytest.fixture
@@ -182,6 +190,7 @@ def fresh_build(monkeypatch, tmp_path):
 
 def test_without_a_compiler_the_reference_steps_with_torch_ops(monkeypatch, fresh_build, calls):
     monkeypatch.setattr(_cpu_step, "_compiler", lambda: None)
+    _cpu_step._load.cache_clear()
     assert _cpu_step.library() is None
     out = _lstm(T=3, B=2, D=1, H=4)
     assert calls["forward"] == calls["backward"] == 0
