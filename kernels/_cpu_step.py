@@ -203,17 +203,18 @@ class LSTMStep:
         R, H, lib = self.R, self.H, self.lib
         T, n = gxp.shape[0], gates_p.shape[0]
         gates, cells, ys = _Blocks(gates_p, R, 4 * H), _Blocks(c_p, R, H), _Blocks(yp, R, H)
+        gx_steps, y_steps = gxp.unbind(0), yp.unbind(0)  # the products' operands, made at once
         if valid is None:
             c_prev = _ptr(c, R * H)
             for s in range(T):
-                pre = recurrent(h, gxp[s])  # [D, B, 4H]
+                pre = recurrent(h, gx_steps[s])  # [D, B, 4H]
                 k = s % n
                 lib.rnnkit_lstm_fwd_step(_ptr(pre, R * 4 * H), c_prev, gates[k], cells[k], ys[s], R, H)
-                c_prev, h = cells[k], yp[s]
+                c_prev, h = cells[k], y_steps[s]
             return h, (c_p[(T - 1) % n] if T else c)
         masks, c_state, h_state = _Blocks(valid, R, 1), _ptr(c, R * H), _ptr(h, R * H)
         for s in range(T):
-            pre = recurrent(h, gxp[s])
+            pre = recurrent(h, gx_steps[s])
             k = s % n
             lib.rnnkit_lstm_fwd_step_masked(
                 _ptr(pre, R * 4 * H), masks[s], c_state, h_state, gates[k], cells[k], ys[s], R, H
@@ -228,13 +229,14 @@ class LSTMStep:
         gates, cells, prevs = _Blocks(gates_p, R, 4 * H), _Blocks(c_p, R, H), _Blocks(c_prev, R, H)
         dys, masks, deltas = _Blocks(dyp, R, H), _Blocks(valid, R, 1), _Blocks(chunk, R, 4 * H)
         recs_h, recs_c, carried = _Blocks(rec_h, R, H), _Blocks(rec_c, R, H), _ptr(dc, R * H)
+        delta_steps = chunk.unbind(0)
         for s in reversed(range(a, b)):
             k = s - a
             lib.rnnkit_lstm_bwd_step(
                 gates[s], cells[s], prevs[k], _ptr(dh, R * H), dys[s], masks[s], carried, deltas[k],
                 recs_h[s], recs_c[s], R, H,
             )  # fmt: skip
-            dpre = chunk[k]  # [D, B, 4H]
+            dpre = delta_steps[k]  # [D, B, 4H]
             dh = back(dpre) if valid is None else torch.where(valid[s], back(dpre), dh)
         return dh
 
