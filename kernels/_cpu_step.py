@@ -48,8 +48,16 @@ def _compiler() -> str | None:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("RNNKIT_CACHE") or Path.home() / ".cache" / "rnnkit"
-    return Path(root) / "cpu_step"
+    # $RNNKIT_CACHE, else ~/.cache/rnnkit; where that cannot be written (a read-only home), the
+    # temporary directory
+    root = Path(os.environ.get("RNNKIT_CACHE") or Path.home() / ".cache" / "rnnkit") / "cpu_step"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if os.access(root, os.W_OK):
+            return root
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir()) / f"rnnkit-{os.getuid() if hasattr(os, 'getuid') else 0}" / "cpu_step"
 
 
 def _machine_key() -> str:
@@ -64,13 +72,14 @@ def _build(cc: str) -> Path:
     # compile SOURCE into the cache (once per source, compiler, flags and CPU); a finished library
     # is renamed into place, so processes that build at the same time never load a partial file
     source = SOURCE.read_bytes()
+    cache = _cache_dir()
     errors = []
     for target in TARGETS:
         flags = (*FLAGS, *target)
         key = hashlib.sha256(
             b"\0".join([source, cc.encode(), *map(str.encode, flags), _machine_key().encode()])
         )
-        out = _cache_dir() / f"cpu_step-{key.hexdigest()[:16]}.so"
+        out = cache / f"cpu_step-{key.hexdigest()[:16]}.so"
         if out.exists():
             return out
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -224,3 +224,13 @@ def test_the_environment_switch_turns_it_off():
     env = {**os.environ, "RNNKIT_CPU_STEP": "0"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["None", "None"]
+
+
+@needs_compiler
+def test_a_read_only_cache_falls_back_to_the_temporary_directory(monkeypatch, fresh_build, tmp_path):
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("")  # a file where the cache's folder would go: mkdir fails
+    monkeypatch.setenv("RNNKIT_CACHE", str(blocked))
+    monkeypatch.setattr(_cpu_step.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    assert _cpu_step.library() is not None
+    assert list((tmp_path / "tmp").glob("rnnkit-*/cpu_step/cpu_step-*.so"))
