@@ -52,27 +52,29 @@ void rnnkit_activations(const float *restrict x, float *restrict s, float *restr
     }
 }
 
-/* Forward, every row a real step.
- * pre [R, 4H] pre-activations (i, f, g, o), c_prev [R, H]
- * -> gates [R, 4H] activated, c [R, H] = f c_prev + i g, h [R, H] = o tanh(c) */
+/* One row of the forward: p [4H] pre-activations (i, f, g, o), cp [H] c_{t-1}
+ * -> a [4H] activated gates, c [H] = f c_{t-1} + i g, h [H] = o tanh(c) */
+static inline void lstm_row(const float *restrict p, const float *restrict cp, float *restrict a,
+                            float *restrict c, float *restrict h, int64_t H) {
+    for (int64_t j = 0; j < H; j++) {
+        float i = sigmoid_f(p[j]), f = sigmoid_f(p[H + j]);
+        float g = tanh_f(p[2 * H + j]), o = sigmoid_f(p[3 * H + j]);
+        float cn = f * cp[j] + i * g;
+        a[j] = i;
+        a[H + j] = f;
+        a[2 * H + j] = g;
+        a[3 * H + j] = o;
+        c[j] = cn;
+        h[j] = o * tanh_f(cn);
+    }
+}
+
+/* Forward, every row a real step: pre [R, 4H], c_prev [R, H] -> gates [R, 4H], c, h [R, H] */
 void rnnkit_lstm_fwd_step(const float *restrict pre, const float *restrict c_prev,
                           float *restrict gates, float *restrict c, float *restrict h,
                           int64_t R, int64_t H) {
-    for (int64_t r = 0; r < R; r++) {
-        const float *p = pre + r * 4 * H, *cp = c_prev + r * H;
-        float *a = gates + r * 4 * H, *cr = c + r * H, *hr = h + r * H;
-        for (int64_t j = 0; j < H; j++) {
-            float i = sigmoid_f(p[j]), f = sigmoid_f(p[H + j]);
-            float g = tanh_f(p[2 * H + j]), o = sigmoid_f(p[3 * H + j]);
-            float cn = f * cp[j] + i * g;
-            a[j] = i;
-            a[H + j] = f;
-            a[2 * H + j] = g;
-            a[3 * H + j] = o;
-            cr[j] = cn;
-            hr[j] = o * tanh_f(cn);
-        }
-    }
+    for (int64_t r = 0; r < R; r++)
+        lstm_row(pre + r * 4 * H, c_prev + r * H, gates + r * 4 * H, c + r * H, h + r * H, H);
 }
 
 /* Forward with a mask: valid [R] (1: a real step). The carried states c_state, h_state [R, H] are
@@ -89,22 +91,9 @@ void rnnkit_lstm_fwd_step_masked(const float *restrict pre, const uint8_t *restr
             memset(hr, 0, H * sizeof(float));
             continue;
         }
-        const float *p = pre + r * 4 * H;
-        float *cs = c_state + r * H, *hs = h_state + r * H;
-        for (int64_t j = 0; j < H; j++) {
-            float i = sigmoid_f(p[j]), f = sigmoid_f(p[H + j]);
-            float g = tanh_f(p[2 * H + j]), o = sigmoid_f(p[3 * H + j]);
-            float cn = f * cs[j] + i * g;
-            float hn = o * tanh_f(cn);
-            a[j] = i;
-            a[H + j] = f;
-            a[2 * H + j] = g;
-            a[3 * H + j] = o;
-            cr[j] = cn;
-            hr[j] = hn;
-            cs[j] = cn;
-            hs[j] = hn;
-        }
+        lstm_row(pre + r * 4 * H, c_state + r * H, a, cr, hr, H);
+        memcpy(c_state + r * H, cr, H * sizeof(float));
+        memcpy(h_state + r * H, hr, H * sizeof(float));
     }
 }
 

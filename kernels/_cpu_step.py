@@ -10,7 +10,7 @@ The C file is compiled once per machine, at first use, by the system's C compile
 needs too), with ``-march=native``, into ``$RNNKIT_CACHE`` (default ``~/.cache/rnnkit``), and loaded
 with ctypes. Where there is no compiler, the compile fails (a warning says why, once), or
 ``RNNKIT_CPU_STEP=0`` is set, `library()` is None and the reference steps with torch's ops, as
-before. Only dense fp32 CPU buffers of eager mode come here (`usable`).
+before. Only fp32 CPU buffers of eager mode come here (`lstm_step`).
 """
 
 from __future__ import annotations
@@ -138,17 +138,6 @@ def library() -> ctypes.CDLL | None:
     return _load() if _enabled else None
 
 
-def usable(*tensors: torch.Tensor) -> bool:
-    """Whether the fused step can take buffers like these: fp32 on the CPU, in eager mode."""
-    return (
-        _enabled
-        and not torch.compiler.is_compiling()
-        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-        and not any(isinstance(t, torch._subclasses.FakeTensor) for t in tensors)
-        and library() is not None
-    )
-
-
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
     """Within the block the reference steps with torch's ops (the tests compare both paths)."""
@@ -207,20 +196,22 @@ class LSTMStep:
     def forward(self, recurrent, gxp, h, c, valid, yp, gates_p, c_p) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward loop: pre = recurrent(h, gxp[s]), then the step writes gates_p, c_p (row
         s, or s % 2 for two scratch rows) and yp[s]. With ``valid`` [T, D, B, 1], a masked row keeps
-        its state and writes zeros. h, c [D, B, X]: the initial states (with ``valid`` updated in
-        place). Returns the final (h, c)."""
+        its state and writes zeros. h, c [D, B, X]: the initial states (any strides; never written).
+        Returns the final (h, c)."""
         R, H, lib = self.R, self.H, self.lib
         T, n = gxp.shape[0], gates_p.shape[0]
         gates, cells, ys = _Blocks(gates_p, R, 4 * H), _Blocks(c_p, R, H), _Blocks(yp, R, H)
         gx_steps, y_steps = gxp.unbind(0), yp.unbind(0)  # the products' operands, made at once
         if valid is None:
-            c_prev = _ptr(c, R * H)
+            c_prev = _ptr(c.contiguous(), R * H)
             for s in range(T):
                 pre = recurrent(h, gx_steps[s])  # [D, B, 4H]
                 k = s % n
                 lib.rnnkit_lstm_fwd_step(_ptr(pre, R * 4 * H), c_prev, gates[k], cells[k], ys[s], R, H)
                 c_prev, h = cells[k], y_steps[s]
             return h, (c_p[(T - 1) % n] if T else c)
+        # the masked step updates the carried states in place: dense copies of its own
+        h, c = (torch.clone(x, memory_format=torch.contiguous_format) for x in (h, c))
         masks, c_state, h_state = _Blocks(valid, R, 1), _ptr(c, R * H), _ptr(h, R * H)
         for s in range(T):
             pre = recurrent(h, gx_steps[s])
@@ -251,7 +242,13 @@ class LSTMStep:
 
 
 def lstm_step(rows: int, hidden: int, *buffers: torch.Tensor) -> LSTMStep | None:
-    """The fused LSTM step for buffers like these, or None where it cannot take them."""
-    if not usable(*buffers):
+    """The fused LSTM step for buffers like these, or None where it cannot take them: it takes fp32
+    CPU tensors in eager mode (no tracing, no fake tensors), where the library built."""
+    if (
+        torch.compiler.is_compiling()
+        or not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in buffers)
+        or any(isinstance(t, torch._subclasses.FakeTensor) for t in buffers)
+    ):
         return None
-    return LSTMStep(library(), rows, hidden)
+    lib = library()
+    return None if lib is None else LSTMStep(lib, rows, hidden)

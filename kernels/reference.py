@@ -312,15 +312,11 @@ def lstm_fwd(
         c_p = _memory.empty(gx, T if training else 2, D, B, H, dtype=ct)
         # the step's elementwise work in one C pass where it can (no projection, fp32 on the CPU)
         step = None if projection is not None else _cpu_step.lstm_step(D * B, H, gxp, h, c)
-        if step is not None:  # dense states; the masked step updates its own copies in place
-            copy = valid is not None
-            h = torch.clone(h, memory_format=torch.contiguous_format) if copy else h.contiguous()
-            c = torch.clone(c, memory_format=torch.contiguous_format) if copy else c.contiguous()
+        if step is not None:
             h, c = step.forward(recurrent, gxp, h, c, valid, yp, gates_p, c_p)
         for s in range(T if step is None else 0):
             v = None if valid is None else valid[s]
-            gates = gates_p[s if training else s % 2]
-            c_new = c_p[s if training else s % 2]
+            gates, c_new = gates_p[s % len(gates_p)], c_p[s % len(c_p)]
             pre = recurrent(h, gxp[s])  # [D, B, 4H]
             torch.sigmoid(pre, out=gates)
             torch.tanh(pre[..., 2 * H : 3 * H], out=gates[..., 2 * H : 3 * H])

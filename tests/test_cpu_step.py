@@ -169,14 +169,14 @@ def test_fused_step_is_not_taken_where_it_does_not_apply(calls, what):
 
 @needs_compiler
 def test_a_buffer_that_is_not_dense_is_refused():
-    """The C code reads [R, X] blocks by address: a strided state would be read out of place."""
+    """The C code reads [R, X] blocks by address: a strided buffer would be read out of place."""
     step = _cpu_step.lstm_step(2, 3, torch.zeros(1))  # R = 2 rows (D 1, B 2), H = 3
     gxp, gates_p = torch.zeros(1, 1, 2, 12), torch.zeros(1, 1, 2, 12)
-    yp, c_p, h = torch.zeros(1, 1, 2, 3), torch.zeros(1, 1, 2, 3), torch.zeros(1, 2, 3)
-    c = torch.zeros(1, 3, 2).transpose(1, 2)  # [1, 2, 3], not dense
+    yp, h, c = torch.zeros(1, 1, 2, 3), torch.zeros(1, 2, 3), torch.zeros(1, 2, 3)
+    c_p = torch.zeros(1, 1, 3, 2).transpose(2, 3)  # [1, 1, 2, 3], not dense
     with pytest.raises(ValueError, match="dense buffer of 6 elements"):
         step.forward(lambda h, g: g, gxp, h, c, None, yp, gates_p, c_p)
-    step.forward(lambda h, g: g, gxp, h, c.contiguous(), None, yp, gates_p, c_p)  # dense: runs
+    step.forward(lambda h, g: g, gxp, h, c, None, yp, gates_p, c_p.contiguous())  # dense: runs
 
 
 @pytest.fixture
