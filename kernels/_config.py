@@ -300,14 +300,6 @@ def check_contiguous(fn: str, **tensors: torch.Tensor | None) -> None:
             )
 
 
-def step_gradients(
-    keep: bool, T: int, B: int, D: int, X: int, like: torch.Tensor
-) -> tuple[torch.Tensor, int]:
-    """The δh_t buffer of a backward kernel and its time stride: [T, B, D, X] fp32 when kept (the
-    record), else a one-step scratch [1, B, D, X] that every step reuses (stride 0)."""
-    return alloc((T if keep else 1, B, D, X), like, torch.float32), B * D * X if keep else 0
-
-
 @dataclass
 class Launch:
     """One kernel launch as a launcher would make it: the kernel, its grid, arguments and meta."""

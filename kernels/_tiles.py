@@ -148,7 +148,7 @@ def weight_rows(w_ptr, unit0, H, K, NG, GP: tl.constexpr, BH: tl.constexpr, KP: 
     # [GP*BH, KP] in w's dtype: units unit0 .. unit0+BH-1 of W [NG*H, K] (row-major) with each unit's
     # gates side by side, row n*GP + q holding W[q*H + unit0 + n, :K] (zero past H, past NG gates and
     # past K; GP = NG rounded up to a power of two). One product with it gives every gate of those
-    # units (see `split4`); loaded before a time loop, Triton keeps it in shared memory
+    # units (see `_cells.split_gates`); loaded before a time loop, Triton keeps it in shared memory
     n = tl.arange(0, BH)[:, None, None]
     q = tl.arange(0, GP)[None, :, None]
     k = tl.arange(0, KP)[None, None, :]
@@ -176,21 +176,6 @@ def grid_barrier(counter_ptr, target):
     while arrived < target:
         arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
-
-
-@triton.jit
-def split4(a, BB: tl.constexpr, BH: tl.constexpr):
-    # the four [BB, BH] gate blocks of a [BB, 4*BH] product whose column n*4 + q is gate q of unit n
-    even, odd = tl.split(tl.reshape(a, (BB, BH, 2, 2)))  # gates 0, 2 and 1, 3
-    a0, a2 = tl.split(even)
-    a1, a3 = tl.split(odd)
-    return a0, a1, a2, a3
-
-
-@triton.jit
-def join4(a0, a1, a2, a3, BB: tl.constexpr, BH: tl.constexpr):
-    # the inverse of `split4`: [BB, 4*BH], column n*4 + q from gate block q
-    return tl.reshape(tl.join(tl.join(a0, a2), tl.join(a1, a3)), (BB, 4 * BH))
 
 
 @triton.jit

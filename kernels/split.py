@@ -46,14 +46,19 @@ import triton.language as tl
 from torch.library import wrap_triton
 
 from kernels._cells import (
-    gru_grads,
-    gru_saved,
-    gru_units,
-    lstm_grads,
-    lstm_saved,
-    lstm_units,
-    rnn_grads,
-    rnn_units,
+    CELL_IDS,
+    GATES,
+    LSTM,
+    backward_outputs,
+    candidate_bias,
+    cell_forward,
+    cell_grads,
+    cell_saved,
+    forward_outputs,
+    load_gates,
+    save_step,
+    split_gates,
+    store_grads,
 )
 from kernels._config import LaunchConfig, alloc, interpreted, launch
 from kernels._tiles import (
@@ -66,11 +71,6 @@ from kernels._tiles import (
     weight_rows,
 )
 
-# the CELL constexpr of the kernels (globals a kernel reads must be constexprs)
-RNN_TANH, RNN_RELU, LSTM, GRU = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2), tl.constexpr(3)
-CELL_IDS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
-
 
 @triton.jit
 def _load_all(ptr, row_off, N, row_mask, NP: tl.constexpr):
@@ -80,23 +80,6 @@ def _load_all(ptr, row_off, N, row_mask, NP: tl.constexpr):
     return tl.load(ptr + row_off[:, None] + cols[None, :], mask=mask, other=0.0, cache_modifier=".cg").to(
         tl.float32
     )
-
-
-@triton.jit
-def _load_gates(gx_ptr, gx_rows, j, jm, row_mask, H, NG: tl.constexpr):
-    # the step's input pre-activations of the program's units, one [BB, BH] fp32 tile per gate (zeros
-    # past the cell's NG gates)
-    x0 = load_tile(gx_ptr, gx_rows, j, row_mask, jm)
-    x1 = tl.zeros_like(x0)
-    x2 = tl.zeros_like(x0)
-    x3 = tl.zeros_like(x0)
-    if NG > 1:
-        x1 = load_tile(gx_ptr, gx_rows, H + j, row_mask, jm)
-    if NG > 2:
-        x2 = load_tile(gx_ptr, gx_rows, 2 * H + j, row_mask, jm)
-    if NG > 3:
-        x3 = load_tile(gx_ptr, gx_rows, 3 * H + j, row_mask, jm)
-    return x0, x1, x2, x3
 
 
 @triton.jit
@@ -208,9 +191,7 @@ def _split_fwd_kernel(
         w_hr_t = tl.trans(weight_rows(w_hr_ptr + d.to(tl.int64) * P * H, k * BC, P, H, 1, 1, BCP, HP))
         if UPCAST:
             w_hr_t = w_hr_t.to(tl.float32)  # [HP, BCP]
-    b_hn = tl.zeros((BB, BH), dtype=tl.float32)
-    if HAS_BHN:
-        b_hn += tl.load(b_hn_ptr + d.to(tl.int64) * H + j, mask=jm, other=0.0).to(tl.float32)[None, :]
+    b_hn = candidate_bias(b_hn_ptr, d, H, j, jm, HAS_BHN, BB, BH)
     for i in range(i_begin, i_end):
         if i == 0:  # the initial state of the program's slices
             h0 = load_state(h0_ptr, st_p, cols, row_mask, cm, HAS_H0)
@@ -231,27 +212,41 @@ def _split_fwd_kernel(
                 u_rows = seq_offset(t, rows, B, D, d, H)
                 # first the loads that do not wait for h_{t-1}, so that they overlap its load: issued
                 # after the product they would wait behind its bar.syncs, a second round trip per step
-                x0, x1, x2, x3 = _load_gates(gx_ptr, gx_rows, j, jm, row_mask, H, NG)
-                if CELL == LSTM:
-                    c_prev = load_tile(c_buf_ptr, st_u, j, row_mask, jm)
+                x0, x1, x2, x3 = load_gates(gx_ptr, gx_rows, j, jm, row_mask, H, NG)
                 if PROJ:
                     h_prev = tl.zeros((BB, BH), dtype=tl.float32)  # h lives in P columns: not the units'
                 else:
                     h_prev = load_tile(h_cur, st_p, j, row_mask, jm)  # the program's units of h_{t-1}
+                c_prev = h_prev
+                if CELL == LSTM:
+                    c_prev = load_tile(c_buf_ptr, st_u, j, row_mask, jm)
                 h_all = _load_all(h_cur, st_p, P, row_mask, PP)  # [BB, PP] h_{t-1}
                 acc = tl.dot(h_all.to(w_t.dtype), w_t, input_precision=PRECISION)  # [BB, GP*BH]
+                a0, a1, a2, a3 = split_gates(acc, GP, BB, BH)
+                h_new, c, s0, s1, s2, s3, aux = cell_forward(
+                    CELL, x0, x1, x2, x3, a0, a1, a2, a3, h_prev, c_prev, b_hn
+                )
                 if CELL == LSTM:
-                    h_new = lstm_units(
-                        acc, x0, x1, x2, x3, c_prev, gx_rows, j, jm, row_mask, valid, H, c_buf_ptr, st_u,
-                        gates_ptr, aux_ptr, u_rows, TRAINING, BB, BH,
-                    )  # fmt: skip
-                elif CELL == GRU:
-                    h_new = gru_units(
-                        acc, x0, x1, x2, h_prev, b_hn, gx_rows, j, jm, row_mask, valid, H, gates_ptr, aux_ptr,
-                        u_rows, TRAINING, BB, BH,
-                    )  # fmt: skip
-                else:
-                    h_new = rnn_units(acc, x0, CELL == RNN_RELU)
+                    tl.debug_barrier()  # every thread has read c_{t-1} before any overwrites it
+                    store_tile(c_buf_ptr, st_u, j, row_mask, jm, tl.where(valid, c, c_prev))
+                if TRAINING:
+                    save_step(
+                        CELL,
+                        gates_ptr,
+                        aux_ptr,
+                        gx_rows,
+                        u_rows,
+                        j,
+                        jm,
+                        row_mask,
+                        valid,
+                        H,
+                        s0,
+                        s1,
+                        s2,
+                        s3,
+                        aux,
+                    )
                 if PROJ:
                     store_tile(m_buf_ptr, st_u, j, row_mask, jm, h_new)
                 else:
@@ -385,18 +380,13 @@ def _split_bwd_kernel(
             if i % NPH == NPH - 1:  # the units phase
                 # first the loads that do not wait for δh_t, so that they overlap the product and the
                 # load of δh_t: issued after them they would wait behind their bar.syncs
+                s0, s1, s2, s3, aux, prev = cell_saved(
+                    CELL, gates_ptr, aux_ptr, y_ptr, h0_ptr, c0_ptr, gx_rows, u_rows, prev_rows, st_u, j, jm,
+                    row_mask, is_valid, is_first, H, HAS_H0, HAS_C0,
+                )  # fmt: skip
+                dc_carried = tl.zeros((BB, BH), dtype=tl.float32)
                 if CELL == LSTM:
-                    a0, a1, a2, a3, tanh_c, c_prev, dc_carried = lstm_saved(
-                        gates_ptr, aux_ptr, c0_ptr, dc_buf_ptr, gx_rows, u_rows, prev_rows, st_u, j, jm,
-                        row_mask, is_valid, is_first, H, HAS_C0,
-                    )  # fmt: skip
-                elif CELL == GRU:
-                    a0, a1, a2, ghn, h_prev = gru_saved(
-                        gates_ptr, aux_ptr, y_ptr, h0_ptr, gx_rows, u_rows, prev_rows, st_u, j, jm, row_mask,
-                        is_valid, is_first, H, HAS_H0,
-                    )  # fmt: skip
-                else:
-                    h_t = load_tile(y_ptr, u_rows, j, row_mask, jm)
+                    dc_carried = load_tile(dc_buf_ptr, st_u, j, row_mask, jm)
                 if PROJ:
                     dh_all = _load_all(dh_steps_ptr, y_rows, P, row_mask, PP)  # [BB, PP] δh_t
                     dm = tl.dot(dh_all.to(w_hr.dtype), w_hr, input_precision=PRECISION)  # [BB, BH] δm_t
@@ -409,22 +399,18 @@ def _split_bwd_kernel(
                         )  # fmt: skip
                     carried_u = load_tile(carry_ptr, st_p, j, row_mask, jm)
                     dm = step_grad(carried_u, dy, dh_steps_ptr, y_rows, j, row_mask, jm, valid, KEEP_DH)
+                g0, g1, g2, g3, p2, direct, dc, dc_prev = cell_grads(
+                    CELL, dm, s0, s1, s2, s3, aux, prev, dc_carried, valid
+                )
                 if CELL == LSTM:
-                    lstm_grads(
-                        dm, a0, a1, a2, a3, tanh_c, c_prev, dc_carried, dc_buf_ptr, dc_steps_ptr, dgx_ptr,
-                        da_now, gx_rows, u_rows, st_u, st_g, j, jm, row_mask, valid, H, RECORD,
-                    )  # fmt: skip
-                    direct = tl.zeros((BB, BH), dtype=tl.float32)
-                elif CELL == GRU:
-                    direct = gru_grads(
-                        dm, a0, a1, a2, ghn, h_prev, dgx_ptr, dghn_ptr, da_now, gx_rows, u_rows, st_g, j, jm,
-                        row_mask, valid, H,
-                    )  # fmt: skip
-                else:
-                    da = rnn_grads(dm, h_t, valid, CELL == RNN_RELU)
-                    store_tile(dgx_ptr, gx_rows, j, row_mask, jm, da)
-                    store_tile(da_now, st_g, j, row_mask, jm, da)
-                    direct = tl.zeros((BB, BH), dtype=tl.float32)
+                    if RECORD:
+                        store_tile(dc_steps_ptr, u_rows, j, row_mask, jm, tl.where(valid, dc, 0.0))
+                    tl.debug_barrier()  # every thread has read the carried δc before any overwrites it
+                    store_tile(dc_buf_ptr, st_u, j, row_mask, jm, dc_prev)
+                store_grads(
+                    CELL, dgx_ptr, da_now, dghn_ptr, gx_rows, u_rows, st_g, j, jm, row_mask, H,
+                    g0, g1, g2, g3, p2, True,
+                )  # fmt: skip
                 if not PROJ:  # the carried gradient: what h_t gives h_{t-1} directly; the product adds to it
                     tl.debug_barrier()  # every thread has read `carried_u` before any overwrites it
                     store_tile(carry_ptr, st_p, j, row_mask, jm, tl.where(valid, direct, carried_u))
@@ -479,11 +465,7 @@ def split_forward(
     CELL, NG = CELL_IDS[cell], GATES[cell]
     H, P = GH // NG, w_hh.shape[2]
     f32 = torch.float32
-    saves = training and cell in ("lstm", "gru")
-    y, h_n = alloc((T, B, D, P), gx), alloc((D, B, P), gx)
-    c_n = alloc((D, B, H), gx) if cell == "lstm" else None
-    gates = alloc((T, B, D, GH), gx) if saves else None
-    aux = alloc((T, B, D, H), gx) if saves else None
+    y, h_n, c_n, gates, aux = forward_outputs(cell, gx, P, training)
     h_buf = alloc((2, D, B, P), gx, f32)
     c_buf = alloc((D, B, H), gx, f32) if cell == "lstm" else None
     m_buf = alloc((D, B, H), gx, f32) if w_hr is not None else None
@@ -499,7 +481,7 @@ def split_forward(
             T=T, B=B, H=H, P=P, i_begin=i_begin, i_end=i_end,
             CELL=CELL, NG=NG, GP=triton.next_power_of_2(NG),
             HAS_H0=h0 is not None, HAS_C0=c0 is not None, HAS_BHN=b_hn is not None,
-            HAS_LENGTHS=lengths is not None, PROJ=w_hr is not None, TRAINING=saves, SYNC=sync,
+            HAS_LENGTHS=lengths is not None, PROJ=w_hr is not None, TRAINING=gates is not None, SYNC=sync,
             UPCAST=interpreted(), PRECISION=cfg.PRECISION,
             BB=cfg.BB, BH=cfg.BH, BC=cfg.BC, BCP=max(16, cfg.BC), PP=_padded(P), HP=_padded(H),
             num_warps=cfg.num_warps,
@@ -541,12 +523,9 @@ def split_backward(
     H, P = w_hh.shape[1] // NG, w_hh.shape[2]
     f32 = torch.float32
     keep_dh = record or w_hr is not None
-    dgx = alloc((T, B, D, NG * H), like)
-    dghn = alloc((T, B, D, H), like) if cell == "gru" else None
-    dh0 = alloc((D, B, P), like)
-    dc0 = alloc((D, B, H), like) if cell == "lstm" else None
-    dh_steps = alloc((T, B, D, P), like, f32) if keep_dh else None
-    dc_steps = alloc((T, B, D, H), like, f32) if record and cell == "lstm" else None
+    dgx, dghn, dh0, dc0, dh_steps, dc_steps = backward_outputs(
+        cell, like, H, P, record=record, keep_dh=keep_dh
+    )
     carry = alloc((D, B, P), like, f32)
     dc_buf = alloc((D, B, H), like, f32) if cell == "lstm" else None
     da_buf = alloc((2, D, B, NG * H), like, f32)

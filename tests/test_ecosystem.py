@@ -209,10 +209,11 @@ def test_triton_ops_trace_into_their_kernels():
     # one launch each, writing no input; the operator finds every kernel it may run
     expected = {}
     for kind in KINDS:
-        every = {f"_{kind}_kernel", f"_{kind}_resident_kernel", f"_split_{kind[-3:]}_kernel"}
-        small = f"_split_{kind[-3:]}_kernel" if kind.startswith("lstm") else f"_{kind}_resident_kernel"
+        p = kind[-3:]
+        every = {f"_streamed_{p}_kernel", f"_resident_{p}_kernel", f"_split_{p}_kernel"}
+        small = f"_split_{p}_kernel" if kind.startswith("lstm") else f"_resident_{p}_kernel"
         expected[kind, 4] = (small, "-", every)  # the LSTM here has a projection: never resident
-        expected[kind, 40] = (f"_split_{kind[-3:]}_kernel", "-", every)
+        expected[kind, 40] = (f"_split_{p}_kernel", "-", every)
     assert seen == expected
 
 

@@ -90,8 +90,7 @@ def test_kernel_runs_the_path_it_was_given(kernel_path, cell):
         per_pass = 4 if interpreted() else 1
         assert names == ["_split_fwd_kernel"] * per_pass + ["_split_bwd_kernel"] * per_pass, names
         return
-    resident = kernel_path == "resident"
-    assert names == [f"_{name}_{p}_{'resident_' if resident else ''}kernel" for p in ("fwd", "bwd")], names
+    assert names == [f"_{kernel_path}_fwd_kernel", f"_{kernel_path}_bwd_kernel"], names
 
 
 def test_auto_path_by_hidden_size(monkeypatch):

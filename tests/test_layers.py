@@ -357,7 +357,7 @@ def test_fp32_on_gpu_runs_tf32_like_cudnn(monkeypatch, cell):
         launch(wrapped, grid, *args, **meta)
 
     monkeypatch.setattr(_config, "launch", spy)
-    for module in ("kernels.lstm", "kernels.gru", "kernels.split"):
+    for module in ("kernels.tiled", "kernels.split"):
         monkeypatch.setattr(f"{module}.launch", spy)
     theirs = getattr(nn, cell)(32, 128, num_layers=2).cuda()
     ours = getattr(rnnkit, cell)(32, 128, num_layers=2, backend="triton").cuda()
