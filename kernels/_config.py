@@ -288,16 +288,38 @@ def or_absent(t: torch.Tensor | None, absent: torch.Tensor) -> torch.Tensor:
     return absent if t is None else t
 
 
-def check_contiguous(fn: str, **tensors: torch.Tensor | None) -> None:
-    """The kernels index every tensor as dense and row-major: a strided one is refused (its caller
-    makes it contiguous). No copy here: under torch.compile a launcher must trace to the same graph
-    whatever the strides its inputs were traced with."""
+# the storage dtypes the kernels take (the gate math in fp32 registers, the products in the storage
+# dtype or TF32); float64 is the reference's (`kernels.reference`), whose every product is float64
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_inputs(fn: str, **tensors: torch.Tensor | None) -> None:
+    """Refuse what a kernel would read wrongly or silently round: a strided tensor (the kernels index
+    every tensor as dense and row-major; its caller makes it contiguous), a floating tensor of another
+    dtype than the first one given, a dtype the kernels do not compute (float64: they would compute
+    it in float32), or lengths that are not int64. No copy or cast here: under torch.compile a
+    launcher must trace to the same graph whatever the strides its inputs were traced with."""
+    first = None
     for name, t in tensors.items():
-        if t is not None and not t.is_contiguous():
+        if t is None:
+            continue
+        if not t.is_contiguous():
             raise ValueError(
                 f"{fn}: {name} must be contiguous, got shape {list(t.shape)} with strides "
                 f"{list(t.stride())}; pass {name}.contiguous()"
             )
+        if name == "lengths":
+            if t.dtype != torch.int64:
+                raise TypeError(f"{fn}: lengths must be int64, got {t.dtype}")
+        elif first is None:
+            first = name, t.dtype
+            if t.dtype not in KERNEL_DTYPES:
+                raise TypeError(
+                    f"{fn}: {name} has dtype {t.dtype}; the Triton kernels take float32, bfloat16 or "
+                    f"float16 (kernels.reference computes {t.dtype})"
+                )
+        elif t.dtype != first[1]:
+            raise TypeError(f"{fn}: {name} must have the dtype of {first[0]}, {first[1]}, got {t.dtype}")
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._config import check_contiguous, launch_config
+from kernels._config import check_inputs, launch_config
 from kernels.reference import GRUBackward, GRUForward
 from kernels.split import split_backward, split_forward
 from kernels.tiled import tiled_backward, tiled_forward
@@ -27,7 +27,7 @@ def gru_fwd(
     """The Triton twin of `kernels.reference.gru_fwd`: same arguments, same return values."""
     _, B, D, G = gx.shape
     H = G // 3
-    check_contiguous("gru_fwd", gx=gx, w_hh=w_hh, b_hn=b_hn, h0=h0, lengths=lengths)
+    check_inputs("gru_fwd", gx=gx, w_hh=w_hh, b_hn=b_hn, h0=h0, lengths=lengths)
     cfg = launch_config(B, H, H, 3, gx, precision, D=D)
     states = dict(h0=h0, b_hn=b_hn, lengths=lengths, training=training)
     if cfg.path == "split":
@@ -53,9 +53,7 @@ def gru_bwd(
     """The Triton twin of `kernels.reference.gru_bwd`: same arguments, same return values."""
     _, B, D, G = gates.shape
     H = G // 3
-    check_contiguous(
-        "gru_bwd", dy=dy, dh_n=dh_n, w_hh=w_hh, h0=h0, y=y, gates=gates, ghn=ghn, lengths=lengths
-    )
+    check_inputs("gru_bwd", dy=dy, dh_n=dh_n, w_hh=w_hh, h0=h0, y=y, gates=gates, ghn=ghn, lengths=lengths)
     cfg = launch_config(B, H, H, 3, gates, precision, D=D, backward=True)
     saved = dict(y=y, h0=h0, gates=gates, aux=ghn, lengths=lengths, record=record)
     if cfg.path == "split":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._config import check_contiguous, launch_config
+from kernels._config import check_inputs, launch_config
 from kernels.reference import LSTMBackward, LSTMForward
 from kernels.split import split_backward, split_forward
 from kernels.tiled import tiled_backward, tiled_forward
@@ -28,7 +28,7 @@ def lstm_fwd(
     """The Triton twin of `kernels.reference.lstm_fwd`: same arguments, same return values."""
     _, B, D, G = gx.shape
     H, P = G // 4, w_hh.shape[2]
-    check_contiguous("lstm_fwd", gx=gx, w_hh=w_hh, h0=h0, c0=c0, w_hr=w_hr, lengths=lengths)
+    check_inputs("lstm_fwd", gx=gx, w_hh=w_hh, h0=h0, c0=c0, w_hr=w_hr, lengths=lengths)
     cfg = launch_config(B, H, P, 4, gx, precision, D=D)
     states = dict(h0=h0, c0=c0, w_hr=w_hr, lengths=lengths, training=training)
     if cfg.path == "split":
@@ -53,7 +53,7 @@ def lstm_bwd(
     """The Triton twin of `kernels.reference.lstm_bwd`: same arguments, same return values."""
     _, B, D, G = gates.shape
     H, P = G // 4, w_hh.shape[2]
-    check_contiguous("lstm_bwd", dy=dy, dh_n=dh_n, dc_n=dc_n, w_hh=w_hh, w_hr=w_hr, c0=c0, gates=gates,
+    check_inputs("lstm_bwd", dy=dy, dh_n=dh_n, dc_n=dc_n, w_hh=w_hh, w_hr=w_hr, c0=c0, gates=gates,
                      c_steps=c_steps, lengths=lengths)  # fmt: skip
     cfg = launch_config(B, H, P, 4, gates, precision, D=D, backward=True)
     saved = dict(dc_n=dc_n, w_hr=w_hr, c0=c0, gates=gates, aux=c_steps, lengths=lengths, record=record)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels._config import check_contiguous, launch_config
+from kernels._config import check_inputs, launch_config
 from kernels.reference import RNNBackward, RNNForward
 from kernels.split import split_backward, split_forward
 from kernels.tiled import tiled_backward, tiled_forward
@@ -25,7 +25,7 @@ def rnn_fwd(
 ) -> RNNForward:
     """The Triton twin of `kernels.reference.rnn_fwd`: same arguments, same return values."""
     _, B, D, H = gx.shape
-    check_contiguous("rnn_fwd", gx=gx, w_hh=w_hh, h0=h0, lengths=lengths)
+    check_inputs("rnn_fwd", gx=gx, w_hh=w_hh, h0=h0, lengths=lengths)
     cfg = launch_config(B, H, H, 1, gx, precision, D=D)
     cell = f"rnn_{nonlinearity}"
     if cfg.path == "split":
@@ -48,7 +48,7 @@ def rnn_bwd(
 ) -> RNNBackward:
     """The Triton twin of `kernels.reference.rnn_bwd`: same arguments, same return values."""
     _, B, D, H = y.shape
-    check_contiguous("rnn_bwd", dy=dy, dh_n=dh_n, y=y, w_hh=w_hh, lengths=lengths)
+    check_inputs("rnn_bwd", dy=dy, dh_n=dh_n, y=y, w_hh=w_hh, lengths=lengths)
     cfg = launch_config(B, H, H, 1, y, precision, D=D, backward=True)
     cell = f"rnn_{nonlinearity}"
     if cfg.path == "split":

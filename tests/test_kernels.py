@@ -164,6 +164,33 @@ def test_launchers_refuse_strided_inputs():
         lstm.lstm_fwd(gx, w_hh, strided, c0)
 
 
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_launchers_refuse_dtypes_they_would_round(cell):
+    """float64 is refused, not computed in float32 and stored back as float64; so is a state of
+    another dtype than gx, and lengths that are not int64. Forward and backward."""
+    from kernels import reference
+
+    module = kernel_module(cell)
+    name = cell.split("_")[0]
+    fwd = getattr(module, f"{name}_fwd")
+    args, kwargs, upstream = make_inputs(cell, 3, 4, 1, 8, with_state=True, with_lengths=True)
+    wide = [a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+    with pytest.raises(TypeError, match=rf"{name}_fwd: gx has dtype torch.float64; the Triton kernels take "):
+        fwd(*wide, **kwargs)
+    half = list(args)
+    at = 3 if name == "gru" else 2  # h0
+    half[at] = args[at].half()
+    with pytest.raises(TypeError, match=rf"{name}_fwd: h0 must have the dtype of gx, torch.float32, got "):
+        fwd(*half, **kwargs)
+    short = [a.int() if a is args[-1] else a for a in args]  # the lengths, last
+    with pytest.raises(TypeError, match=rf"{name}_fwd: lengths must be int64, got torch.int32"):
+        fwd(*short, **kwargs)
+    saved = getattr(reference, f"{name}_fwd")(*wide, **kwargs)  # what the backward would be given
+    with pytest.raises(TypeError, match=rf"{name}_bwd: .* has dtype torch.float64; the Triton kernels take"):
+        wide_upstream = {k: v.double() for k, v in upstream.items()}
+        run_backward(module, cell, wide, kwargs, saved, wide_upstream, record=False)
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_split_kernels_with_the_narrowest_slices(poisoned, monkeypatch, cell):
     """The split path with the fewest units per program tl.dot allows (LSTM and GRU 4, RNN 16, a
