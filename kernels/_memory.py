@@ -9,14 +9,26 @@ remedy for every allocation behind an environment variable read at start-up
 (THP_MEM_ALLOC_ENABLE=1); a library cannot set it after torch is imported, so `empty` asks the
 kernel for huge pages (madvise MADV_HUGEPAGE) on the buffers it allocates itself. Elsewhere (not
 Linux, transparent huge pages off, GPU or fake tensors, tracing) it is `torch.empty`.
+
+Those buffers are also recycled (`_Pool`): each call of a layer allocates the same sizes again, and
+fresh memory costs its first touch again, a page fault per page (per 2 MiB page, the kernel may
+first compact memory to find one: a 32 MiB gate-gradient buffer once took 31 ms to touch). A buffer
+whose last tensor is freed goes back to a pool, still mapped and touched, and the next `empty` of
+that size takes it. Measured (2 threads, one process, torch.nn in the same loop): the gradflow
+LSTM's training step (T 500, B 32, H 128) 110-116 -> 92-95 ms (torch.nn 81-92), row-wise MNIST's
+(T 28, B 128, H 256) 38.6-39.1 -> 32.0-32.4 ms (torch.nn 30). The pool keeps at most
+`POOL_BYTES` of free buffers (``RNNKIT_CPU_POOL_MB``, default 1024; 0 turns it off); `release()`
+frees them.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 
+import numpy as np
 import torch
 
 HUGE_PAGE = 2 * 1024 * 1024
@@ -52,18 +64,95 @@ def _madvise():
 
 
 def empty(like: torch.Tensor, *shape: int, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``like.new_empty(shape, dtype=dtype)``; a large CPU buffer is backed by huge pages."""
-    t = like.new_empty(shape, dtype=dtype)
-    if t.device.type != "cpu" or t.nbytes < MIN_BYTES or torch.compiler.is_compiling():
-        return t
+    """``like.new_empty(shape, dtype=dtype)``; a large CPU buffer is backed by huge pages, and comes
+    from the pool of freed ones where it holds one of its size."""
+    dtype = like.dtype if dtype is None else dtype
+    nbytes = dtype.itemsize * _numel(shape)
+    if (
+        like.device.type != "cpu"
+        or nbytes < MIN_BYTES
+        or torch.compiler.is_compiling()
+        or isinstance(like, torch._subclasses.FakeTensor)
+    ):
+        return like.new_empty(shape, dtype=dtype)
+    if POOL_BYTES <= 0:
+        return _advise(like.new_empty(shape, dtype=dtype))
+    return _pool.take(nbytes).view(dtype).view(shape)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for size in shape:
+        n *= size
+    return n
+
+
+def _advise(t: torch.Tensor) -> torch.Tensor:
+    # ask for huge pages on the whole 2 MiB pages inside t's memory
     madvise = _madvise()
-    if madvise is None or isinstance(t, torch._subclasses.FakeTensor):
-        return t
-    start = -(-t.data_ptr() // HUGE_PAGE) * HUGE_PAGE  # the whole huge pages inside the buffer
+    start = -(-t.data_ptr() // HUGE_PAGE) * HUGE_PAGE
     end = (t.data_ptr() + t.nbytes) // HUGE_PAGE * HUGE_PAGE
-    if end > start:
+    if madvise is not None and end > start:
         madvise(start, end - start, MADV_HUGEPAGE)  # advice only: a refusal changes nothing
     return t
+
+
+# free buffers the pool keeps mapped for the next calls, at most (bytes)
+POOL_BYTES = int(float(os.environ.get("RNNKIT_CPU_POOL_MB", "1024")) * 2**20)
+
+
+class _Lease:
+    """One pooled buffer lent out: numpy keeps it as the base of the array that the lent tensor's
+    storage holds, so it lives exactly as long as the last tensor viewing that memory, and on its
+    way out it gives the buffer back."""
+
+    def __init__(self, pool: _Pool, block: torch.Tensor) -> None:
+        self.pool, self.block = pool, block
+        self.__array_interface__ = {
+            "shape": (block.numel(),), "typestr": "|u1", "data": (block.data_ptr(), False), "version": 3,
+        }  # fmt: skip
+
+    def __del__(self) -> None:
+        self.pool.give(self.block)
+
+
+class _Pool:
+    """Large CPU buffers (uint8, whole 2 MiB pages) recycled between calls, by size."""
+
+    def __init__(self) -> None:
+        self.free: list[torch.Tensor] = []  # oldest first
+        self.free_bytes = 0
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        """A uint8 tensor of ``nbytes`` (a view of a buffer of whole huge pages), lent until its last
+        view is freed."""
+        size = -(-nbytes // HUGE_PAGE) * HUGE_PAGE
+        for k, block in enumerate(self.free):
+            if block.numel() == size:
+                del self.free[k]
+                self.free_bytes -= size
+                break
+        else:
+            block = _advise(torch.empty(size, dtype=torch.uint8))
+        return torch.from_numpy(np.asarray(_Lease(self, block)))[:nbytes]
+
+    def give(self, block: torch.Tensor) -> None:
+        self.free.append(block)
+        self.free_bytes += block.numel()
+        while self.free_bytes > POOL_BYTES and self.free:  # the oldest go first
+            self.free_bytes -= self.free.pop(0).numel()
+
+    def release(self) -> None:
+        self.free.clear()
+        self.free_bytes = 0
+
+
+_pool = _Pool()
+
+
+def release() -> None:
+    """Free the pool's buffers (the next calls allocate and touch fresh memory again)."""
+    _pool.release()
 
 
 # mallopt's parameters (glibc's malloc.h)

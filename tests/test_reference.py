@@ -273,6 +273,7 @@ def test_large_cpu_buffers_ask_for_huge_pages(monkeypatch):
 
     calls = []
     monkeypatch.setattr(_memory, "_madvise", lambda: lambda *a: calls.append(a) or 0)
+    monkeypatch.setattr(_memory, "POOL_BYTES", 0)  # fresh buffers (the pool's are advised once, below)
     like = torch.zeros(1)
     big = _memory.empty(like, 3, 1 << 20, 3, dtype=torch.float32)  # 36 MiB
     assert big.shape == (3, 1 << 20, 3) and big.dtype == torch.float32
@@ -284,6 +285,55 @@ def test_large_cpu_buffers_ask_for_huge_pages(monkeypatch):
     assert length >= big.nbytes - 2 * _memory.HUGE_PAGE
     assert _memory.empty(like, 1000).shape == (1000,) and len(calls) == 1, "small: no advice"
     assert _memory.empty(like.to(torch.float64), 2, dtype=None).dtype == torch.float64
+
+
+def test_freed_large_buffers_are_recycled_never_while_in_use(monkeypatch):
+    """`kernels._memory`'s pool: a large buffer whose last tensor (or view) is freed is lent again to
+    the next `empty` of its size, already touched and advised once; never while any view lives; at
+    most POOL_BYTES kept; `release` frees them; POOL_BYTES = 0 turns it off."""
+    from kernels import _memory
+
+    calls = []
+    monkeypatch.setattr(_memory, "_madvise", lambda: lambda *a: calls.append(a) or 0)
+    monkeypatch.setattr(_memory, "_pool", _memory._Pool())
+    like = torch.zeros(1)
+    a = _memory.empty(like, 5, 1 << 20)  # 20 MiB of float32
+    a.fill_(1.0)
+    ptr, view = a.data_ptr(), a[2]
+    del a
+    b = _memory.empty(like, 5, 1 << 20)
+    assert b.data_ptr() != ptr and bool((view == 1.0).all()), "lent again while a view of it lived"
+    del view
+    c = _memory.empty(like, 10, 1 << 20, dtype=torch.bfloat16)  # the same bytes in another dtype
+    assert c.data_ptr() == ptr and c.dtype == torch.bfloat16 and c.shape == (10, 1 << 20)
+    assert len(calls) == 2, "a recycled buffer is advised once, when first mapped"
+    del b, c
+    assert _memory._pool.free_bytes == 2 * 20 * 2**20
+    _memory.release()
+    assert _memory._pool.free_bytes == 0
+    monkeypatch.setattr(_memory, "POOL_BYTES", 30 * 2**20)  # room for one
+    d, e = _memory.empty(like, 5, 1 << 20), _memory.empty(like, 5, 1 << 20)
+    del d, e
+    assert _memory._pool.free_bytes == 20 * 2**20
+    monkeypatch.setattr(_memory, "POOL_BYTES", 0)
+    _memory.release()
+    f = _memory.empty(like, 5, 1 << 20)
+    del f
+    assert _memory._pool.free_bytes == 0, "POOL_BYTES = 0 keeps nothing"
+
+
+def test_outputs_of_successive_calls_never_share_memory():
+    """Outputs a caller still holds are never lent to the next call: run the LSTM twice on large
+    buffers (pooled), keep the first results, and they are unchanged and apart from the second."""
+    _, args, _ = recurrence_inputs("lstm", T=40, B=64, D=2, H=256, dtype=torch.float32)
+    first = reference.lstm_fwd(*args)
+    kept = [t.clone() for t in first]
+    second = reference.lstm_fwd(*args)
+    dgx = reference.lstm_bwd(second.y, None, None, args[1], None, args[3], second.gates, second.c_steps)
+    for a, b, c in zip(first, kept, second, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        assert a.untyped_storage().data_ptr() != c.untyped_storage().data_ptr()
+    assert dgx.dgx.untyped_storage().data_ptr() not in {t.untyped_storage().data_ptr() for t in first}
 
 
 @pytest.mark.parametrize("K", [7, 300], ids=["dx-mkl", "dx-onednn"])
