@@ -27,6 +27,7 @@ import ctypes
 import functools
 import os
 import sys
+import threading
 
 import numpy as np
 import torch
@@ -122,29 +123,36 @@ class _Pool:
     def __init__(self) -> None:
         self.free: list[torch.Tensor] = []  # oldest first
         self.free_bytes = 0
+        # threads may call `empty` at once, and a lease can die (give) inside take, from the garbage
+        # collector: a re-entrant lock, and nothing allocated while it is held but by give itself
+        self.lock = threading.RLock()
 
     def take(self, nbytes: int) -> torch.Tensor:
         """A uint8 tensor of ``nbytes`` (a view of a buffer of whole huge pages), lent until its last
         view is freed."""
         size = -(-nbytes // HUGE_PAGE) * HUGE_PAGE
-        for k, block in enumerate(self.free):
-            if block.numel() == size:
-                del self.free[k]
-                self.free_bytes -= size
-                break
-        else:
+        block = None
+        with self.lock:
+            for k in range(len(self.free)):
+                if self.free[k].numel() == size:
+                    block = self.free.pop(k)
+                    self.free_bytes -= size
+                    break
+        if block is None:
             block = _advise(torch.empty(size, dtype=torch.uint8))
         return torch.from_numpy(np.asarray(_Lease(self, block)))[:nbytes]
 
     def give(self, block: torch.Tensor) -> None:
-        self.free.append(block)
-        self.free_bytes += block.numel()
-        while self.free_bytes > POOL_BYTES and self.free:  # the oldest go first
-            self.free_bytes -= self.free.pop(0).numel()
+        with self.lock:
+            self.free.append(block)
+            self.free_bytes += block.numel()
+            while self.free_bytes > POOL_BYTES and self.free:  # the oldest go first
+                self.free_bytes -= self.free.pop(0).numel()
 
     def release(self) -> None:
-        self.free.clear()
-        self.free_bytes = 0
+        with self.lock:
+            self.free.clear()
+            self.free_bytes = 0
 
 
 _pool = _Pool()

@@ -322,6 +322,34 @@ def test_freed_large_buffers_are_recycled_never_while_in_use(monkeypatch):
     assert _memory._pool.free_bytes == 0, "POOL_BYTES = 0 keeps nothing"
 
 
+def test_pool_lends_each_buffer_to_one_holder_at_a_time(monkeypatch):
+    """Threads taking and freeing pooled buffers at once: each finds its own values in its buffer
+    (a buffer lent twice would show another thread's)."""
+    import threading
+
+    from kernels import _memory
+
+    monkeypatch.setattr(_memory, "_pool", _memory._Pool())
+    like, errors = torch.zeros(1), []
+
+    def work(mark):
+        for _ in range(40):
+            t = _memory.empty(like, 1 << 20)  # 4 MiB
+            t.fill_(mark)
+            t.add_(0.0)  # time for another thread to take a buffer meanwhile
+            if not bool((t == mark).all()):
+                errors.append(mark)
+            del t
+
+    threads = [threading.Thread(target=work, args=(float(k),)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, f"threads {errors} found another's values in their buffer"
+    assert _memory._pool.free_bytes <= 4 * 2 * _memory.HUGE_PAGE * 2
+
+
 def test_outputs_of_successive_calls_never_share_memory():
     """Outputs a caller still holds are never lent to the next call: run the LSTM twice on large
     buffers (pooled), keep the first results, and they are unchanged and apart from the second."""
