@@ -260,12 +260,15 @@ def rnn_bwd(
         recp = _memory.empty(y, T, D, B, H, dtype=ct) if record else None
         for s in reversed(range(T)):
             v = None if valid is None else valid[s]
-            dh_total = dh if dyp is None else dh + dyp[s]
+            if recp is not None:  # δh_t made in its record row: the record costs no extra pass
+                dh_total = recp[s].copy_(dh) if dyp is None else torch.add(dh, dyp[s], out=recp[s])
+            else:
+                dh_total = dh if dyp is None else dh + dyp[s]
             h = yp[s]
             dpre = _keep(dh_total * (1 - h * h if nonlinearity == "tanh" else h > 0), 0.0, v)
             dgp[s] = dpre
-            if recp is not None:
-                recp[s] = _keep(dh_total, 0.0, v)
+            if recp is not None and v is not None:
+                recp[s].masked_fill_(~v, 0.0)  # after dpre read it: the record is 0 past a length
             dh = _keep(back(dpre), dh, v)
         dh_steps = None if recp is None else _time_order(recp)
         return RNNBackward(_time_order(dgp), dh.to(y.dtype, copy=True), dh_steps)
