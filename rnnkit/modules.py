@@ -69,9 +69,9 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
 def _torch_fused(backend: str, x: torch.Tensor, tensors: list[torch.Tensor | None]) -> bool:
     # whether torch's own fused recurrence (what torch.nn runs) may stand in for rnnkit's reference:
     # eager, on the CPU, the reference backend, fp32 or fp64 throughout, no autocast
-    if torch.compiler.is_compiling() or x.device.type != "cpu" or _autocast_dtype(x) is not None:
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
-    if x.dtype not in (torch.float32, torch.float64):
+    if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
         return False
     if backend_name(backend, x.device, x.dtype) != "reference":
         return False
@@ -521,26 +521,27 @@ class _RecurrentCell:
             states = [check_tensor(n, t, shape, legend, **like) for n, t in zip(("h_0", "c_0"), hx)]
         else:
             states = [] if hx is None else [check_tensor("hx", hx, shape, legend, **like)]
-        h0, c0 = [s.reshape(1, B, H) for s in states] + [None] * (2 - len(states))
-        if _torch_fused(
-            self.backend, x, [self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, *states]
-        ):
-            out = self._torch_step(x, h0, c0)
+        if not batched:
+            states = [s.unsqueeze(0) for s in states]  # [1, H], as x is [1, I]
+        p = self._parameters
+        weights = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
+        if _torch_fused(self.backend, x, [*weights, *states]):
+            out = self._torch_step(x, weights, states)
         else:
+            h0, c0 = [s.reshape(1, B, H) for s in states] + [None] * (2 - len(states))
             out = self._rnnkit_step(x, h0, c0)
         if not batched:
             out = tuple(t.squeeze(0) for t in out)
         return out if self.mode == "LSTM" else out[0]
 
-    def _torch_step(self, x, h0, c0):
+    def _torch_step(self, x, weights, states):
         # torch's own cell (what torch.nn's runs), autograd included: on the CPU with the reference
-        # backend it computes rnnkit's numbers without the custom operator's dispatch per step
+        # backend it computes rnnkit's numbers without the custom operator's dispatch per step.
+        # states: [] or [h] (LSTM: [h, c]), [B, H] each
         B, H = x.shape[0], self.hidden_size
-        h = x.new_zeros(B, H) if h0 is None else h0[0]
-        p = self._parameters
-        weights = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
+        h = states[0] if states else x.new_zeros(B, H)
         if self.mode == "LSTM":
-            return torch._VF.lstm_cell(x, (h, x.new_zeros(B, H) if c0 is None else c0[0]), *weights)
+            return torch._VF.lstm_cell(x, (h, states[1] if states else x.new_zeros(B, H)), *weights)
         return (_TORCH_CELLS[self.mode](x, h, *weights),)
 
     def _rnnkit_step(self, x, h0, c0):
