@@ -35,6 +35,8 @@ from typing import Any
 import torch
 import triton
 
+from kernels import TRITON_DTYPES
+
 
 @dataclass(frozen=True)
 class LaunchConfig:
@@ -282,17 +284,6 @@ def alloc(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None 
     return torch.empty(shape, dtype=dtype, device=like.device)
 
 
-def or_absent(t: torch.Tensor | None, absent: torch.Tensor) -> torch.Tensor:
-    """A kernel argument: ``t``, or ``absent`` where it is None (any tensor: its pointer is never
-    read or written when the matching HAS_* flag is off)."""
-    return absent if t is None else t
-
-
-# the storage dtypes the kernels take (the gate math in fp32 registers, the products in the storage
-# dtype or TF32); float64 is the reference's (`kernels.reference`), whose every product is float64
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
 def check_inputs(fn: str, **tensors: torch.Tensor | None) -> None:
     """Refuse what a kernel would read wrongly or silently round: a strided tensor (the kernels index
     every tensor as dense and row-major; its caller makes it contiguous), a floating tensor of another
@@ -313,7 +304,7 @@ def check_inputs(fn: str, **tensors: torch.Tensor | None) -> None:
                 raise TypeError(f"{fn}: lengths must be int64, got {t.dtype}")
         elif first is None:
             first = name, t.dtype
-            if t.dtype not in KERNEL_DTYPES:
+            if t.dtype not in TRITON_DTYPES:
                 raise TypeError(
                     f"{fn}: {name} has dtype {t.dtype}; the Triton kernels take float32, bfloat16 or "
                     f"float16 (kernels.reference computes {t.dtype})"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 import sys
 import threading
@@ -68,7 +69,7 @@ def empty(like: torch.Tensor, *shape: int, dtype: torch.dtype | None = None) -> 
     """``like.new_empty(shape, dtype=dtype)``; a large CPU buffer is backed by huge pages, and comes
     from the pool of freed ones where it holds one of its size."""
     dtype = like.dtype if dtype is None else dtype
-    nbytes = dtype.itemsize * _numel(shape)
+    nbytes = dtype.itemsize * math.prod(shape)
     if (
         like.device.type != "cpu"
         or nbytes < MIN_BYTES
@@ -79,13 +80,6 @@ def empty(like: torch.Tensor, *shape: int, dtype: torch.dtype | None = None) -> 
     if POOL_BYTES <= 0:
         return _advise(like.new_empty(shape, dtype=dtype))
     return _pool.take(nbytes).view(dtype).view(shape)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for size in shape:
-        n *= size
-    return n
 
 
 def _advise(t: torch.Tensor) -> torch.Tensor:

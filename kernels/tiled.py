@@ -71,12 +71,13 @@ def _streamed_preacts(
     PRECISION: tl.constexpr, BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
 ):  # fmt: skip
     # each gate's gx_t + h_{t-1} W_hh[gate rows of j]ᵀ, one product per gate over P in [BH, BK] tiles, as
-    # `cell_forward`'s (x*, a*): the input side folded into a* (x* zero) except for the GRU candidate,
-    # whose hidden side r gates
+    # `cell_forward`'s (x*, a*): the input side folded into a* (x* = -0.0, which x + (-0.0) = x lets the
+    # compiler drop; +0.0 it may not) except for the GRU candidate, whose hidden side r gates
     zero = tl.zeros((BB, BH), dtype=tl.float32)
+    folded = tl.full((BB, BH), -0.0, dtype=tl.float32)
     a0 = load_tile(gx_ptr, gx_rows, j, row_mask, jm)
     a0 = dot_rows_wt(a0, h_ptr, st_h, row_mask, P, w_ptr, j, jm, PRECISION, BK)
-    a1, a2, a3, x2 = zero, zero, zero, zero
+    a1, a2, a3, x2 = zero, zero, zero, folded
     if NG > 1:
         a1 = load_tile(gx_ptr, gx_rows, H + j, row_mask, jm)
         a1 = dot_rows_wt(a1, h_ptr, st_h, row_mask, P, w_ptr, H + j, jm, PRECISION, BK)
@@ -89,7 +90,7 @@ def _streamed_preacts(
     if NG > 3:
         a3 = load_tile(gx_ptr, gx_rows, 3 * H + j, row_mask, jm)
         a3 = dot_rows_wt(a3, h_ptr, st_h, row_mask, P, w_ptr, 3 * H + j, jm, PRECISION, BK)
-    return zero, zero, x2, zero, a0, a1, a2, a3
+    return folded, folded, x2, folded, a0, a1, a2, a3
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -132,6 +133,8 @@ def _streamed_fwd_kernel(
     else:
         length = tl.zeros((BB,), dtype=tl.int64) + T
     w_hh = w_hh_ptr + d.to(tl.int64) * NG * H * P
+    if PROJ:
+        w_hr = w_hr_ptr + d.to(tl.int64) * P * H
     st_h = state_offset(rows, B, d, P)
     st_u = state_offset(rows, B, d, H)
     half = D.to(tl.int64) * B * P  # one half of the h double buffer
@@ -179,7 +182,6 @@ def _streamed_fwd_kernel(
                 store_tile(y_ptr, y_rows, j, row_mask, jm, tl.where(valid, h, 0.0))
         if PROJ:
             tl.debug_barrier()  # every unit's m_t is written before the projection reads it
-            w_hr = w_hr_ptr + d.to(tl.int64) * P * H
             for p0 in range(0, P, BH):
                 p = p0 + tl.arange(0, BH)
                 pm = p < P
@@ -308,6 +310,8 @@ def _streamed_bwd_kernel(
         length = tl.zeros((BB,), dtype=tl.int64) + T
     first = tl.where(d == 0, 0, T - length)  # [BB] the loop step where each sequence starts
     w_hh = w_hh_ptr + d.to(tl.int64) * NG * H * P
+    if PROJ:
+        w_hr = w_hr_ptr + d.to(tl.int64) * P * H
     st_h = state_offset(rows, B, d, P)
     st_u = state_offset(rows, B, d, H)
     st_g = state_offset(rows, B, d, NG * H)
@@ -339,7 +343,6 @@ def _streamed_bwd_kernel(
             )  # fmt: skip
             if PROJ:  # δm = δh W_hr
                 zero = tl.zeros((BB, BH), dtype=tl.float32)
-                w_hr = w_hr_ptr + d.to(tl.int64) * P * H
                 dm = dot_rows_w(zero, dh_steps_ptr, dh_rows, row_mask, P, w_hr, H, j, jm, PRECISION, BK)
             else:
                 dm = load_tile(dh_steps_ptr, dh_rows, j, row_mask, jm)

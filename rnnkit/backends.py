@@ -19,6 +19,8 @@ import types
 
 import torch
 
+from kernels import TRITON_DTYPES  # re-exported: where the layers choose a backend
+
 BACKENDS = ("auto", "triton", "reference")
 ENV_VAR = "RNNKIT_BACKEND"
 # the Triton kernel modules
@@ -65,9 +67,6 @@ def triton_available() -> bool:
     except BackendUnavailableError:
         return False
     return True
-
-
-TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def backend_name(backend: str, device: torch.device, dtype: torch.dtype = torch.float32) -> str:

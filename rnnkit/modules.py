@@ -71,7 +71,7 @@ def _torch_fused(backend: str, x: torch.Tensor, tensors: list[torch.Tensor | Non
     # eager, on the CPU, the reference backend, fp32 or fp64 throughout, no autocast
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
-    if torch.compiler.is_compiling() or torch.is_autocast_enabled("cpu"):
+    if torch.compiler.is_compiling() or _autocast_dtype(x) is not None:
         return False
     if backend_name(backend, x.device, x.dtype) != "reference":
         return False
