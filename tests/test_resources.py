@@ -157,3 +157,36 @@ def test_shared_memory_model_covers_the_resident_kernels():
         G = {"rnn": 1, "lstm": 4, "gru": 3}[r["shape"][0]]
         modelled = resident_shared_memory(G, r["meta"]["BB"], r["meta"]["BH"], backward="bwd" in r["kernel"])
         assert modelled >= r["shared"], f"{r['kernel']} at {r['shape']}: model {modelled} B < {r['shared']} B"
+
+
+def test_kernel_census_compiles_and_compares(tmp_path):
+    """tools/kernel_census.py, the before/after check of a kernel refactor: its first two launches
+    (the resident tanh RNN, forward and backward, fp32 IEEE at H 32) compile with no spill, and its
+    comparison names a launch that got worse and stays silent on one that did not."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(root)
+    after = tmp_path / "after.json"
+    cmd = [sys.executable, str(root / "tools" / "kernel_census.py"), "--json", str(after), "--limit", "1"]
+    subprocess.run(cmd, env=env, cwd=root, check=True, capture_output=True, text=True, timeout=600)
+    rows = json.loads(after.read_text())
+    assert [(r["path"], r["cell"], r["which"]) for r in rows] == [
+        ("resident", "rnn", "fwd"),
+        ("resident", "rnn", "bwd"),
+    ]
+    assert all(r["registers"] > 0 and r["sass"] > 0 and r["spilled"] == 0 for r in rows), rows
+    before = tmp_path / "before.json"
+    worse = dict(rows[1], registers=rows[1]["registers"] - 9)  # the backward had 9 fewer registers
+    before.write_text(json.dumps([rows[0], worse]))
+    cmd += ["--compare", str(before)]
+    printed = subprocess.run(cmd, env=env, cwd=root, check=True, capture_output=True, text=True, timeout=600)
+    lines = printed.stdout.splitlines()
+    bwd = rows[1]
+    assert [line for line in lines if line.startswith("worse:")] == [
+        "worse: resident rnn float32 ieee 16 32 1 0 bwd "
+        f"registers {worse['registers']} -> {bwd['registers']}, "
+        f"spilled 0 -> 0, bar {bwd['bar']} -> {bwd['bar']}, sass {bwd['sass']} -> {bwd['sass']}"
+    ], printed.stdout
+    assert lines[-1] == "spilled bytes in all: 0 -> 0"

@@ -41,11 +41,14 @@ def cases() -> list[tuple]:
     return out
 
 
-def census() -> list[dict]:
-    rows = []
-    for path, cell, dtype, precision, B, H, D, proj in cases():
+def census(grid: list[tuple]) -> list[dict]:
+    rows, forced = [], _config.KERNEL_PATH
+    for path, cell, dtype, precision, B, H, D, proj in grid:
         _config.KERNEL_PATH = path
-        launches = cell_launches(cell, B, H, dtype=dtype, D=D, proj_size=proj, precision=precision)
+        try:
+            launches = cell_launches(cell, B, H, dtype=dtype, D=D, proj_size=proj, precision=precision)
+        finally:
+            _config.KERNEL_PATH = forced
         for launch, which in zip(launches, ("fwd", "bwd"), strict=True):
             r = compile_resources(launch)
             sass = dict(r.sass)
@@ -80,8 +83,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True, help="where to write this census")
     parser.add_argument("--compare", help="an earlier census to compare with")
+    parser.add_argument("--limit", type=int, help="compile only the first LIMIT launches of the grid")
     args = parser.parse_args()
-    rows = census()
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit: expected a positive count, got {args.limit}")
+    rows = census(cases()[: args.limit])
     with open(args.json, "w") as f:
         json.dump(rows, f, indent=1)
     if args.compare:
