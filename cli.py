@@ -515,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     flow.set_defaults(run=_gradflow)
     from rnnkit.train import TASK_DEFAULTS
     from rnnkit.train.config import VARIANT_DEFAULTS
+    from rnnkit.train.loop import SCHEDULES
 
     def flags(settings):
         return ", ".join(
@@ -543,7 +544,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float)
     t.add_argument("--optimizer", choices=("adam", "sgd", "lbfgs"), help="default: adam")
     t.add_argument("--clip", type=float, help="clip the gradient norm to this (0: no clipping)")
-    t.add_argument("--schedule", choices=("constant", "cosine"), help="the learning rate by step")
+    t.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        help="the learning rate by step: constant; cosine from --lr to 0; late-cosine: constant for three "
+        "quarters of the steps, then a cosine to 0",
+    )
     t.add_argument(
         "--dropout", type=float, help="on the embedding, between layers and before the head (training only)"
     )

@@ -40,6 +40,15 @@ def test_cosine_learning_rate_is_a_function_of_the_step():
     assert learning_rate(TrainConfig(lr=0.01), 70, 100) == 0.01
 
 
+def test_late_cosine_holds_then_decays_over_the_last_quarter():
+    cfg = TrainConfig(lr=0.01, schedule="late-cosine")
+    rates = [learning_rate(cfg, s, 200) for s in range(201)]
+    assert rates[:151] == [0.01] * 151, "constant for the first three quarters"
+    assert rates[175] == pytest.approx(0.005) and rates[200] == pytest.approx(0) and rates[199] > 0
+    assert all(a > b for a, b in itertools.pairwise(rates[150:]))
+    assert learning_rate(cfg, 250, 200) == 0, "past its last step it stays at 0"
+
+
 def test_cosine_dropout_bidirectional_run_resumes_exactly(tiny_mnist, tmp_path):
     """Interrupted mid-epoch and resumed, a run with the schedule and dropout's random masks gives
     the losses of the uninterrupted run."""

@@ -54,7 +54,8 @@ class TrainConfig:
     log_every: int = 10
     diagnose: int = 0  # record the gradient-flow profile every N steps (0: off)
     compile: bool = False  # train through torch.compile(model)
-    schedule: str = "constant"  # the learning rate by step: "constant", or "cosine" from lr to 0
+    schedule: str = "constant"  # the learning rate by step: "constant", "cosine" from lr to 0, or
+    # "late-cosine": constant for the first three quarters of the steps, then a cosine to 0
     dropout: float = 0.0  # on the inputs of every layer after the first, and before the head
     bidirectional: bool = False
     init: str = "default"  # rnnkit.init's scheme: default, orthogonal, identity, chrono (T: the task's steps)
@@ -122,7 +123,8 @@ class TrainConfig:
             )
 
 
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "late-cosine")
+LATE_DECAY = 0.25  # the share of the steps over which "late-cosine" decays
 
 
 def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
@@ -130,7 +132,10 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
     step alone, so a resumed run continues the same curve (given more epochs, the curve stretches)."""
     if cfg.schedule == "constant" or total_steps <= 1:
         return cfg.lr
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    start = (1 - LATE_DECAY) * total_steps if cfg.schedule == "late-cosine" else 0.0  # hold until start
+    if step <= start:
+        return cfg.lr
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * (min(step, total_steps) - start) / (total_steps - start)))
 
 
 def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
