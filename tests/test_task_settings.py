@@ -24,11 +24,14 @@ def test_defaults_follow_the_task_and_its_variant():
     assert (rows.layers, rows.schedule, rows.clip, rows.init) == (2, "cosine", 1.0, "default")
     pixel = plan_training({"task": "mnist", "pixel": True}).config
     assert (pixel.hidden, pixel.layers, pixel.init, pixel.schedule) == (128, 1, "chrono", "cosine")
+    permuted = plan_training({"task": "mnist", "permuted": True}).config
+    assert (permuted.hidden, permuted.epochs, permuted.init) == (128, 50, "default")
     assert plan_training({"task": "mnist", "permuted": True, "hidden": 64}).config.hidden == 64, "given wins"
     imdb = plan_training({"task": "imdb", "cell": "gru"}).config
     assert (imdb.bidirectional, imdb.pool, imdb.dropout) == (True, "max", 0.3)
     assert plan_training({"task": "imdb", "bidirectional": False}).config.bidirectional is False
-    assert plan_training({"task": "adding"}).config.init == "chrono"
+    adding = plan_training({"task": "adding"}).config
+    assert (adding.init, adding.schedule, adding.epochs) == ("chrono", "late-cosine", 40)
     assert plan_training({"task": "adding", "cell": "rnn"}).config.init == "default", "chrono: gated cells"
 
 

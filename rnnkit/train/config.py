@@ -33,17 +33,19 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
               "clip": 1.0, "dropout": 0.1},
     "imdb": {"hidden": 128, "layers": 1, "batch_size": 64, "lr": 2e-3, "epochs": 5, "val_fraction": 0.2,
              "schedule": "cosine", "clip": 1.0, "dropout": 0.3, "bidirectional": True, "pool": "max"},
-    "adding": {"hidden": 128, "layers": 1, "batch_size": 64, "lr": 1e-3, "epochs": 30, "seq_len": 100,
-               "clip": 1.0, "init": "chrono"},
+    "adding": {"hidden": 128, "layers": 1, "batch_size": 64, "lr": 1e-3, "epochs": 40, "seq_len": 100,
+               "schedule": "late-cosine", "clip": 1.0, "init": "chrono"},
     "copy": {"hidden": 128, "layers": 1, "batch_size": 64, "lr": 1e-3, "epochs": 10, "seq_len": 50},
     "sine": {"hidden": 51, "lr": 0.8, "epochs": 15},
 }  # fmt: skip
 # defaults that replace the task's when an option is given: pixel-by-pixel MNIST is a 784-step
-# memory task (one layer, chrono gates that keep state for hundreds of steps, more epochs)
-_PIXEL = {"hidden": 128, "layers": 1, "epochs": 50, "dropout": 0.0, "init": "chrono"}
+# memory task (one layer, more epochs; chrono gates that keep state for hundreds of steps). Permuted,
+# its information spread over every step, learnt far slower with chrono gates than with torch's
+# initialisation (validation 22, 25, 30% after epochs 1-3 against 43, 53%: RESULTS.md)
+_PIXEL = {"hidden": 128, "layers": 1, "epochs": 50, "dropout": 0.0}
 VARIANT_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
-    ("mnist", "pixel"): _PIXEL,
-    ("mnist", "permuted"): _PIXEL,
+    ("mnist", "pixel"): {**_PIXEL, "init": "chrono"},
+    ("mnist", "permuted"): {**_PIXEL, "init": "default"},
 }
 # the options each task uses; any other given is refused (silently ignoring it would mislead)
 _MINIBATCH = ("cell", "epochs", "batch_size", "lr", "optimizer", "clip", "hidden", "layers", "seed",
