@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,8 @@ import textwrap
 import pytest
 
 from kernels.resources import ptxas_available
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(
     not ptxas_available(), reason="Triton's CUDA backend (ptxas) is not installed"
@@ -43,6 +46,14 @@ SHAPES = [
 ]
 
 
+def _compiler_env() -> dict[str, str]:
+    # this test session's environment without TRITON_INTERPRET, the checkout importable
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when it is unset
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
 def _compile_all(shapes, path: str = "auto") -> list[dict]:
     script = textwrap.dedent(
         f"""
@@ -61,10 +72,8 @@ def _compile_all(shapes, path: str = "auto") -> list[dict]:
         print(json.dumps(out))
         """
     )
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9 warns when it is unset
     done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=900
+        [sys.executable, "-c", script], capture_output=True, text=True, env=_compiler_env(), timeout=900
     )
     assert done.returncode == 0, f"compiling for sm_90 failed:\n{done.stderr[-3000:]}"
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -163,14 +172,9 @@ def test_kernel_census_compiles_and_compares(tmp_path):
     """tools/kernel_census.py, the before/after check of a kernel refactor: its first two launches
     (the resident tanh RNN, forward and backward, fp32 IEEE at H 32) compile with no spill, and its
     comparison names a launch that got worse and stays silent on one that did not."""
-    import pathlib
-
-    root = pathlib.Path(__file__).resolve().parent.parent
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(root)
-    after = tmp_path / "after.json"
-    cmd = [sys.executable, str(root / "tools" / "kernel_census.py"), "--json", str(after), "--limit", "1"]
-    subprocess.run(cmd, env=env, cwd=root, check=True, capture_output=True, text=True, timeout=600)
+    env, after = _compiler_env(), tmp_path / "after.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "kernel_census.py"), "--json", str(after), "--limit", "1"]
+    subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
     rows = json.loads(after.read_text())
     assert [(r["path"], r["cell"], r["which"]) for r in rows] == [
         ("resident", "rnn", "fwd"),
@@ -181,7 +185,7 @@ def test_kernel_census_compiles_and_compares(tmp_path):
     worse = dict(rows[1], registers=rows[1]["registers"] - 9)  # the backward had 9 fewer registers
     before.write_text(json.dumps([rows[0], worse]))
     cmd += ["--compare", str(before)]
-    printed = subprocess.run(cmd, env=env, cwd=root, check=True, capture_output=True, text=True, timeout=600)
+    printed = subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
     lines = printed.stdout.splitlines()
     bwd = rows[1]
     assert [line for line in lines if line.startswith("worse:")] == [

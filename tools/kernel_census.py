@@ -42,13 +42,10 @@ def cases() -> list[tuple]:
 
 
 def census(grid: list[tuple]) -> list[dict]:
-    rows, forced = [], _config.KERNEL_PATH
+    rows = []
     for path, cell, dtype, precision, B, H, D, proj in grid:
-        _config.KERNEL_PATH = path
-        try:
-            launches = cell_launches(cell, B, H, dtype=dtype, D=D, proj_size=proj, precision=precision)
-        finally:
-            _config.KERNEL_PATH = forced
+        _config.KERNEL_PATH = path  # this process's own setting: the tool runs alone
+        launches = cell_launches(cell, B, H, dtype=dtype, D=D, proj_size=proj, precision=precision)
         for launch, which in zip(launches, ("fwd", "bwd"), strict=True):
             r = compile_resources(launch)
             sass = dict(r.sass)
@@ -83,7 +80,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", required=True, help="where to write this census")
     parser.add_argument("--compare", help="an earlier census to compare with")
-    parser.add_argument("--limit", type=int, help="compile only the first LIMIT launches of the grid")
+    parser.add_argument(
+        "--limit", type=int, help="compile the first LIMIT cases only (a forward and a backward launch each)"
+    )
     args = parser.parse_args()
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit: expected a positive count, got {args.limit}")
