@@ -24,6 +24,8 @@ def test_defaults_follow_the_task_and_its_variant():
     assert (rows.layers, rows.schedule, rows.clip, rows.init) == (2, "cosine", 1.0, "default")
     pixel = plan_training({"task": "mnist", "pixel": True}).config
     assert (pixel.hidden, pixel.layers, pixel.init, pixel.schedule) == (128, 1, "chrono", "cosine")
+    assert pixel.lr == 2e-3, "pixel: Adam 2e-3 (the A/B of issue #18)"
+    assert plan_training({"task": "mnist"}).config.lr == 1e-3, "the rows keep 1e-3"
     permuted = plan_training({"task": "mnist", "permuted": True}).config
     assert (permuted.hidden, permuted.epochs, permuted.init) == (128, 50, "default")
     assert plan_training({"task": "mnist", "permuted": True, "hidden": 64}).config.hidden == 64, "given wins"

@@ -369,6 +369,16 @@ def test_results_markdown_reads_the_runs(tiny_mnist, tmp_path):
     assert f"--data-dir {tiny_mnist}" not in md and f"| {tmp_path}" not in md, "no absolute path"
 
 
+def test_results_time_leaves_out_the_pauses_of_a_resumed_run():
+    from rnnkit.train.results import _wall_seconds
+
+    records = [{"kind": "step", "time": 100.0}, {"kind": "step", "time": 160.0},
+               {"kind": "interrupted", "time": 170.0},  # Ctrl-C; resumed an hour later
+               {"kind": "step", "time": 3770.0}, {"kind": "epoch", "time": 3800.0},
+               {"kind": "test"}]  # fmt: skip
+    assert _wall_seconds(records) == 60 + 10 + 30
+
+
 def test_results_command_reproduces_the_run(tiny_mnist, tmp_path, monkeypatch):
     """The command RESULTS.md shows is short (only what differs from the task's defaults) and, given
     to `train`, settles the same configuration as the run's (data folder relative to the repo)."""

@@ -7,6 +7,7 @@ next to the Markdown and linked from its row.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from dataclasses import fields
@@ -65,6 +66,13 @@ def command(config: dict[str, Any]) -> str:
     return " ".join(p for p in parts if p)
 
 
+def _wall_seconds(records: list[dict[str, Any]]) -> float:
+    """Wall-clock time between a run's first and last record, less the pauses: from an
+    "interrupted" record to the first record of the resumed process."""
+    times = [(r["time"], r.get("kind")) for r in records if "time" in r]
+    return sum(b - a for (a, kind), (b, _) in itertools.pairwise(times) if kind != "interrupted")
+
+
 def summarize_run(out: Path) -> dict[str, Any]:
     """The headline numbers of one finished run."""
     run = Run(out, create=False)
@@ -74,9 +82,8 @@ def summarize_run(out: Path) -> dict[str, Any]:
         raise ArgumentError("runs", str(err)) from None
     records = run.records()
     epochs = [r for r in records if r.get("kind") == "epoch"]
-    times = [r["time"] for r in records if "time" in r]
-    if len(times) >= 2:
-        seconds, how = times[-1] - times[0] + (epochs[0].get("seconds", 0) if epochs else 0), "wall"
+    if sum("time" in r for r in records) >= 2:
+        seconds, how = _wall_seconds(records) + (epochs[0].get("seconds", 0) if epochs else 0), "wall"
     else:
         seconds, how = sum(r.get("seconds", 0.0) for r in epochs), "training epochs"
     row: dict[str, Any] = {"run": _path_flag(str(out)), "task": config["task"], "cell": config.get("cell")}
