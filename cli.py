@@ -312,7 +312,7 @@ def _resources(args: argparse.Namespace, console: Console) -> int:
 
 def _train_table(title: str, rows: list[dict], metric: str) -> Table:
     table = Table(title=title)
-    known = ("epoch", "train_loss", f"train_{metric}", "val_loss", f"val_{metric}", "test_loss",
+    known = ("weights", "epoch", "train_loss", f"train_{metric}", "val_loss", f"val_{metric}", "test_loss",
              f"test_{metric}", "test_examples", "seconds")  # fmt: skip
     keys = [k for k in known if any(k in r for r in rows)]
     keys = list(dict.fromkeys(keys))
@@ -431,7 +431,12 @@ def _train(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[yellow]interrupted at step {result['step']}[/]; checkpoint saved. Resume: "
                       f"python cli.py train --resume {run.out}")  # fmt: skip
         return 130
-    console.print(_train_table(f"{cfg.task}: test", [result], task.metric))
+    best = result.get("best")
+    rows = [{"weights": "last", **result}, *([{"weights": "best validation", **best}] if best else [])]
+    console.print(_train_table(f"{cfg.task}: test", rows, task.metric))
+    if best:
+        console.print(f"epoch {best['epoch']} had the best validation {task.metric}: its weights are tested "
+                      "in the second row and kept in checkpoint.pt under \"best\"")  # fmt: skip
     return 0
 
 

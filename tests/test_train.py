@@ -75,6 +75,54 @@ def test_resume_after_epochs_reproduces_the_uninterrupted_run(tiny_mnist, tmp_pa
     assert step_losses(tmp_path / "split") == step_losses(tmp_path / "straight")
 
 
+def test_the_best_validation_epoch_is_kept_across_resume_and_tested(tiny_mnist, tmp_path, monkeypatch):
+    """Model selection by validation: the weights of the epoch with the best validation score ride in
+    every checkpoint, survive --resume, and are tested beside the last epoch's weights."""
+    import rnnkit.train.loop as loop
+    from rnnkit.train.results import summarize_run
+
+    one = train(mnist_config(tiny_mnist, epochs=1), tmp_path / "one")  # the weights after epoch 1
+    real = loop.evaluate
+    scores = iter([0.9, 0.5, 0.4])  # validation accuracy of epochs 1-3 as the loop will see it
+
+    def evaluate(task, model, split, cfg, device):
+        out = real(task, model, split, cfg, device)
+        return {**out, "val_acc": next(scores)} if split == "val" else out
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+    out = tmp_path / "three"
+    train(mnist_config(tiny_mnist, epochs=2), out)
+    assert Run(out).load_checkpoint()["best"]["epoch"] == 1
+    result = train(mnist_config(tiny_mnist, epochs=3), out, resume=True)
+    chosen = result["best"]
+    assert (chosen["epoch"], chosen["val_acc"], chosen["chosen_from_epoch"]) == (1, 0.9, 1)
+    assert chosen["test_acc"] == one["test_acc"] and chosen["test_loss"] == one["test_loss"]
+    assert result["epoch"] == 3 and result["test_loss"] != one["test_loss"], "the first row: the last weights"
+    best = Run(out).load_checkpoint()["best"]["model"]
+    first = Run(tmp_path / "one").load_checkpoint()["model"]
+    assert all(torch.equal(best[k], first[k]) for k in first)
+    assert [r["kind"] for r in Run(out).records()][-2:] == ["test", "test-best"]
+    expected = f"weights of epoch 1, the best on validation: test acc {one['test_acc']:.2%}"
+    assert expected in summarize_run(out)["result"]
+
+
+def test_a_checkpoint_without_best_weights_chooses_among_the_epochs_after_it(tiny_mnist, tmp_path):
+    from rnnkit.train.results import summarize_run
+
+    out = tmp_path / "old"
+    train(mnist_config(tiny_mnist, epochs=2), out)
+    run = Run(out)
+    checkpoint = run.load_checkpoint()
+    del checkpoint["best"], checkpoint["best_since"]  # as written before the best weights were kept
+    run.save_checkpoint(checkpoint)
+    result = train(mnist_config(tiny_mnist, epochs=4), out, resume=True)
+    kept = Run(out).load_checkpoint()
+    assert kept["best_since"] == 3 and kept["best"]["epoch"] in (3, 4), "epochs 1-2 are not candidates"
+    if "best" in result:  # epoch 3 validated better than epoch 4
+        assert (result["best"]["epoch"], result["best"]["chosen_from_epoch"]) == (3, 3)
+        assert "the best on validation of epochs 3-4" in summarize_run(out)["result"]
+
+
 def test_ctrl_c_saves_and_resume_continues_exactly(tiny_mnist, tmp_path):
     train(mnist_config(tiny_mnist), tmp_path / "straight")
 

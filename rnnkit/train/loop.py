@@ -195,6 +195,18 @@ def evaluate(
             f"{split}_examples": int(examples)}  # fmt: skip
 
 
+# which way a validation score improves
+HIGHER_IS_BETTER = {"acc": True, "mse": False}
+
+
+def _improves(metric: str, value: float, best: dict[str, Any] | None) -> bool:
+    if math.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value > best["value"] if HIGHER_IS_BETTER[metric] else value < best["value"]
+
+
 def _diagnose(model: nn.Module, step: int, run: Run, loss_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
     # the training step's forward and backward with the recorder; logs each line's profile, λ1 of each
     # layer (one tangent vector over DIAGNOSE_SAMPLES samples) and the global norm before clipping
@@ -238,6 +250,11 @@ class _Training:
             self.trained = torch.compile(self.trained)
         self.optimizer = make_optimizer(cfg, self.model.parameters())
         self.start_epoch = self.start_batch = self.step = 0
+        # the weights of the epoch with the best validation score so far: {"epoch", "metric", "value",
+        # "model"}; saved in every checkpoint, so a resumed run keeps choosing among all its epochs
+        # from best_since on (1, or the first epoch after resuming a checkpoint that did not keep it)
+        self.best: dict[str, Any] | None = None
+        self.best_since = 1
         self.total_steps = cfg.epochs * len(task.train_keys(0, cfg.batch_size, cfg.seed))
 
     def resume(self) -> None:
@@ -245,11 +262,17 @@ class _Training:
         if checkpoint is not None:
             self.start_epoch, self.start_batch = checkpoint["epoch"], checkpoint["batch"]
             self.step = checkpoint["step"]
+            if "best" in checkpoint:
+                self.best = checkpoint["best"]
+                self.best_since = checkpoint["best_since"]
+            else:  # written before the best weights were kept: choose among the epochs still to come
+                self.best_since = self.start_epoch + 1
 
     def save(self, epoch: int, batch: int) -> None:
         self.run.save_checkpoint(
             {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "rng": rng_state(),
-             "epoch": epoch, "batch": batch, "step": self.step, "config": asdict(self.cfg)}
+             "epoch": epoch, "batch": batch, "step": self.step, "config": asdict(self.cfg), "best": self.best,
+             "best_since": self.best_since}
         )  # fmt: skip
 
     def train_step(self, batch: Batch, where: tuple[int, int]) -> tuple[float, float, int, float | None]:
@@ -326,6 +349,11 @@ class _Training:
                    "seconds": time.perf_counter() - started}  # fmt: skip
         if task.eval_keys("val", cfg.batch_size):
             summary.update(evaluate(task, self.model, "val", cfg, self.device))
+            score = summary[f"val_{task.metric}"]
+            if _improves(task.metric, score, self.best):
+                state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                self.best = {"epoch": epoch + 1, "metric": f"val_{task.metric}", "value": score,
+                             "model": state}  # fmt: skip
         self.run.log(summary)
         self.save(epoch + 1, 0)
         self.progress.on_epoch_end(summary)
@@ -339,7 +367,9 @@ def fit(
 
     Returns:
         {"status": "finished" | "interrupted", "epoch": ..., "step": ..., and the test metrics
-        when finished}. Raises `TrainingDivergedError` on a NaN or infinite loss.
+        when finished, of the last epoch's weights; "best": the test metrics of the weights of the
+        epoch with the best validation score, where that is not the last}. Raises
+        `TrainingDivergedError` on a NaN or infinite loss.
     """
     cfg.validate()
     training = _Training(task, cfg, run, progress or Progress())
@@ -352,10 +382,24 @@ def fit(
     result = {
         "kind": "test",
         "step": training.step,
+        "epoch": cfg.epochs,
         **evaluate(task, training.model, "test", cfg, training.device),
     }
     run.log(result)
-    return {"status": "finished", "epoch": cfg.epochs, **result}
+    finished = {"status": "finished", **result}
+    best = training.best
+    if best is not None and best["epoch"] != cfg.epochs:
+        # model selection by validation: the test set once more, on the best epoch's weights
+        last = {k: v.clone() for k, v in training.model.state_dict().items()}
+        training.model.load_state_dict(best["model"])
+        tested = evaluate(task, training.model, "test", cfg, training.device)
+        chosen = {"kind": "test-best", "step": training.step, "epoch": best["epoch"],
+                  "chosen_from_epoch": training.best_since, best["metric"]: best["value"],
+                  **tested}  # fmt: skip
+        training.model.load_state_dict(last)
+        run.log(chosen)
+        finished["best"] = chosen
+    return finished
 
 
 def _diverged_message(value: float, epoch: int, batch: int, step: int, run: Run) -> str:

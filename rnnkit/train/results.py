@@ -98,13 +98,22 @@ def summarize_run(out: Path) -> dict[str, Any]:
         row["result"] = f"unfinished: {best}" if best else "unfinished (no evaluation yet)"
         return row
     metric = next(k for k in test if k.startswith("test_") and k not in ("test_loss", "test_examples"))
-    value = test[metric]
-    row["result"] = f"test acc {value:.2%}" if metric.endswith("acc") else f"test MSE {value:.3g}"
+    row["result"] = _score(metric, test[metric])
     examples = test.get("test_examples")
     on = f" on {examples} examples" if examples is not None else ""
     limited = f", --limit {config['limit']}" if config.get("limit") else ""
     row["result"] += f"{on}{limited} (test loss {test['test_loss']:.4g})"
+    chosen = next((r for r in reversed(records) if r.get("kind") == "test-best"), None)
+    if chosen is not None:  # the run also tested the weights of its best validation epoch
+        best = _score(metric, chosen[metric])
+        since = chosen["chosen_from_epoch"]
+        among = f" of epochs {since}-{len(epochs)}" if since > 1 else ""
+        row["result"] += f"; weights of epoch {chosen['epoch']}, the best on validation{among}: {best}"
     return row
+
+
+def _score(metric: str, value: float) -> str:
+    return f"test acc {value:.2%}" if metric.endswith("acc") else f"test MSE {value:.3g}"
 
 
 def _best_validation(epochs: list[dict[str, Any]], config: dict[str, Any]) -> str:
