@@ -195,7 +195,7 @@ def evaluate(
             f"{split}_examples": int(examples)}  # fmt: skip
 
 
-# which way a validation score improves
+# which way a task's metric improves (the loop's choice of best weights, RESULTS.md's best epoch)
 HIGHER_IS_BETTER = {"acc": True, "mse": False}
 
 
@@ -389,14 +389,13 @@ def fit(
     finished = {"status": "finished", **result}
     best = training.best
     if best is not None and best["epoch"] != cfg.epochs:
-        # model selection by validation: the test set once more, on the best epoch's weights
-        last = {k: v.clone() for k, v in training.model.state_dict().items()}
+        # model selection by validation: the test set once more, on the best epoch's weights (the
+        # model is not used after this)
         training.model.load_state_dict(best["model"])
         tested = evaluate(task, training.model, "test", cfg, training.device)
         chosen = {"kind": "test-best", "step": training.step, "epoch": best["epoch"],
                   "chosen_from_epoch": training.best_since, best["metric"]: best["value"],
                   **tested}  # fmt: skip
-        training.model.load_state_dict(last)
         run.log(chosen)
         finished["best"] = chosen
     return finished

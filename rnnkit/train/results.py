@@ -17,7 +17,7 @@ from typing import Any
 from rnnkit._checks import ArgumentError
 from rnnkit.bench import markdown_header
 from rnnkit.train.config import defaults
-from rnnkit.train.loop import TrainConfig
+from rnnkit.train.loop import HIGHER_IS_BETTER, TrainConfig
 from rnnkit.train.run import Run, RunFolderError
 from rnnkit.train.sine import SineConfig
 
@@ -126,7 +126,7 @@ def _best_validation(epochs: list[dict[str, Any]], config: dict[str, Any]) -> st
     if not keys:
         return ""
     key = keys[0]
-    better = max if key.endswith("acc") else min
+    better = max if HIGHER_IS_BETTER[key.removeprefix("val_")] else min
     best = better(epochs, key=lambda r: r[key])
     value = f"{best[key]:.2%}" if key.endswith("acc") else f"{best[key]:.4g}"
     return f"best {key.replace('_', ' ')} {value} at epoch {best['epoch']} of {config.get('epochs')}"
