@@ -325,6 +325,16 @@ def _train_table(title: str, rows: list[dict], metric: str) -> Table:
     return table
 
 
+def _test_rows(result: dict, epochs: list[dict], metric: str) -> list[dict]:
+    """The rows of train's test table: the last epoch's weights, with that epoch's validation score
+    beside their test score, then the best validation epoch's weights where they differ."""
+    key = f"val_{metric}"
+    last_val = {key: epochs[-1][key]} if epochs and key in epochs[-1] else {}
+    best = result.get("best")
+    chosen = [{"weights": "best validation", **best}] if best else []
+    return [{"weights": "last", **last_val, **result}, *chosen]
+
+
 def _train_sine(plan, console: Console, quiet: bool) -> int:
     from rnnkit.train import Run, train_sine
     from rnnkit.train.run import plot_curves
@@ -432,8 +442,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
                       f"python cli.py train --resume {run.out}")  # fmt: skip
         return 130
     best = result.get("best")
-    rows = [{"weights": "last", **result}, *([{"weights": "best validation", **best}] if best else [])]
-    console.print(_train_table(f"{cfg.task}: test", rows, task.metric))
+    console.print(_train_table(f"{cfg.task}: test", _test_rows(result, run.records("epoch"), task.metric),
+                               task.metric))  # fmt: skip
     if best:
         console.print(f"epoch {best['epoch']} had the best validation {task.metric}: its weights are tested "
                       "in the second row and kept in checkpoint.pt under \"best\"")  # fmt: skip

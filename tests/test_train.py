@@ -545,3 +545,17 @@ def test_limit_takes_a_seeded_subset_with_every_class(tmp_path, monkeypatch, tin
     test = task.labels[task.splits["test"]]
     every = task.labels[len(task.labels) - 32 :]  # the 32 test digits
     assert len(test) == 20 and set(test.tolist()) == set(every.tolist())
+
+
+def test_train_test_table_shows_each_rows_validation_score():
+    from cli import _test_rows
+
+    epochs = [{"kind": "epoch", "epoch": 1, "val_acc": 0.9}, {"kind": "epoch", "epoch": 2, "val_acc": 0.8}]
+    best = {"kind": "test-best", "epoch": 1, "val_acc": 0.9, "test_acc": 0.88}
+    rows = _test_rows({"status": "finished", "epoch": 2, "test_acc": 0.85, "best": best}, epochs, "acc")
+    assert [(r["weights"], r["epoch"], r["val_acc"], r["test_acc"]) for r in rows] == [
+        ("last", 2, 0.8, 0.85),
+        ("best validation", 1, 0.9, 0.88),
+    ]
+    # no validation split (the adding task): the row has no validation score rather than a wrong one
+    assert "val_mse" not in _test_rows({"epoch": 1, "test_mse": 0.1}, [{"epoch": 1}], "mse")[0]
