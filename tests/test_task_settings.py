@@ -27,7 +27,7 @@ def test_defaults_follow_the_task_and_its_variant():
     assert pixel.lr == 2e-3, "pixel: Adam 2e-3 (the A/B of issue #18)"
     assert plan_training({"task": "mnist"}).config.lr == 1e-3, "the rows keep 1e-3"
     permuted = plan_training({"task": "mnist", "permuted": True}).config
-    assert (permuted.hidden, permuted.epochs, permuted.init) == (128, 50, "default")
+    assert (permuted.hidden, permuted.epochs, permuted.init, permuted.lr) == (128, 50, "default", 2e-3)
     assert plan_training({"task": "mnist", "permuted": True, "hidden": 64}).config.hidden == 64, "given wins"
     imdb = plan_training({"task": "imdb", "cell": "gru"}).config
     assert (imdb.bidirectional, imdb.pool, imdb.dropout) == (True, "max", 0.3)
