@@ -380,7 +380,7 @@ _TRAIN_SETTINGS = (
     "task", "resume", "out", "cell", "epochs", "batch_size", "lr", "optimizer", "clip", "hidden", "layers",
     "seed", "device", "backend", "data_dir", "download", "limit", "checkpoint_every", "log_every", "diagnose",
     "compile", "val_fraction", "dataset", "pixel", "permuted", "max_len", "seq_len", "steps_per_epoch",
-    "compare", "window", "noise", "schedule", "dropout", "bidirectional", "init", "pool",
+    "compare", "window", "noise", "schedule", "dropout", "weight_drop", "bidirectional", "init", "pool",
 )  # fmt: skip
 
 
@@ -403,8 +403,10 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     task = make_task(cfg.task)
     facts = task.prepare(cfg, console.print)
     run = Run(plan.out, None if plan.resume else dict(vars(cfg)))
+    drops = (("dropout", cfg.dropout), ("weight drop", cfg.weight_drop))
+    dropped = "".join(f", {name} {p}" for name, p in drops if p)
     console.print(f"[bold]{cfg.task}[/] {cfg.cell} hidden {cfg.hidden} × {cfg.layers} layers, "
-                  f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr} → {run.out}")  # fmt: skip
+                  f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}{dropped} → {run.out}")  # fmt: skip
     console.print("  ".join(f"{k}: {v}" for k, v in facts.items()))
     if getattr(task, "permutation", None) is not None:
         (run.out / "permutation.json").write_text(json.dumps(task.permutation.tolist()))
@@ -567,6 +569,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--dropout", type=float, help="on the embedding, between layers and before the head (training only)"
+    )
+    t.add_argument(
+        "--weight-drop",
+        dest="weight_drop",
+        type=float,
+        help="DropConnect on the recurrent weights: each weight_hh element zeroed with this probability, one "
+        "mask per batch (training only)",
     )
     t.add_argument(
         "--bidirectional", action=argparse.BooleanOptionalAction, default=None, help="both directions"

@@ -26,7 +26,8 @@ class SequenceModel(nn.Module):
     Args:
         cell: "rnn", "rnn_relu", "lstm" or "gru".
         input_size, hidden_size, output_size: sizes; num_layers, bidirectional, backend: as the
-            layer's; dropout: the layer's, between layers (training only).
+            layer's; dropout: the layer's, between layers (training only); weight_drop: the
+            layer's DropConnect on its recurrent weights (training only).
 
     Example:
         >>> model = SequenceModel("lstm", 2, 128, 1)
@@ -45,12 +46,13 @@ class SequenceModel(nn.Module):
         bidirectional: bool = False,
         backend: str = "auto",
         dropout: float = 0.0,
+        weight_drop: float = 0.0,
     ) -> None:
         super().__init__()
         self.cell = cell
         self.recurrent = make_layer(
             cell, input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
-            backend=backend, dropout=dropout if num_layers > 1 else 0.0,
+            backend=backend, dropout=dropout if num_layers > 1 else 0.0, weight_drop=weight_drop,
         )  # fmt: skip
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), output_size)
 
@@ -78,6 +80,8 @@ class SequenceClassifier(nn.Module):
             of width ``input_size`` comes first.
         dropout: the probability of zeroing a feature (training only) on the embedding's output,
             between layers (the layer's own ``dropout``) and before the head.
+        weight_drop: the probability of zeroing each recurrent weight (training only; one mask per
+            batch, the layer's own ``weight_drop``).
         pool: what the head reads: "last" (the final state), "max" or "mean" over the steps.
 
     Example:
@@ -98,6 +102,7 @@ class SequenceClassifier(nn.Module):
         backend: str = "auto",
         vocab_size: int | None = None,
         dropout: float = 0.0,
+        weight_drop: float = 0.0,
         pool: str = "last",
     ) -> None:
         super().__init__()
@@ -110,7 +115,7 @@ class SequenceClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.recurrent = make_layer(
             cell, input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
-            backend=backend, dropout=dropout if num_layers > 1 else 0.0,
+            backend=backend, dropout=dropout if num_layers > 1 else 0.0, weight_drop=weight_drop,
         )  # fmt: skip
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
 

@@ -7,6 +7,12 @@ shapes, the initialisation and the ``state_dict`` are torch's own; only ``forwar
 module that is one.) The extra keyword ``backend`` picks the implementation (see
 `rnnkit.backends`), and the layers take an optional ``lengths`` for variable-length batches
 without packing.
+
+The layers' extra keyword ``weight_drop`` regularises inside the recurrence: DropConnect on the
+recurrent weights (AWD-LSTM's weight drop). In training each forward zeroes every element of each
+``weight_hh`` with that probability and scales the rest by 1/(1 - p); one mask for the whole batch
+and every step, so every backend runs its fused recurrence unchanged on the masked weight, and the
+gradient reaches the parameter through the mask. The parameters and the ``state_dict`` stay torch's.
 """
 
 from __future__ import annotations
@@ -44,6 +50,12 @@ class LayerActivations:
     b_hn: torch.Tensor | None = None  # [D, H] GRU's b_hn, inside the reset gate
     h0: torch.Tensor | None = None  # [D, B, P] initial state (None: zeros)
     c0: torch.Tensor | None = None  # [D, B, H] LSTM initial cell state (None: zeros)
+
+
+def _check_probability(name: str, p: object) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ValueError(f"{name}: expected a probability in [0, 1), got {p!r}")
+    return float(p)
 
 
 def _fold_biases(
@@ -151,14 +163,26 @@ class _LayerRecord(StepRecord):
 class _RecurrentLayer(nn.RNNBase):
     """The forward of a multi-layer, optionally bidirectional recurrent layer."""
 
-    def __init__(self, mode: str, *args, backend: str = "auto", **kwargs) -> None:
+    weight_drop: float = 0.0  # also what a module pickled before the keyword existed reads
+
+    def __init__(self, mode: str, *args, backend: str = "auto", weight_drop: float = 0.0, **kwargs) -> None:
         super().__init__(mode, *args, **kwargs)
         self.backend = check_backend_name(backend)
+        self.weight_drop = _check_probability("weight_drop", weight_drop)
         self._step_grad_hooks: OrderedDict[int, StepGradHook] = OrderedDict()
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
+        s = s if self.weight_drop == 0 else f"{s}, weight_drop={self.weight_drop}"
         return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def _recurrent_weight(self, layer: int, dtype: torch.dtype) -> torch.Tensor:
+        # weight_hh of every direction [D, G*H, P]; in training with weight_drop, one DropConnect
+        # mask for this forward (the batch and all its steps), independent per layer and direction
+        w_hh = _stack(self._params(layer, "weight_hh", dtype))
+        if self.training and self.weight_drop > 0:
+            w_hh = F.dropout(w_hh, self.weight_drop, training=True)
+        return w_hh
 
     def register_step_grad_hook(self, hook: StepGradHook) -> RemovableHandle:
         """Call ``hook(module, layer, StepGradients)`` for every layer during backward.
@@ -222,7 +246,7 @@ class _RecurrentLayer(nn.RNNBase):
 
     def _recurrence(self, layer, x, h0, c0, lengths, record):
         gx, b_hn = self._input_projection(layer, x)
-        w_hh = _stack(self._params(layer, "weight_hh", x.dtype))
+        w_hh = self._recurrent_weight(layer, x.dtype)
         kw = {"lengths": lengths, "backend": self.backend, "record": record}
         if self.mode == "LSTM":
             w_hr = _stack(self._params(layer, "weight_hr", x.dtype)) if self.proj_size > 0 else None
@@ -279,7 +303,8 @@ class _RecurrentLayer(nn.RNNBase):
         *,
         lengths: torch.Tensor | Sequence[int] | None = None,
     ) -> list[LayerActivations]:
-        """Every layer's gate activations for this input (no dropout, no graph), for diagnostics.
+        """Every layer's gate activations for this input (no dropout or weight drop, no graph), for
+        diagnostics.
 
         Args:
             input, hx, lengths: as for ``forward``.
@@ -324,7 +349,7 @@ class _RecurrentLayer(nn.RNNBase):
         tensors = [*self._flat_weights, h0, c0]
         if not _torch_fused(self.backend, x, tensors) or _needs_grad(x, tensors):
             return None
-        if self.training and self.dropout > 0 and self.num_layers > 1:
+        if self.training and (self.weight_drop > 0 or (self.dropout > 0 and self.num_layers > 1)):
             return None
         T, B, _ = x.shape
         rows = self.num_layers * self._directions
@@ -413,7 +438,8 @@ class _RecurrentLayer(nn.RNNBase):
 
 
 class RNN(_RecurrentLayer):
-    """`torch.nn.RNN` (tanh or relu) on rnnkit's backends; extra keyword ``backend``.
+    """`torch.nn.RNN` (tanh or relu) on rnnkit's backends; extra keywords ``backend`` and
+    ``weight_drop`` (DropConnect on weight_hh in training; see the module's docstring).
 
     Example:
         >>> rnn = RNN(10, 20, num_layers=2, nonlinearity="relu")
@@ -434,6 +460,7 @@ class RNN(_RecurrentLayer):
         dtype=None,
         *,
         backend: str = "auto",
+        weight_drop: float = 0.0,
     ) -> None:
         modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
         if nonlinearity not in modes:
@@ -451,11 +478,13 @@ class RNN(_RecurrentLayer):
             device=device,
             dtype=dtype,
             backend=backend,
+            weight_drop=weight_drop,
         )
 
 
 class LSTM(_RecurrentLayer):
-    """`torch.nn.LSTM` (with proj_size) on rnnkit's backends; extra keyword ``backend``.
+    """`torch.nn.LSTM` (with proj_size) on rnnkit's backends; extra keywords ``backend`` and
+    ``weight_drop`` (DropConnect on weight_hh in training; see the module's docstring).
 
     Arguments as torch.nn.LSTM's, by position or keyword: input_size, hidden_size, num_layers=1,
     bias=True, batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device, dtype.
@@ -465,12 +494,12 @@ class LSTM(_RecurrentLayer):
         >>> output, (h_n, c_n) = lstm(torch.randn(100, 30, 6))  # [100, 30, 400], [2, 30, 200]
     """
 
-    def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
-        super().__init__("LSTM", *args, backend=backend, **kwargs)
+    def __init__(self, *args, backend: str = "auto", weight_drop: float = 0.0, **kwargs) -> None:
+        super().__init__("LSTM", *args, backend=backend, weight_drop=weight_drop, **kwargs)
 
 
 class GRU(_RecurrentLayer):
-    """`torch.nn.GRU` on rnnkit's backends; extra keyword ``backend``.
+    """`torch.nn.GRU` on rnnkit's backends; extra keywords ``backend`` and ``weight_drop``.
 
     Arguments as torch.nn.GRU's, by position or keyword: input_size, hidden_size, num_layers=1,
     bias=True, batch_first=False, dropout=0.0, bidirectional=False, device, dtype.
@@ -480,10 +509,10 @@ class GRU(_RecurrentLayer):
         >>> output, h_n = gru(torch.randn(3, 5, 10))  # [3, 5, 20], [1, 3, 20]
     """
 
-    def __init__(self, *args, backend: str = "auto", **kwargs) -> None:
+    def __init__(self, *args, backend: str = "auto", weight_drop: float = 0.0, **kwargs) -> None:
         if "proj_size" in kwargs:
             raise ValueError("proj_size: only the LSTM has a projection, not the GRU")
-        super().__init__("GRU", *args, backend=backend, **kwargs)
+        super().__init__("GRU", *args, backend=backend, weight_drop=weight_drop, **kwargs)
 
 
 # torch's cell functions by mode, looked up once (each torch._VF lookup costs a Python call per step)

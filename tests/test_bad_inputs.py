@@ -62,6 +62,8 @@ CLI_CASES = [
     # the #18 settings
     ("--dropout 1", None, "train --task imdb --dropout 1", 2,
      r"--dropout: expected a probability in \[0, 1\), got 1.0"),
+    ("--weight-drop 1", None, "train --task mnist --pixel --weight-drop 1", 2,
+     r"--weight-drop: expected a probability in \[0, 1\), got 1.0"),
     ("--init chrono on a plain RNN", None, "train --task adding --cell rnn --init chrono", 2,
      r"--init: chrono sets gate biases: it needs --cell lstm or gru, got rnn"),
     ("--pool on a per-step task", None, "train --task adding --pool max", 2,

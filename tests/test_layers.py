@@ -204,6 +204,92 @@ def test_dropout_between_layers(cell):
     assert not torch.allclose(out_eval, out_train), "dropout=1.0 in training changed nothing"
 
 
+def _kept(model: nn.Module) -> dict[str, torch.Tensor]:
+    # weight_drop's mask of each weight_hh, read from the gradient: a dropped weight's is exactly 0
+    return {n: (p.grad != 0).to(p.dtype) for n, p in model.named_parameters() if n.startswith("weight_hh")}
+
+
+# not rnn_relu: a relu unit that is off at every step has exact-zero gradients too, so the mask cannot be
+# read from them (its path through the layer is the tanh RNN's, a different nonlinearity in the kernel)
+@pytest.mark.parametrize("cell", [c for c in CELLS if c != "rnn_relu"])
+def test_weight_drop_is_dropconnect_on_the_recurrent_weights(cell):
+    """In training, weight_drop=p is torch.nn's layer run on weight_hh * mask / (1 - p): one mask for
+    the batch and every step, about p of each weight_hh dropped, independently per layer and
+    direction, nothing else dropped; every output and every gradient as torch.nn's on that weight."""
+    p = 0.3
+    theirs, ours = make_pair(cell, input_size=3, hidden_size=51, num_layers=2, bidirectional=True)
+    ours.weight_drop = p
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    hx = initial_states(theirs, 4, torch.float64)
+    got = forward_backward(ours, x, hx)
+    kept = _kept(ours)
+    assert len(kept) == 4
+    for name, mask in kept.items():
+        assert abs((1 - mask.mean().item()) - p) < 0.05, f"{name}: {1 - mask.mean().item():.3f} dropped"
+    assert not torch.equal(kept["weight_hh_l0"], kept["weight_hh_l0_reverse"])
+    for name, param in ours.named_parameters():  # weight_ih, the biases, weight_hr: never dropped
+        assert name.startswith("weight_hh") or bool((param.grad != 0).all()), name
+    # torch.nn's layer, its weight_hh through the same mask
+    weights = {n: w * kept[n] / (1 - p) if n in kept else w for n, w in theirs.named_parameters()}
+
+    def run(inp, state):
+        return torch.func.functional_call(theirs, weights, (inp, state))
+
+    want = forward_backward(_Call(run), x, hx)
+    want.update({f"grad_{n}": w.grad for n, w in theirs.named_parameters()})
+    compare(got, {k: want[k] for k in got})
+
+
+class _Call(nn.Module):
+    # a function as a module with no parameters of its own (forward_backward's model)
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, inp, state=None):
+        return self.fn(inp, state)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_weight_drop_only_in_training(cell):
+    """eval mode runs the whole weights (torch.nn's outputs); each training forward draws a new
+    mask, also without a gradient (where the CPU would otherwise take torch's fused path)."""
+    theirs, ours = make_pair(cell, input_size=3, hidden_size=8, num_layers=2)
+    ours.weight_drop = 0.5
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    theirs.eval()
+    ours.eval()
+    compare(forward_backward(ours, x), forward_backward(theirs, x))
+    ours.train()
+    with torch.no_grad():
+        evaluated = ours.eval()(x)[0]
+        first, second = ours.train()(x)[0], ours(x)[0]
+    assert not torch.allclose(first, evaluated), "weight_drop in training changed nothing"
+    assert not torch.allclose(first, second), "two training forwards drew the same mask"
+
+
+def test_weight_drop_on_the_triton_kernels():
+    """The Triton backend runs the same masked weight (the same random draw) as the reference."""
+    results = []
+    for backend in ("reference", "triton"):
+        torch.manual_seed(3)
+        layer = rnnkit.LSTM(3, 16, bidirectional=True, weight_drop=0.4, backend=backend).to(DEVICE)
+        results.append(forward_backward(layer, torch.randn(5, 2, 3, device=DEVICE)))
+    compare(results[1], results[0], torch.float32)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, True, "0.2"])
+def test_weight_drop_must_be_a_probability(p):
+    with pytest.raises(ValueError, match=r"weight_drop: expected a probability in \[0, 1\), got"):
+        rnnkit.GRU(3, 4, weight_drop=p)
+
+
+def test_weight_drop_shows_and_keeps_torch_state_dict():
+    layer = rnnkit.LSTM(3, 4, weight_drop=0.25)
+    assert "weight_drop=0.25" in repr(layer)
+    nn.LSTM(3, 4).load_state_dict(layer.state_dict())  # the parameters stay torch's
+
+
 # relu's derivative jumps at 0: a pre-activation that rounds across 0 in bf16 flips a unit, so the
 # relu cell's low-precision check is at the recurrence level (tests/test_reference.py), on the same gx
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -55,9 +55,10 @@ def test_late_cosine_holds_then_decays_over_the_last_quarter():
 
 
 def test_cosine_dropout_bidirectional_run_resumes_exactly(tiny_mnist, tmp_path):
-    """Interrupted mid-epoch and resumed, a run with the schedule and dropout's random masks gives
-    the losses of the uninterrupted run."""
-    settings = {"schedule": "cosine", "dropout": 0.2, "bidirectional": True, "pool": "mean", "layers": 2}
+    """Interrupted mid-epoch and resumed, a run with the schedule and the random masks of dropout and
+    weight drop gives the losses of the uninterrupted run."""
+    settings = {"schedule": "cosine", "dropout": 0.2, "weight_drop": 0.3, "bidirectional": True,
+                "pool": "mean", "layers": 2}  # fmt: skip
     train(mnist_config(tiny_mnist, **settings), tmp_path / "straight")
 
     def interrupt_at_step_7(record):
@@ -122,6 +123,24 @@ def test_chrono_initialisation_reaches_the_model(tiny_mnist):
     forget = layer.bias_ih_l0[32:64]
     assert forget.min() >= 0 and forget.max() <= math.log(783) and forget.max() > math.log(50)
     torch.testing.assert_close(layer.bias_ih_l0[:32], -forget)
+
+
+def test_weight_drop_reaches_the_model(tiny_mnist):
+    """--weight-drop is the recurrent layer's DropConnect probability (off unless given)."""
+    from rnnkit.train import make_task
+
+    task = make_task("mnist")
+    cfg = mnist_config(tiny_mnist, weight_drop=0.25, hidden=16)
+    task.prepare(cfg, print)
+    assert task.build_model(cfg).recurrent.weight_drop == 0.25
+    assert plan_training({"task": "mnist", "permuted": True}).config.weight_drop == 0.0
+
+
+def test_a_run_saved_before_weight_drop_resumes_without_it(tmp_path):
+    plan = plan_training({"task": "adding", "out": str(tmp_path / "r")})
+    saved = {k: v for k, v in asdict(plan.config).items() if k != "weight_drop"}
+    Run(plan.out, saved)
+    assert plan_training({"resume": str(plan.out)}).config.weight_drop == 0.0
 
 
 def test_sine_reports_the_loss_after_its_step(tmp_path):

@@ -438,8 +438,9 @@ def test_results_command_reproduces_the_run(tiny_mnist, tmp_path, monkeypatch):
     from rnnkit.train.results import command
 
     monkeypatch.chdir(tmp_path)
-    cfg = mnist_config(tiny_mnist, epochs=1, clip=None, bidirectional=True)
+    cfg = mnist_config(tiny_mnist, epochs=1, clip=None, bidirectional=True, weight_drop=0.2)
     argv = shlex.split(command(asdict(cfg)))
+    assert argv[argv.index("--weight-drop") + 1] == "0.2"
     assert argv[:4] == ["python", "cli.py", "train", "--task"]
     assert "--clip" in argv and argv[argv.index("--clip") + 1] == "0", "no clipping, against the default 1"
     assert not Path(argv[argv.index("--data-dir") + 1]).is_absolute()
@@ -452,6 +453,8 @@ def test_results_command_reproduces_the_run(tiny_mnist, tmp_path, monkeypatch):
     assert planned == expected
     default = asdict(TrainConfig(**{**asdict(plan_training({"task": "imdb"}).config)}))
     assert command(default) == "python cli.py train --task imdb", "the defaults need no flag"
+    older = {k: v for k, v in default.items() if k != "weight_drop"}  # saved before the setting existed
+    assert command(older) == "python cli.py train --task imdb", "a setting it lacks is the dataclass default"
 
 
 def test_only_rank_zero_refuses_an_existing_run(tmp_path, monkeypatch):

@@ -57,6 +57,7 @@ class TrainConfig:
     schedule: str = "constant"  # the learning rate by step: "constant", "cosine" from lr to 0, or
     # "late-cosine": constant for the first three quarters of the steps, then a cosine to 0
     dropout: float = 0.0  # on the inputs of every layer after the first, and before the head
+    weight_drop: float = 0.0  # DropConnect on the recurrent weights (weight_hh), one mask per batch
     bidirectional: bool = False
     init: str = "default"  # rnnkit.init's scheme: default, orthogonal, identity, chrono (T: the task's steps)
     pool: str = "last"  # classifiers: the head reads the final state, or the outputs' max or mean
@@ -95,8 +96,10 @@ class TrainConfig:
             )
         if self.schedule != "constant" and self.optimizer == "lbfgs":
             raise ArgumentError("schedule", "LBFGS sets its own step length: use --schedule constant with it")
-        if not 0 <= self.dropout < 1:
-            raise ArgumentError("dropout", f"expected a probability in [0, 1), got {self.dropout}")
+        for name in ("dropout", "weight_drop"):
+            p = getattr(self, name)
+            if not 0 <= p < 1:
+                raise ArgumentError(name, f"expected a probability in [0, 1), got {p}")
         for name in ("epochs", "batch_size", "hidden", "layers", "log_every", "steps_per_epoch", "max_len"):
             check_at_least(name, getattr(self, name), 1)
         check_at_least("limit", self.limit, 1, "at least 1 example per split (or no --limit: all)")

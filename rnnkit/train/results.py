@@ -22,7 +22,8 @@ from rnnkit.train.run import Run, RunFolderError
 from rnnkit.train.sine import SineConfig
 
 _MINIBATCH = ("cell", "epochs", "batch_size", "lr", "optimizer", "schedule", "clip", "hidden", "layers",
-              "bidirectional", "dropout", "init", "seed", "val_fraction", "limit", "data_dir")  # fmt: skip
+              "bidirectional", "dropout", "weight_drop", "init", "seed", "val_fraction", "limit",
+              "data_dir")  # fmt: skip
 _PER_TASK = {  # the settings a command line shows, where they differ from the task's defaults
     "sine": ("cell", "epochs", "lr", "hidden", "window", "noise", "seed"),
     "mnist": ("dataset", "pixel", "permuted", *_MINIBATCH, "pool"),
@@ -32,11 +33,15 @@ _PER_TASK = {  # the settings a command line shows, where they differ from the t
 }
 
 
+def _config_defaults(task: str) -> dict[str, Any]:
+    # what a run's config.json means where it lacks a setting (one saved before the setting existed)
+    cls = SineConfig if task == "sine" else TrainConfig
+    return {f.name: f.default for f in fields(cls) if f.name != "extra"}
+
+
 def _settings_default(task: str, config: dict[str, Any]) -> dict[str, Any]:
     # what `train --task <task>` uses where the command line is silent, for this run's variant
-    cls = SineConfig if task == "sine" else TrainConfig
-    base = {f.name: f.default for f in fields(cls) if f.name != "extra"}
-    return {**base, **defaults(task, config)}
+    return {**_config_defaults(task), **defaults(task, config)}
 
 
 def _path_flag(value: str) -> str:
@@ -51,9 +56,10 @@ def command(config: dict[str, Any]) -> str:
     and every setting that differs from the task's defaults."""
     task = config["task"]
     default = _settings_default(task, config)
+    saved = {**_config_defaults(task), **config}
     parts = ["python cli.py train", f"--task {task}"]
     for key in _PER_TASK[task]:
-        value = config.get(key)
+        value = saved.get(key)
         if value == default.get(key) or (key == "data_dir" and value is None):
             continue
         flag = "--" + key.replace("_", "-")

@@ -213,6 +213,7 @@ class SyntheticTask(Task):
         model = SequenceModel(
             cfg.cell, spec.input_size, cfg.hidden, spec.output_size, num_layers=cfg.layers,
             bidirectional=cfg.bidirectional, backend=cfg.backend, dropout=cfg.dropout,
+            weight_drop=cfg.weight_drop,
         )  # fmt: skip
         return _initialized(model, cfg, spec.total_steps(cfg.seq_len))
 
@@ -228,7 +229,7 @@ class SyntheticTask(Task):
 
 def _model_options(cfg) -> dict[str, Any]:
     return {"num_layers": cfg.layers, "bidirectional": cfg.bidirectional, "backend": cfg.backend,
-            "dropout": cfg.dropout, "pool": cfg.pool}  # fmt: skip
+            "dropout": cfg.dropout, "weight_drop": cfg.weight_drop, "pool": cfg.pool}  # fmt: skip
 
 
 def _initialized(model: nn.Module, cfg, steps: int) -> nn.Module:
