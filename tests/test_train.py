@@ -415,6 +415,23 @@ def test_results_markdown_reads_the_runs(tiny_mnist, tmp_path):
     assert f"test acc {test_acc:.2%}" in md
     assert "| 1 |" in md, "one epoch"
     assert f"--data-dir {tiny_mnist}" not in md and f"| {tmp_path}" not in md, "no absolute path"
+    assert Run(tmp_path / "mnist-run").records("epoch")[0]["threads"] == torch.get_num_threads()
+
+
+def test_results_show_the_threads_of_each_stretch_of_epochs():
+    """A run resumed on another thread count shows each count with its epochs; epochs recorded
+    before the count was (older runs) count as the threads the run started on."""
+    from rnnkit.train.results import _threads
+
+    older = [{"kind": "epoch", "epoch": e} for e in (1, 2)]
+    newer = [{"kind": "epoch", "epoch": 3, "threads": 1}, {"kind": "test"}]
+    assert _threads([*older, *newer], "1") == "1"
+    resumed = [{"kind": "epoch", "epoch": e, "threads": 2} for e in (4, 5)]
+    assert _threads([*older, *newer, *resumed], "1") == "1 (epochs 1-3), 2 (epochs 4-5)"
+    assert _threads([{"kind": "epoch", "epoch": 1, "threads": 2}, {"kind": "epoch", "epoch": 2}], "1") == (
+        "2 (epoch 1), 1 (epoch 2)"
+    )
+    assert _threads([], "-") == "-", "no epoch yet: the machine's"
 
 
 def test_results_time_leaves_out_the_pauses_of_a_resumed_run():

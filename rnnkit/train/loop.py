@@ -350,6 +350,8 @@ class _Training:
                    "train_loss": total_loss / max(len(keys) - first, 1),
                    f"train_{task.metric}": total_metric / max(total_count, 1),
                    "seconds": time.perf_counter() - started}  # fmt: skip
+        if self.device.type == "cpu":  # what its seconds ran on (a resumed run may have more or fewer)
+            summary["threads"] = torch.get_num_threads()
         if task.eval_keys("val", cfg.batch_size):
             summary.update(evaluate(task, self.model, "val", cfg, self.device))
             score = summary[f"val_{task.metric}"]

@@ -118,6 +118,24 @@ def summarize_run(out: Path) -> dict[str, Any]:
     return row
 
 
+def _threads(records: list[dict[str, Any]], started_on: str) -> str:
+    """The CPU threads each epoch trained on: "1", or "1 (epochs 1-37), 2 (38-50)" for a run resumed
+    with another count. Epochs recorded before the count was (older runs) count as ``started_on``,
+    the threads of the run's first start."""
+    spans: list[list[Any]] = []  # [threads, first epoch, last epoch]
+    for r in records:
+        if r.get("kind") != "epoch":
+            continue
+        n = str(r.get("threads", started_on))
+        if spans and spans[-1][0] == n:
+            spans[-1][2] = r["epoch"]
+        else:
+            spans.append([n, r["epoch"], r["epoch"]])
+    if len(spans) <= 1:
+        return spans[0][0] if spans else started_on
+    return ", ".join(f"{n} (epochs {a}-{b})" if a != b else f"{n} (epoch {a})" for n, a, b in spans)
+
+
 def _score(metric: str, value: float) -> str:
     return f"test acc {value:.2%}" if metric.endswith("acc") else f"test MSE {value:.3g}"
 
@@ -151,8 +169,8 @@ def results_markdown(
     link_from: Path | None = None,
 ) -> str:
     """Markdown: per machine (the run's machine.json; ``machine`` for runs without one), a header
-    and one row per run, with the threads it started on. With ``curves``, each run's curves.png is
-    copied there and linked (relative to the folder ``link_from``)."""
+    and one row per run, with the CPU threads its epochs ran on. With ``curves``, each run's
+    curves.png is copied there and linked (relative to the folder ``link_from``)."""
     sections: dict[tuple, list[str]] = {}
     for out in run_dirs:
         r = summarize_run(Path(out))
@@ -165,7 +183,7 @@ def results_markdown(
             shutil.copyfile(source, target)
             curve = f"[curves]({os.path.relpath(target, link_from or Path.cwd())})"
         trained_on = r["machine"] or machine
-        threads = trained_on.get("threads", "-")
+        threads = _threads(Run(Path(out), create=False).records(), trained_on.get("threads", "-"))
         command = f"`{r['command']}`"
         cells = (r["run"], r["task"], r["cell"], r["result"], r["epochs"], minutes, threads, command, curve)
         key = tuple(sorted((k, v) for k, v in trained_on.items() if k not in ("date", "threads")))
