@@ -31,6 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 JOBS = {
     "pixel": ["--task", "mnist", "--pixel"],
     "permuted": ["--task", "mnist", "--permuted"],
+    # the weight-drop A/Bs of #18 (DropConnect on the recurrent weights; CPU runs in runs/ab/)
+    "pixel-wd0.15": ["--task", "mnist", "--pixel", "--weight-drop", "0.15"],
+    "permuted-wd0.25": ["--task", "mnist", "--permuted", "--weight-drop", "0.25"],
     "rows": ["--task", "mnist"],
     "imdb-lstm": ["--task", "imdb"],
     "imdb-gru": ["--task", "imdb", "--cell", "gru"],
