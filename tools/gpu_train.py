@@ -33,7 +33,7 @@ JOBS = {
     "permuted": ["--task", "mnist", "--permuted"],
     # the weight-drop A/Bs of #18 (DropConnect on the recurrent weights; CPU runs in runs/ab/)
     "pixel-wd0.15": ["--task", "mnist", "--pixel", "--weight-drop", "0.15"],
-    "permuted-wd0.25": ["--task", "mnist", "--permuted", "--weight-drop", "0.25"],
+    "permuted-wd0.1": ["--task", "mnist", "--permuted", "--weight-drop", "0.1"],
     "rows": ["--task", "mnist"],
     "imdb-lstm": ["--task", "imdb"],
     "imdb-gru": ["--task", "imdb", "--cell", "gru"],
