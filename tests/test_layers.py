@@ -268,6 +268,7 @@ def test_weight_drop_only_in_training(cell):
     assert not torch.allclose(first, second), "two training forwards drew the same mask"
 
 
+@pytest.mark.interpreter
 def test_weight_drop_on_the_triton_kernels():
     """The Triton backend runs the same masked weight (the same random draw) as the reference."""
     results = []
