@@ -79,8 +79,9 @@ def _wall_seconds(records: list[dict[str, Any]]) -> float:
     return sum(b - a for (a, kind), (b, _) in itertools.pairwise(times) if kind != "interrupted")
 
 
-def summarize_run(out: Path) -> dict[str, Any]:
-    """The headline numbers of one finished run."""
+def summarize_run(out: Path, machine: dict[str, str] | None = None) -> dict[str, Any]:
+    """The headline numbers of one finished run (``machine``: the header of a run without
+    machine.json)."""
     run = Run(out, create=False)
     try:
         config = run.config()
@@ -95,6 +96,7 @@ def summarize_run(out: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"run": _path_flag(str(out)), "task": config["task"], "cell": config.get("cell")}
     row.update(epochs=len(epochs), seconds=seconds, time_kind=how, command=command(config))
     row["machine"] = run.machine()
+    row["threads"] = _threads(records, (row["machine"] or machine or {}).get("threads", "-"))
     if config["task"] == "sine":
         row["result"] = f"test MSE {epochs[-1]['test_loss']:.3g} (train MSE {epochs[-1]['train_loss']:.3g})"
         return row
@@ -119,7 +121,7 @@ def summarize_run(out: Path) -> dict[str, Any]:
 
 
 def _threads(records: list[dict[str, Any]], started_on: str) -> str:
-    """The CPU threads each epoch trained on: "1", or "1 (epochs 1-37), 2 (38-50)" for a run resumed
+    """The CPU threads each epoch trained on: "1", or "1 (epochs 1-37), 2 (epochs 38-50)" for a run resumed
     with another count. Epochs recorded before the count was (older runs) count as ``started_on``,
     the threads of the run's first start."""
     spans: list[list[Any]] = []  # [threads, first epoch, last epoch]
@@ -173,7 +175,7 @@ def results_markdown(
     curves.png is copied there and linked (relative to the folder ``link_from``)."""
     sections: dict[tuple, list[str]] = {}
     for out in run_dirs:
-        r = summarize_run(Path(out))
+        r = summarize_run(Path(out), machine)
         minutes = f"{r['seconds'] / 60:.1f} min ({r['time_kind']})"
         curve = ""
         source = Path(out) / "curves.png"
@@ -183,9 +185,9 @@ def results_markdown(
             shutil.copyfile(source, target)
             curve = f"[curves]({os.path.relpath(target, link_from or Path.cwd())})"
         trained_on = r["machine"] or machine
-        threads = _threads(Run(Path(out), create=False).records(), trained_on.get("threads", "-"))
         command = f"`{r['command']}`"
-        cells = (r["run"], r["task"], r["cell"], r["result"], r["epochs"], minutes, threads, command, curve)
+        cells = (r["run"], r["task"], r["cell"], r["result"], r["epochs"], minutes, r["threads"], command,
+                 curve)  # fmt: skip
         key = tuple(sorted((k, v) for k, v in trained_on.items() if k not in ("date", "threads")))
         section = sections.setdefault(key, {"dates": [], "rows": []})
         section["dates"].append(trained_on.get("date", ""))
