@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ def test_gpu_check_runs_every_stage_and_summarizes(tmp_path):
         "--bench-args", f"{TINY_BENCH} --providers torch.nn,rnnkit-reference",
         "--train-args", TINY_TRAIN,
         "--skip", "barrier,probe",  # need a GPU: their code is tested below
+        "--pack", str(tmp_path / "packed" / "check.tar.gz"),
     )  # fmt: skip
     assert code == 0, summary
     assert "## tests: passed" in summary and "- 1 passed" in summary
@@ -38,6 +40,31 @@ def test_gpu_check_runs_every_stage_and_summarizes(tmp_path):
     assert "- mnist-rowwise float32 ieee rnnkit-reference fwd:" in summary
     assert "## train: passed" in summary and "test_" in summary
     assert {p.name for p in tmp_path.iterdir()} >= {"tests.log", "bench.log", "bench.json", "train.log"}
+    with tarfile.open(tmp_path / "packed" / "check.tar.gz") as tar:  # one file for $OUT
+        names = set(tar.getnames())
+    top = tmp_path.name
+    assert {f"{top}/summary.md", f"{top}/tests.log", f"{top}/train/metrics.jsonl"} <= names, names
+
+
+def test_gpu_train_runs_a_job_resumes_it_and_packs_it(tmp_path):
+    """tools/gpu_train.py on the CPU with a tiny adding job: the job finishes, its table is written,
+    the pack holds the run folder and its checkpoint (not the previous one); a second call finds the
+    folder and resumes it (nothing left to train) instead of starting again."""
+    tiny = ["--", "--seq-len", "10", "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "4"]
+    pack = str(tmp_path / "gt.tar.gz")
+    cmd = [sys.executable, str(ROOT / "tools" / "gpu_train.py"), "--out", str(tmp_path / "gt"),
+           "--device", "cpu", "--jobs", "adding", "--budget", "300", "--pack", pack, *tiny]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "- adding: finished" in (tmp_path / "gt" / "results.md").read_text()
+    assert "test MSE" in (tmp_path / "gt" / "results.md").read_text()
+    with tarfile.open(tmp_path / "gt.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"gt/results.md", "gt/adding.log", "gt/adding/metrics.jsonl", "gt/adding/checkpoint.pt"} <= names
+    assert not [n for n in names if n.endswith("checkpoint.prev.pt")]
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "--resume" in (tmp_path / "gt" / "adding.log").read_text()
 
 
 def test_gpu_check_reports_failures_and_timeouts(tmp_path):

@@ -20,8 +20,9 @@ its own file in one folder (default ``runs/gpu-check-<time>``):
 Then it prints a summary (also ``summary.md``): each stage's outcome, the failures by name, the
 barrier's cost, the ratios to torch.nn, the epoch's test accuracy. The exit status is 0 when every
 stage that ran passed.
-``--pytest-args``, ``--bench-args`` and ``--train-args`` replace a stage's arguments (a CPU test runs
-the script on tiny settings); ``--skip`` leaves stages out.
+``--pack FILE`` also writes the folder as one .tar.gz (put it in $OUT: a GPU machine sends back at
+most 8 files, and the folder holds more). ``--pytest-args``, ``--bench-args`` and ``--train-args``
+replace a stage's arguments (a CPU test runs the script on tiny settings); ``--skip`` leaves stages out.
 """
 
 from __future__ import annotations
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/gpu_check.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="the log folder (default runs/gpu-check-<time>)")
     parser.add_argument("--data-dir", help="the MNIST files for the train stage")
+    parser.add_argument("--pack", help="also write the folder as one .tar.gz (e.g. $OUT/gpu-check.tar.gz)")
     parser.add_argument(
         "--skip", default="", help=f"comma-separated stages to leave out ({', '.join(STAGES)})"
     )
@@ -241,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = "\n".join(lines)
     (out / "summary.md").write_text(summary)
     print(summary, flush=True)
+    if args.pack:
+        from pack import pack
+
+        print(f"[gpu-check] packed {out} into {pack(out, Path(args.pack))}", flush=True)
     ran = [s for s in stages if not s.status.startswith("skipped")]
     return 0 if all(s.status == "passed" for s in ran) else 1
 

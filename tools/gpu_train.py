@@ -11,8 +11,10 @@ budget continues next time exactly where it stopped: at the budget the job gets 
 and the CLI saves a checkpoint and exits. The jobs run one after another (the split kernels' grid
 barrier needs every program of one launch resident: two processes on one GPU could starve it).
 
-At the end it writes DIR/results.md (`cli.py results` of every job's folder) and prints it; the
-exit status is 0 when every job finished or stopped at the budget with its checkpoint saved.
+At the end it writes DIR/results.md (`cli.py results` of every job's folder) and prints it; with
+``--pack FILE`` it also writes DIR, run folders and checkpoints included, as one .tar.gz (put it in
+$OUT: a GPU machine sends back at most 8 files). The exit status is 0 when every job finished or
+stopped at the budget with its checkpoint saved.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--imdb", help="the IMDB archive's folder (default: the cache)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--grace", type=float, default=GRACE_SECONDS, help="seconds to save after Ctrl-C")
+    parser.add_argument("--pack", help="also write DIR as this one .tar.gz (e.g. $OUT/gpu-train.tar.gz)")
     parser.add_argument(
         "extra", nargs="*", help="after --: more train options for new runs (tests: tiny sizes)"
     )
@@ -122,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", results_markdown(folders, machine())]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    if args.pack:
+        from pack import pack
+
+        print(f"[gpu-train] packed {out} into {pack(out, Path(args.pack))}", flush=True)
     good = all(o == "finished" or o.startswith("stopped at the budget") for o in outcomes.values())
     return 0 if good else 1
 
