@@ -456,7 +456,7 @@ def _results(args: argparse.Namespace, console: Console) -> int:
     from pathlib import Path
 
     from rnnkit.bench import machine
-    from rnnkit.train.results import results_markdown
+    from rnnkit.train.results import keep_records, repo_path, results_markdown
 
     if args.markdown:
         check_output_path(args.markdown, "markdown", folder=False)
@@ -470,14 +470,17 @@ def _results(args: argparse.Namespace, console: Console) -> int:
         console.print(results_markdown([Path(p) for p in args.runs], machine()) + notes)
         return 0
     path = Path(args.markdown)
-    curves = path.parent / "docs" / "results"
-    section = results_markdown([Path(p) for p in args.runs], machine(), curves=curves, link_from=path.parent)
-    runs = " ".join(args.runs)
+    # the records go into the repository beside the file, and the file is written from them
+    kept_in = path.parent / "docs" / "results"
+    kept = keep_records([Path(p) for p in args.runs], kept_in)
+    section = results_markdown(kept, machine(), link_from=path.parent)
+    runs = " ".join(repo_path(str(p)) for p in kept)
     with_notes = f" --notes {args.notes}" if args.notes else ""
     head = (f"# Results\n\nWritten by `python cli.py results {runs} --markdown {args.markdown}{with_notes}` "
-            "from the runs' own files; each run's learning curves are linked from its row.\n\n")  # fmt: skip
+            "from the runs' records, kept in the repository (config, machine, metrics and curves; not the "
+            "checkpoints); each run's learning curves are linked from its row.\n\n")  # fmt: skip
     path.write_text(head + section + ("\n" + notes if notes else ""))
-    console.print(f"wrote {path} and {len(list(curves.glob('*.png')))} curves in {curves}")
+    console.print(f"wrote {path} from the records of {len(kept)} runs, kept in {kept_in}")
     return 0
 
 
@@ -626,7 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
     res = sub.add_parser("results", help="summarize finished training runs as Markdown")
     res.add_argument("runs", nargs="+", help="run directories")
     res.add_argument(
-        "--markdown", help="write the whole file (e.g. RESULTS.md); curves go to docs/results/ beside it"
+        "--markdown",
+        help="write the whole file (e.g. RESULTS.md) from copies of the runs' records, which go to "
+        "docs/results/<name>/ beside it (config, machine, metrics, curves; not the checkpoints)",
     )
     res.add_argument("--notes", help="a Markdown file to put after the tables (what was tried, what helped)")
     res.set_defaults(run=_results)

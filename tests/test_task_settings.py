@@ -25,9 +25,12 @@ def test_defaults_follow_the_task_and_its_variant():
     pixel = plan_training({"task": "mnist", "pixel": True}).config
     assert (pixel.hidden, pixel.layers, pixel.init, pixel.schedule) == (128, 1, "chrono", "cosine")
     assert pixel.lr == 2e-3, "pixel: Adam 2e-3 (the A/B of issue #18)"
+    assert pixel.weight_drop == 0.15, "pixel: weight drop 0.15 (issue #18: 98.11% test)"
+    assert plan_training({"task": "mnist", "pixel": True, "weight_drop": 0.0}).config.weight_drop == 0.0
     assert plan_training({"task": "mnist"}).config.lr == 1e-3, "the rows keep 1e-3"
     permuted = plan_training({"task": "mnist", "permuted": True}).config
     assert (permuted.hidden, permuted.epochs, permuted.init, permuted.lr) == (128, 50, "default", 2e-3)
+    assert permuted.weight_drop == 0.0, "permuted: weight drop trailed"
     assert plan_training({"task": "mnist", "permuted": True, "hidden": 64}).config.hidden == 64, "given wins"
     imdb = plan_training({"task": "imdb", "cell": "gru"}).config
     assert (imdb.bidirectional, imdb.pool, imdb.dropout) == (True, "max", 0.3)

@@ -1,8 +1,9 @@
 """RESULTS.md from finished run directories: what each run reached, its command, machine and time.
 
 Every number is read from the run's own files (config.json, machine.json, metrics.jsonl); nothing
-is typed in. Rows are grouped by the machine that trained them; each run's curves.png is copied
-next to the Markdown and linked from its row.
+is typed in. Rows are grouped by the machine that trained them. `keep_records` copies those files
+(and curves.png; not the checkpoints) into the repository, so that the table is written from the
+copies and a clean clone regenerates it: a run folder under runs/ lives only as long as its machine.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from rnnkit.train.sine import SineConfig
 
 _MINIBATCH = ("cell", "epochs", "batch_size", "lr", "optimizer", "schedule", "clip", "hidden", "layers",
               "bidirectional", "dropout", "weight_drop", "init", "seed", "val_fraction", "limit",
-              "data_dir")  # fmt: skip
+              "data_dir", "device", "backend")  # fmt: skip
 _PER_TASK = {  # the settings a command line shows, where they differ from the task's defaults
-    "sine": ("cell", "epochs", "lr", "hidden", "window", "noise", "seed"),
+    "sine": ("cell", "epochs", "lr", "hidden", "window", "noise", "seed", "device", "backend"),
     "mnist": ("dataset", "pixel", "permuted", *_MINIBATCH, "pool"),
     "imdb": ("max_len", *_MINIBATCH, "pool"),
     "adding": ("seq_len", "steps_per_epoch", *_MINIBATCH),
@@ -44,7 +45,7 @@ def _settings_default(task: str, config: dict[str, Any]) -> dict[str, Any]:
     return {**_config_defaults(task), **defaults(task, config)}
 
 
-def _path_flag(value: str) -> str:
+def repo_path(value: str) -> str:
     # a data folder as seen from the repository root (the folder `cli.py results` runs in), never
     # one machine's absolute path
     path = Path(value)
@@ -68,7 +69,7 @@ def command(config: dict[str, Any]) -> str:
         elif value is None:  # only clip has a default that None undoes: 0 says "no clipping"
             parts.append(f"{flag} 0" if key == "clip" else "")
         else:
-            parts.append(f"{flag} {_path_flag(value) if key == 'data_dir' else value}")
+            parts.append(f"{flag} {repo_path(value) if key == 'data_dir' else value}")
     return " ".join(p for p in parts if p)
 
 
@@ -93,7 +94,7 @@ def summarize_run(out: Path, machine: dict[str, str] | None = None) -> dict[str,
         seconds, how = _wall_seconds(records) + (epochs[0].get("seconds", 0) if epochs else 0), "wall"
     else:
         seconds, how = sum(r.get("seconds", 0.0) for r in epochs), "training epochs"
-    row: dict[str, Any] = {"run": _path_flag(str(out)), "task": config["task"], "cell": config.get("cell")}
+    row: dict[str, Any] = {"run": repo_path(str(out)), "task": config["task"], "cell": config.get("cell")}
     row.update(epochs=len(epochs), seconds=seconds, time_kind=how, command=command(config))
     row["machine"] = run.machine()
     row["threads"] = _threads(records, (row["machine"] or machine or {}).get("threads", "-"))
@@ -158,32 +159,47 @@ def _best_validation(epochs: list[dict[str, Any]], config: dict[str, Any]) -> st
     return f"best {key.replace('_', ' ')} {value} at epoch {best['epoch']} of {config.get('epochs')}"
 
 
-def _curve_name(out: Path) -> str:
+# what `results` reads of a run folder, and what it links: everything but the checkpoints
+RECORD_FILES = ("config.json", "machine.json", "metrics.jsonl", "permutation.json", "curves.png")
+
+
+def _kept_name(out: Path) -> str:
     parts = [p for p in Path(out).parts if p not in ("runs", ".", "..", "/")]
-    return "-".join(parts[-2:] if len(parts) > 1 else parts) + ".png"
+    return "-".join(parts[-2:] if len(parts) > 1 else parts)
 
 
-def results_markdown(
-    run_dirs: list[Path],
-    machine: dict[str, str],
-    *,
-    curves: Path | None = None,
-    link_from: Path | None = None,
-) -> str:
+def keep_records(run_dirs: list[Path], into: Path) -> list[Path]:
+    """Copy each run's records (`RECORD_FILES`) to ``into``/<name>, where <name> is the last two
+    parts of its path ("runs/results/imdb-lstm" -> "results-imdb-lstm"); a run already kept there
+    stays as it is. Returns the kept folders, in order."""
+    kept: list[Path] = []
+    for out in map(Path, run_dirs):
+        if not (out / "config.json").is_file():
+            raise ArgumentError("runs", f"{out} is not a run folder (no config.json)")
+        target = out if out.resolve().parent == into.resolve() else into / _kept_name(out)
+        if target in kept:
+            raise ArgumentError("runs", f"two runs would be kept as {target}: rename one run folder")
+        if target != out:
+            target.mkdir(parents=True, exist_ok=True)
+            for name in RECORD_FILES:
+                if (out / name).is_file():
+                    shutil.copyfile(out / name, target / name)
+                else:
+                    (target / name).unlink(missing_ok=True)  # not a stale copy of an earlier run
+        kept.append(target)
+    return kept
+
+
+def results_markdown(run_dirs: list[Path], machine: dict[str, str], *, link_from: Path | None = None) -> str:
     """Markdown: per machine (the run's machine.json; ``machine`` for runs without one), a header
-    and one row per run, with the CPU threads its epochs ran on. With ``curves``, each run's
-    curves.png is copied there and linked (relative to the folder ``link_from``)."""
+    and one row per run, with the CPU threads its epochs ran on. With ``link_from`` (the folder of
+    the Markdown file), each run's curves.png is linked from its row."""
     sections: dict[tuple, list[str]] = {}
     for out in run_dirs:
         r = summarize_run(Path(out), machine)
         minutes = f"{r['seconds'] / 60:.1f} min ({r['time_kind']})"
-        curve = ""
         source = Path(out) / "curves.png"
-        if curves is not None and source.is_file():
-            curves.mkdir(parents=True, exist_ok=True)
-            target = curves / _curve_name(Path(out))
-            shutil.copyfile(source, target)
-            curve = f"[curves]({os.path.relpath(target, link_from or Path.cwd())})"
+        curve = f"[curves]({os.path.relpath(source, link_from)})" if link_from and source.is_file() else ""
         trained_on = r["machine"] or machine
         command = f"`{r['command']}`"
         cells = (r["run"], r["task"], r["cell"], r["result"], r["epochs"], minutes, r["threads"], command,
