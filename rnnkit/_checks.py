@@ -82,6 +82,13 @@ def check_at_least(argument: str, value: int | float | None, least: int | float,
         raise ArgumentError(argument, f"expected {what or f'at least {least}'}, got {value}")
 
 
+def check_probability(argument: str, p: object) -> float:
+    """A dropout-like probability in [0, 1) (1 would drop everything), as a float."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+        raise ValueError(f"{argument}: expected a probability in [0, 1), got {p!r}")
+    return float(p)
+
+
 def check_choice(argument: str, value: str, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ArgumentError(argument, f"expected one of {', '.join(choices)}, got {value!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from rnnkit._checks import check_probability
 from rnnkit.modules import GRU, LSTM, RNN
 
 CELLS = ("rnn", "lstm", "gru")
@@ -108,11 +109,9 @@ class SequenceClassifier(nn.Module):
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"pool: expected one of {', '.join(POOLS)}, got {pool!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout}")
         self.cell, self.pool = cell, pool
         self.embedding = None if vocab_size is None else nn.Embedding(vocab_size, input_size, padding_idx=0)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(check_probability("dropout", dropout))
         self.recurrent = make_layer(
             cell, input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
             backend=backend, dropout=dropout if num_layers > 1 else 0.0, weight_drop=weight_drop,

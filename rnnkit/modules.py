@@ -29,7 +29,7 @@ from torch.utils.hooks import RemovableHandle
 
 from kernels import _onednn
 from rnnkit import functional
-from rnnkit._checks import check_dtype_device, check_floating, check_lengths, check_tensor
+from rnnkit._checks import check_dtype_device, check_floating, check_lengths, check_probability, check_tensor
 from rnnkit.autograd import StepGradients, StepRecord
 from rnnkit.backends import backend_name, check_backend_name
 
@@ -50,12 +50,6 @@ class LayerActivations:
     b_hn: torch.Tensor | None = None  # [D, H] GRU's b_hn, inside the reset gate
     h0: torch.Tensor | None = None  # [D, B, P] initial state (None: zeros)
     c0: torch.Tensor | None = None  # [D, B, H] LSTM initial cell state (None: zeros)
-
-
-def _check_probability(name: str, p: object) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-        raise ValueError(f"{name}: expected a probability in [0, 1), got {p!r}")
-    return float(p)
 
 
 def _fold_biases(
@@ -168,7 +162,7 @@ class _RecurrentLayer(nn.RNNBase):
     def __init__(self, mode: str, *args, backend: str = "auto", weight_drop: float = 0.0, **kwargs) -> None:
         super().__init__(mode, *args, **kwargs)
         self.backend = check_backend_name(backend)
-        self.weight_drop = _check_probability("weight_drop", weight_drop)
+        self.weight_drop = check_probability("weight_drop", weight_drop)
         self._step_grad_hooks: OrderedDict[int, StepGradHook] = OrderedDict()
 
     def extra_repr(self) -> str:

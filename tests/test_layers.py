@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
+from rnnkit.models import SequenceClassifier
 from tests._testing import DEVICE, assert_close, tf32_flags
 
 # (class name, extra constructor arguments)
@@ -283,6 +284,8 @@ def test_weight_drop_on_the_triton_kernels():
 def test_weight_drop_must_be_a_probability(p):
     with pytest.raises(ValueError, match=r"weight_drop: expected a probability in \[0, 1\), got"):
         rnnkit.GRU(3, 4, weight_drop=p)
+    with pytest.raises(ValueError, match=r"dropout: expected a probability in \[0, 1\), got"):
+        SequenceClassifier("gru", 3, 4, 2, dropout=p)  # the same check for the model's own dropout
 
 
 def test_weight_drop_shows_and_keeps_torch_state_dict():
