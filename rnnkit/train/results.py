@@ -46,8 +46,8 @@ def _settings_default(task: str, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def repo_path(value: str) -> str:
-    # a data folder as seen from the repository root (the folder `cli.py results` runs in), never
-    # one machine's absolute path
+    # a data or run folder as seen from the repository root (the folder `cli.py results` runs in),
+    # never one machine's absolute path
     path = Path(value)
     return os.path.relpath(path) if path.is_absolute() else value
 
