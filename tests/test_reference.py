@@ -398,3 +398,23 @@ def test_gate_major_gradient_takes_onednn_for_the_weights(monkeypatch, K):
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
     # the forward product, dW, and dx from GATHER_MIN_K input features
     assert len(products) == (3 if K >= _onednn.GATHER_MIN_K else 2)
+
+
+def test_flush_denormals_on_the_calling_thread_and_back():
+    """The reference's FTZ/DAZ block: on for the CPU inside it, the previous mode after; nothing
+    elsewhere. The reference's backward runs in it: a denormal upstream gradient is read as zero."""
+    from kernels.reference import flush_denormals
+
+    y = torch.tanh(torch.randn(4, 2, 1, 3))
+    tiny_dy = torch.full_like(y, 1e-39)
+    assert (reference.rnn_bwd(tiny_dy, None, y, torch.randn(1, 3, 3)).dgx == 0).all()
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    assert (tiny * 1).item() != 0, "this process should not flush denormals before the test"
+    with flush_denormals(torch.device("cpu")):
+        assert (tiny * 1).item() == 0
+        with flush_denormals(torch.device("cpu")):  # nested: stays on, and the outer block restores
+            pass
+        assert (tiny * 1).item() == 0
+    assert (tiny * 1).item() != 0
+    with flush_denormals(torch.device("meta")):
+        assert (tiny * 1).item() != 0
