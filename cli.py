@@ -380,7 +380,8 @@ _TRAIN_SETTINGS = (
     "task", "resume", "out", "cell", "epochs", "batch_size", "lr", "optimizer", "clip", "hidden", "layers",
     "seed", "device", "backend", "data_dir", "download", "limit", "checkpoint_every", "log_every", "diagnose",
     "compile", "val_fraction", "dataset", "pixel", "permuted", "max_len", "seq_len", "steps_per_epoch",
-    "compare", "window", "noise", "schedule", "dropout", "weight_drop", "bidirectional", "init", "pool",
+    "compare", "window", "noise", "schedule", "dropout", "weight_drop", "zoneout", "bidirectional", "init",
+    "pool",
 )  # fmt: skip
 
 
@@ -403,7 +404,7 @@ def _train(args: argparse.Namespace, console: Console) -> int:
     task = make_task(cfg.task)
     facts = task.prepare(cfg, console.print)
     run = Run(plan.out, None if plan.resume else dict(vars(cfg)))
-    drops = (("dropout", cfg.dropout), ("weight drop", cfg.weight_drop))
+    drops = (("dropout", cfg.dropout), ("weight drop", cfg.weight_drop), ("zoneout", cfg.zoneout))
     dropped = "".join(f", {name} {p}" for name, p in drops if p)
     console.print(f"[bold]{cfg.task}[/] {cfg.cell} hidden {cfg.hidden} × {cfg.layers} layers, "
                   f"batch {cfg.batch_size}, {cfg.optimizer} lr {cfg.lr}{dropped} → {run.out}")  # fmt: skip
@@ -579,6 +580,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="DropConnect on the recurrent weights: each weight_hh element zeroed with this probability, one "
         "mask per batch (training only)",
+    )
+    t.add_argument(
+        "--zoneout",
+        type=float,
+        help="LSTM: zoneout of the cell state, each unit keeping its previous c at a step with this "
+        "probability (training; the expectation at inference)",
     )
     t.add_argument(
         "--bidirectional", action=argparse.BooleanOptionalAction, default=None, help="both directions"

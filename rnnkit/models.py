@@ -11,8 +11,15 @@ from rnnkit.modules import GRU, LSTM, RNN
 CELLS = ("rnn", "lstm", "gru")
 
 
-def make_layer(cell: str, input_size: int, hidden_size: int, **kwargs) -> nn.RNNBase:
-    """An rnnkit layer by name: "rnn" (tanh), "rnn_relu", "lstm" or "gru"."""
+def make_layer(
+    cell: str, input_size: int, hidden_size: int, cell_zoneout: float = 0.0, **kwargs
+) -> nn.RNNBase:
+    """An rnnkit layer by name: "rnn" (tanh), "rnn_relu", "lstm" or "gru"; ``cell_zoneout`` (the LSTM's
+    zoneout of its cell state) only for "lstm"."""
+    if cell_zoneout and cell != "lstm":
+        raise ValueError(f"cell_zoneout: only the LSTM has a cell state to zone out, got cell {cell!r}")
+    if cell == "lstm":
+        kwargs["cell_zoneout"] = cell_zoneout
     if cell == "rnn_relu":
         return RNN(input_size, hidden_size, nonlinearity="relu", **kwargs)
     layers = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
@@ -28,7 +35,8 @@ class SequenceModel(nn.Module):
         cell: "rnn", "rnn_relu", "lstm" or "gru".
         input_size, hidden_size, output_size: sizes; num_layers, bidirectional, backend: as the
             layer's; dropout: the layer's, between layers (training only); weight_drop: the
-            layer's DropConnect on its recurrent weights (training only).
+            layer's DropConnect on its recurrent weights (training only); cell_zoneout: the LSTM's
+            zoneout of its cell state (`rnnkit.zoneout`).
 
     Example:
         >>> model = SequenceModel("lstm", 2, 128, 1)
@@ -48,12 +56,14 @@ class SequenceModel(nn.Module):
         backend: str = "auto",
         dropout: float = 0.0,
         weight_drop: float = 0.0,
+        cell_zoneout: float = 0.0,
     ) -> None:
         super().__init__()
         self.cell = cell
         self.recurrent = make_layer(
             cell, input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
             backend=backend, dropout=dropout if num_layers > 1 else 0.0, weight_drop=weight_drop,
+            cell_zoneout=cell_zoneout,
         )  # fmt: skip
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), output_size)
 
@@ -83,6 +93,8 @@ class SequenceClassifier(nn.Module):
             between layers (the layer's own ``dropout``) and before the head.
         weight_drop: the probability of zeroing each recurrent weight (training only; one mask per
             batch, the layer's own ``weight_drop``).
+        cell_zoneout: the LSTM's probability of a unit keeping its cell state at a step (training;
+            the expectation at inference; `rnnkit.zoneout`).
         pool: what the head reads: "last" (the final state), "max" or "mean" over the steps.
 
     Example:
@@ -104,6 +116,7 @@ class SequenceClassifier(nn.Module):
         vocab_size: int | None = None,
         dropout: float = 0.0,
         weight_drop: float = 0.0,
+        cell_zoneout: float = 0.0,
         pool: str = "last",
     ) -> None:
         super().__init__()
@@ -115,6 +128,7 @@ class SequenceClassifier(nn.Module):
         self.recurrent = make_layer(
             cell, input_size, hidden_size, num_layers=num_layers, bidirectional=bidirectional,
             backend=backend, dropout=dropout if num_layers > 1 else 0.0, weight_drop=weight_drop,
+            cell_zoneout=cell_zoneout,
         )  # fmt: skip
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
 

@@ -13,6 +13,10 @@ recurrent weights (AWD-LSTM's weight drop). In training each forward zeroes ever
 ``weight_hh`` with that probability and scales the rest by 1/(1 - p); one mask for the whole batch
 and every step, so every backend runs its fused recurrence unchanged on the masked weight, and the
 gradient reaches the parameter through the mask. The parameters and the ``state_dict`` stay torch's.
+
+The LSTM's extra keyword ``cell_zoneout`` is zoneout of the cell state (`rnnkit.zoneout`): in
+training each unit keeps its previous cell state at each step with that probability, at inference
+the cell takes the expectation.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from torch.utils.hooks import RemovableHandle
 
 from kernels import _onednn
-from rnnkit import functional
+from rnnkit import functional, zoneout
 from rnnkit._checks import check_dtype_device, check_floating, check_lengths, check_probability, check_tensor
 from rnnkit.autograd import StepGradients, StepRecord
 from rnnkit.backends import backend_name, check_backend_name
@@ -158,16 +162,29 @@ class _RecurrentLayer(nn.RNNBase):
     """The forward of a multi-layer, optionally bidirectional recurrent layer."""
 
     weight_drop: float = 0.0  # also what a module pickled before the keyword existed reads
+    cell_zoneout: float = 0.0  # the LSTM's (the same)
 
-    def __init__(self, mode: str, *args, backend: str = "auto", weight_drop: float = 0.0, **kwargs) -> None:
+    def __init__(
+        self,
+        mode: str,
+        *args,
+        backend: str = "auto",
+        weight_drop: float = 0.0,
+        cell_zoneout: float = 0.0,
+        **kwargs,
+    ) -> None:
         super().__init__(mode, *args, **kwargs)
         self.backend = check_backend_name(backend)
         self.weight_drop = check_probability("weight_drop", weight_drop)
+        self.cell_zoneout = check_probability("cell_zoneout", cell_zoneout)
+        if self.cell_zoneout and mode != "LSTM":
+            raise ValueError(f"cell_zoneout: only the LSTM has a cell state to zone out, got {mode}")
         self._step_grad_hooks: OrderedDict[int, StepGradHook] = OrderedDict()
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
         s = s if self.weight_drop == 0 else f"{s}, weight_drop={self.weight_drop}"
+        s = s if self.cell_zoneout == 0 else f"{s}, cell_zoneout={self.cell_zoneout}"
         return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
 
     def _recurrent_weight(self, layer: int, dtype: torch.dtype) -> torch.Tensor:
@@ -244,11 +261,28 @@ class _RecurrentLayer(nn.RNNBase):
         kw = {"lengths": lengths, "backend": self.backend, "record": record}
         if self.mode == "LSTM":
             w_hr = _stack(self._params(layer, "weight_hr", x.dtype)) if self.proj_size > 0 else None
+            if self.cell_zoneout > 0 and not self.training:
+                return self._expected_zoneout(gx, w_hh, h0, c0, w_hr, lengths, record)
+            if self.cell_zoneout > 0:
+                gx = zoneout.zone_gates(gx, zoneout.sample(gx, self.cell_zoneout))
             return functional.lstm(gx, w_hh, h0, c0, w_hr=w_hr, **kw)
         if self.mode == "GRU":
             return (*functional.gru(gx, w_hh, b_hn, h0, **kw), None)
         nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
         return (*functional.rnn(gx, w_hh, h0, nonlinearity=nonlinearity, **kw), None)
+
+    def _expected_zoneout(self, gx, w_hh, h0, c0, w_hr, lengths, record):
+        # inference with cell zoneout: the expectation, in torch ops (rnnkit.zoneout.expected_lstm)
+        if record is not None and record.active and torch.is_grad_enabled():
+            raise RuntimeError(
+                f"register_step_grad_hook: an LSTM with cell_zoneout={self.cell_zoneout} runs its "
+                "inference recurrence (zoneout's expectation) in torch ops, which keep no per-step "
+                "record; call .train() to record the training recurrence, or remove the hook"
+            )
+        y, h_n, c_n, _, _ = zoneout.expected_lstm(
+            gx, w_hh, h0, c0, p=self.cell_zoneout, w_hr=w_hr, lengths=lengths
+        )  # fmt: skip
+        return y, h_n, c_n
 
     def _initial_states(self, hx, batched: bool, batch: int, x: torch.Tensor):
         if hx is None:
@@ -298,7 +332,8 @@ class _RecurrentLayer(nn.RNNBase):
         lengths: torch.Tensor | Sequence[int] | None = None,
     ) -> list[LayerActivations]:
         """Every layer's gate activations for this input (no dropout or weight drop, no graph), for
-        diagnostics.
+        diagnostics. With ``cell_zoneout`` p, the gates the cell applies at inference: i scaled by
+        1 - p, f = p + (1 - p) σ(a_f).
 
         Args:
             input, hx, lengths: as for ``forward``.
@@ -321,12 +356,18 @@ class _RecurrentLayer(nn.RNNBase):
         for layer in range(self.num_layers):
             states = slice(layer * D, (layer + 1) * D)
             gx, b_hn = self._input_projection(layer, layer_input)
-            y, gates, cell = functional.activations(
-                self.mode, gx, _stack(self._params(layer, "weight_hh", x.dtype)),
-                None if h0 is None else h0[states], None if c0 is None else c0[states],
-                w_hr=_stack(self._params(layer, "weight_hr", x.dtype)) if self.proj_size > 0 else None,
-                b_hn=b_hn, lengths=lengths, backend=self.backend,
-            )  # fmt: skip
+            w_hh = _stack(self._params(layer, "weight_hh", x.dtype))
+            w_hr = _stack(self._params(layer, "weight_hr", x.dtype)) if self.proj_size > 0 else None
+            h0_l, c0_l = (None if h0 is None else h0[states]), (None if c0 is None else c0[states])
+            if self.cell_zoneout > 0:  # the gates the cell applies at inference: i', f' of the expectation
+                y, _, _, gates, cell = zoneout.expected_lstm(
+                    gx, w_hh, h0_l, c0_l, p=self.cell_zoneout, w_hr=w_hr, lengths=lengths
+                )  # fmt: skip
+            else:
+                y, gates, cell = functional.activations(
+                    self.mode, gx, w_hh, h0_l, c0_l, w_hr=w_hr, b_hn=b_hn, lengths=lengths,
+                    backend=self.backend,
+                )  # fmt: skip
             acts = LayerActivations(
                 layer, gates, cell, y, lengths, gx, b_hn,
                 None if h0 is None else h0[states], None if c0 is None else c0[states],
@@ -344,6 +385,8 @@ class _RecurrentLayer(nn.RNNBase):
         if not _torch_fused(self.backend, x, tensors) or _needs_grad(x, tensors):
             return None
         if self.training and (self.weight_drop > 0 or (self.dropout > 0 and self.num_layers > 1)):
+            return None
+        if self.cell_zoneout > 0:  # masks in training, the expectation at inference: rnnkit's own
             return None
         T, B, _ = x.shape
         rows = self.num_layers * self._directions
@@ -477,8 +520,9 @@ class RNN(_RecurrentLayer):
 
 
 class LSTM(_RecurrentLayer):
-    """`torch.nn.LSTM` (with proj_size) on rnnkit's backends; extra keywords ``backend`` and
-    ``weight_drop`` (DropConnect on weight_hh in training; see the module's docstring).
+    """`torch.nn.LSTM` (with proj_size) on rnnkit's backends; extra keywords ``backend``,
+    ``weight_drop`` (DropConnect on weight_hh in training) and ``cell_zoneout`` (zoneout of the cell
+    state; see the module's docstring and `rnnkit.zoneout`).
 
     Arguments as torch.nn.LSTM's, by position or keyword: input_size, hidden_size, num_layers=1,
     bias=True, batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device, dtype.
@@ -488,8 +532,12 @@ class LSTM(_RecurrentLayer):
         >>> output, (h_n, c_n) = lstm(torch.randn(100, 30, 6))  # [100, 30, 400], [2, 30, 200]
     """
 
-    def __init__(self, *args, backend: str = "auto", weight_drop: float = 0.0, **kwargs) -> None:
-        super().__init__("LSTM", *args, backend=backend, weight_drop=weight_drop, **kwargs)
+    def __init__(
+        self, *args, backend: str = "auto", weight_drop: float = 0.0, cell_zoneout: float = 0.0, **kwargs
+    ) -> None:
+        super().__init__(
+            "LSTM", *args, backend=backend, weight_drop=weight_drop, cell_zoneout=cell_zoneout, **kwargs
+        )
 
 
 class GRU(_RecurrentLayer):

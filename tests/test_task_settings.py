@@ -13,6 +13,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from rnnkit._checks import ArgumentError
 from rnnkit.models import SequenceClassifier, _pool
 from rnnkit.train import Progress, Run, SineConfig, TrainConfig, plan_training, train_sine
 from rnnkit.train.loop import learning_rate
@@ -128,15 +129,37 @@ def test_chrono_initialisation_reaches_the_model(tiny_mnist):
     torch.testing.assert_close(layer.bias_ih_l0[:32], -forget)
 
 
-def test_weight_drop_reaches_the_model(tiny_mnist):
-    """--weight-drop is the recurrent layer's DropConnect probability (off unless given)."""
+@pytest.mark.parametrize("option, attribute", [("weight_drop", "weight_drop"), ("zoneout", "cell_zoneout")])
+def test_regularisers_reach_the_model(tiny_mnist, option, attribute):
+    """--weight-drop is the recurrent layer's DropConnect probability, --zoneout the LSTM's
+    cell_zoneout; both off unless given (permuted MNIST's defaults included)."""
     from rnnkit.train import make_task
 
     task = make_task("mnist")
-    cfg = mnist_config(tiny_mnist, weight_drop=0.25, hidden=16)
+    cfg = mnist_config(tiny_mnist, **{option: 0.25}, hidden=16)
     task.prepare(cfg, print)
-    assert task.build_model(cfg).recurrent.weight_drop == 0.25
-    assert plan_training({"task": "mnist", "permuted": True}).config.weight_drop == 0.0
+    assert getattr(task.build_model(cfg).recurrent, attribute) == 0.25
+    assert getattr(plan_training({"task": "mnist", "permuted": True}).config, option) == 0.0
+
+
+def test_zoneout_needs_the_lstm():
+    with pytest.raises(ArgumentError, match="zones out the LSTM's cell state: it needs --cell lstm, got gru"):
+        plan_training({"task": "mnist", "cell": "gru", "zoneout": 0.1})
+    with pytest.raises(ArgumentError, match=r"expected a probability in \[0, 1\), got 1.0"):
+        plan_training({"task": "mnist", "zoneout": 1.0})
+
+
+def test_datasets_evaluate_in_batches_of_at_least_512(tiny_mnist):
+    """A dataset's splits are the same examples however they are batched, so evaluation takes at least
+    512 at a time (fewer launches on a GPU); a synthetic task's eval set is drawn per batch, and keeps
+    the training's batch size (its examples would change)."""
+    from rnnkit.train import make_task
+
+    cfg = mnist_config(tiny_mnist, hidden=16)
+    assert make_task("mnist").eval_batch_size(cfg) == 512
+    assert make_task("mnist").eval_batch_size(mnist_config(tiny_mnist, batch_size=1000)) == 1000
+    adding = plan_training({"task": "adding", "batch_size": 50}).config
+    assert make_task("adding").eval_batch_size(adding) == 50
 
 
 def test_a_run_saved_before_weight_drop_resumes_without_it(tmp_path):

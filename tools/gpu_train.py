@@ -37,6 +37,9 @@ JOBS = {
     # drop (training 98.6%) and underfits with 0.1 (89.9%), so half of that, and twice the units with 0.1
     "permuted-wd0.05": ["--task", "mnist", "--permuted", "--weight-drop", "0.05"],
     "permuted-h256-wd0.1": ["--task", "mnist", "--permuted", "--hidden", "256", "--weight-drop", "0.1"],
+    # zoneout of the LSTM's cell state (Krueger et al. 2016 report it on this task), two probabilities
+    "permuted-zo0.15": ["--task", "mnist", "--permuted", "--zoneout", "0.15"],
+    "permuted-zo0.3": ["--task", "mnist", "--permuted", "--zoneout", "0.3"],
     # pixel without its default weight drop (0.15): that A/B on the GPU, where the row was measured
     "pixel-wd0": ["--task", "mnist", "--pixel", "--weight-drop", "0"],
     "rows": ["--task", "mnist"],

@@ -54,7 +54,7 @@ VARIANT_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
 # the options each task uses; any other given is refused (silently ignoring it would mislead)
 _MINIBATCH = ("cell", "epochs", "batch_size", "lr", "optimizer", "clip", "hidden", "layers", "seed",
               "device", "backend", "checkpoint_every", "log_every", "diagnose", "compile", "val_fraction",
-              "limit", "schedule", "dropout", "weight_drop", "bidirectional", "init")  # fmt: skip
+              "limit", "schedule", "dropout", "weight_drop", "zoneout", "bidirectional", "init")  # fmt: skip
 TASK_OPTIONS: dict[str, tuple[str, ...]] = {
     "mnist": (*_MINIBATCH, "data_dir", "download", "dataset", "pixel", "permuted", "pool"),
     "imdb": (*_MINIBATCH, "data_dir", "download", "max_len", "pool"),

@@ -58,6 +58,7 @@ class TrainConfig:
     # "late-cosine": constant for the first three quarters of the steps, then a cosine to 0
     dropout: float = 0.0  # on the inputs of every layer after the first, and before the head
     weight_drop: float = 0.0  # DropConnect on the recurrent weights (weight_hh), one mask per batch
+    zoneout: float = 0.0  # LSTM: zoneout of the cell state, per unit and step (rnnkit.zoneout)
     bidirectional: bool = False
     init: str = "default"  # rnnkit.init's scheme: default, orthogonal, identity, chrono (T: the task's steps)
     pool: str = "last"  # classifiers: the head reads the final state, or the outputs' max or mean
@@ -96,10 +97,14 @@ class TrainConfig:
             )
         if self.schedule != "constant" and self.optimizer == "lbfgs":
             raise ArgumentError("schedule", "LBFGS sets its own step length: use --schedule constant with it")
-        for name in ("dropout", "weight_drop"):
+        for name in ("dropout", "weight_drop", "zoneout"):
             p = getattr(self, name)
             if not 0 <= p < 1:
                 raise ArgumentError(name, f"expected a probability in [0, 1), got {p}")
+        if self.zoneout and self.cell != "lstm":
+            raise ArgumentError(
+                "zoneout", f"zones out the LSTM's cell state: it needs --cell lstm, got {self.cell}"
+            )
         for name in ("epochs", "batch_size", "hidden", "layers", "log_every", "steps_per_epoch", "max_len"):
             check_at_least(name, getattr(self, name), 1)
         check_at_least("limit", self.limit, 1, "at least 1 example per split (or no --limit: all)")
@@ -183,7 +188,7 @@ def evaluate(
     model.eval()
     total_loss = total_metric = count = examples = 0.0
     with torch.no_grad():
-        for key in task.eval_keys(split, cfg.batch_size):
+        for key in task.eval_keys(split, task.eval_batch_size(cfg)):
             batch = task.load(split, key, device)
             loss, metric, n = task.score(model(batch.inputs, batch.lengths), batch)
             b = batch.inputs.shape[1]

@@ -23,7 +23,7 @@ from rnnkit.train.run import Run, RunFolderError
 from rnnkit.train.sine import SineConfig
 
 _MINIBATCH = ("cell", "epochs", "batch_size", "lr", "optimizer", "schedule", "clip", "hidden", "layers",
-              "bidirectional", "dropout", "weight_drop", "init", "seed", "val_fraction", "limit",
+              "bidirectional", "dropout", "weight_drop", "zoneout", "init", "seed", "val_fraction", "limit",
               "data_dir", "device", "backend")  # fmt: skip
 _PER_TASK = {  # the settings a command line shows, where they differ from the task's defaults
     "sine": ("cell", "epochs", "lr", "hidden", "window", "noise", "seed", "device", "backend"),

@@ -1,0 +1,122 @@
+"""Zoneout of the LSTM's cell state (Krueger et al. 2016, "Zoneout: regularizing RNNs by randomly
+preserving hidden activations"), the layers' ``cell_zoneout=p``.
+
+In training, at every step each unit of each sequence (and direction) keeps its previous cell state
+with probability p, a fresh draw for every step:
+
+    c_t = d ⊙ c_{t-1} + (1 - d) ⊙ (f ⊙ c_{t-1} + i ⊙ g),   d ~ Bernoulli(p);   h_t = o ⊙ tanh(c_t)
+
+At inference the cell takes the expectation, c_t = p c_{t-1} + (1 - p)(f ⊙ c_{t-1} + i ⊙ g), as the
+paper does (dropout's rescaling, for a unit that keeps its state).
+
+Training runs every backend's fused recurrence unchanged. A zoned unit's step is the LSTM's own step
+with i = 0 and f = 1, and `zone_gates` gets exactly that from the input pre-activations: it moves a
+zoned unit's input-gate pre-activation down by SATURATE and its forget gate's up, where σ is 0 and 1
+in float32 (the CPU step's exp stops at 2^-126: i ≤ 1e-38 there). The backward needs nothing either:
+the derivative each backend takes of σ is s (1 - s), 0 at s = 0 and 1, so those two pre-activations
+get no gradient, and δc_{t-1} = f δc_t = δc_t, which is zoneout's derivative.
+
+Inference has no mask to fold into the pre-activations (f' = p + (1 - p) σ(a) is no σ of a shifted
+a), so `expected_lstm` runs it: a loop of torch ops on any device, differentiable by autograd.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnkit._checks import check_probability
+from rnnkit.autograd import no_autocast
+from rnnkit.functional import _check_common
+
+# the shift of a zoned unit's i and f pre-activations: σ(±SATURATE + a) is 1 or 0 in float32 for any
+# |a| < 2^13 (|a| is at most |x W_ih| + Σ|W_hh| + |b|: tens), and it stays finite in float16
+SATURATE = 2.0**14
+
+
+def sample(gx: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One zoneout mask for a training forward: [T, B, D, H] bool, True where a unit keeps its cell
+    state at that step (probability p), for gx [T, B, D, 4H]."""
+    T, B, D, G = gx.shape
+    return torch.rand(T, B, D, G // 4, device=gx.device, generator=generator) < p
+
+
+def zone_gates(gx: torch.Tensor, zoned: torch.Tensor) -> torch.Tensor:
+    """gx [T, B, D, 4H] (gates i, f, g, o) with the units of ``zoned`` [T, B, D, H] (bool) made to keep
+    their cell state: i's pre-activation lowered by SATURATE, f's raised. A new tensor; the gradient
+    reaches gx unchanged (and is zero at the zoned i and f, from the recurrence's backward)."""
+    H = gx.shape[-1] // 4
+    if zoned.shape != (*gx.shape[:-1], H) or zoned.dtype != torch.bool:
+        raise ValueError(
+            f"zoned: expected a bool tensor of shape {[*gx.shape[:-1], H]}, "
+            f"got {zoned.dtype} {list(zoned.shape)}"
+        )
+    shift = zoned.to(gx.dtype) * SATURATE
+    return torch.cat((gx[..., :H] - shift, gx[..., H : 2 * H] + shift, gx[..., 2 * H :]), dim=-1)
+
+
+def expected_lstm(
+    gx: torch.Tensor,
+    w_hh: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    c0: torch.Tensor | None = None,
+    *,
+    p: float,
+    w_hr: torch.Tensor | None = None,
+    lengths: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The LSTM at inference with cell zoneout p: the input gate scaled by 1 - p, the forget gate
+    p + (1 - p) f. Arguments and layout as `rnnkit.functional.lstm`'s; p = 0 is the plain LSTM.
+
+    Returns:
+        y [T, B, D, P], h_n [D, B, P], c_n [D, B, H], the gates the cell applied [T, B, D, 4H]
+        (i', f', g, o) and c_t [T, B, D, H]; per-step tensors zero past each length. In gx's dtype,
+        computed in float32 (float64 for float64), differentiable.
+    """
+    p = check_probability("p", p)
+    B, D, H, P, lengths = _check_common(gx, w_hh, "lstm", None if w_hr is None else w_hr.shape[1], lengths)
+    with no_autocast(gx.device.type):  # float32 math under autocast too, as the kernels
+        return _expected_lstm(gx, w_hh, h0, c0, p, w_hr, lengths, B, D, H, P)
+
+
+def _expected_lstm(gx, w_hh, h0, c0, p, w_hr, lengths, B, D, H, P):
+    T = gx.shape[0]
+    ct = torch.float64 if gx.dtype == torch.float64 else torch.float32
+    ys, hs, cs, gates, cells = [], [], [], [], []
+    for d in range(D):
+        w = w_hh[d].to(ct)
+        w_r = None if w_hr is None else w_hr[d].to(ct)
+        h = gx.new_zeros(B, P, dtype=ct) if h0 is None else h0[d].to(ct)
+        c = gx.new_zeros(B, H, dtype=ct) if c0 is None else c0[d].to(ct)
+        y_d, g_d, c_d = [None] * T, [None] * T, [None] * T
+        for t in range(T) if d == 0 else reversed(range(T)):
+            pre = torch.addmm(gx[t, :, d].to(ct), h, w.T)
+            i, f, g, o = pre.chunk(4, dim=-1)
+            i = (1 - p) * torch.sigmoid(i)
+            f = p + (1 - p) * torch.sigmoid(f)
+            g, o = torch.tanh(g), torch.sigmoid(o)
+            c_new = f * c + i * g
+            h_new = o * torch.tanh(c_new)
+            if w_r is not None:
+                h_new = h_new @ w_r.T
+            step_gates = torch.cat((i, f, g, o), dim=-1)
+            if lengths is not None:
+                v = (t < lengths)[:, None]
+                h_new, c_new = torch.where(v, h_new, 0.0), torch.where(v, c_new, 0.0)
+                step_gates = torch.where(v, step_gates, 0.0)
+                h, c = torch.where(v, h_new, h), torch.where(v, c_new, c)
+            else:
+                h, c = h_new, c_new
+            y_d[t], g_d[t], c_d[t] = h_new, step_gates, c_new
+        ys.append(torch.stack(y_d))
+        gates.append(torch.stack(g_d))
+        cells.append(torch.stack(c_d))
+        hs.append(h)
+        cs.append(c)
+    dtype = gx.dtype
+    return (
+        torch.stack(ys, dim=2).to(dtype),
+        torch.stack(hs).to(dtype),
+        torch.stack(cs).to(dtype),
+        torch.stack(gates, dim=2).to(dtype),
+        torch.stack(cells, dim=2).to(dtype),
+    )

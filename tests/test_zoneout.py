@@ -1,0 +1,219 @@
+"""Zoneout of the LSTM's cell state (`rnnkit.zoneout`, the layers' ``cell_zoneout``): the training
+recurrence of every backend, on the shifted pre-activations, is zoneout's, every output and gradient
+against zoneout written out step by step; inference is its expectation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnkit
+from rnnkit import functional, zoneout
+from rnnkit.models import make_layer
+from tests._testing import DEVICE, assert_close
+
+
+def _zoneout_loop(gx, w_hh, h0, c0, zoned, w_hr=None, lengths=None):
+    # zoneout as the paper writes it, one step at a time in torch ops (autograd gives the gradients):
+    # c_t = d c_{t-1} + (1 - d)(f c_{t-1} + i g), h_t = o tanh(c_t) (W_hr projects it), d = zoned
+    T, _, D, _ = gx.shape
+    ys, hs, cs = [], [], []
+    for d in range(D):
+        h, c = h0[d], c0[d]
+        y = [None] * T
+        for t in range(T) if d == 0 else reversed(range(T)):
+            i, f, g, o = (gx[t, :, d] + h @ w_hh[d].T).chunk(4, dim=-1)
+            candidate = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            keep = zoned[t, :, d].to(gx.dtype)
+            c_new = keep * c + (1 - keep) * candidate
+            h_new = torch.sigmoid(o) * torch.tanh(c_new)
+            h_new = h_new if w_hr is None else h_new @ w_hr[d].T
+            if lengths is not None:
+                valid = (t < lengths)[:, None]
+                h_new, c_new = torch.where(valid, h_new, h), torch.where(valid, c_new, c)
+                y[t] = torch.where(valid, h_new, 0.0)
+            else:
+                y[t] = h_new
+            h, c = h_new, c_new
+        ys.append(torch.stack(y))
+        hs.append(h)
+        cs.append(c)
+    return torch.stack(ys, dim=2), torch.stack(hs), torch.stack(cs)
+
+
+def _inputs(T, B, D, H, P, dtype, device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(device, dtype)
+
+    tensors = {
+        "gx": rand(T, B, D, 4 * H),
+        "w_hh": rand(D, 4 * H, P, scale=0.4),
+        "h0": rand(D, B, P),
+        "c0": rand(D, B, H),
+    }
+    if P != H:
+        tensors["w_hr"] = rand(D, P, H, scale=0.4)
+    zoned = (torch.rand(T, B, D, H, generator=gen) < 0.3).to(device)
+    return tensors, zoned
+
+
+def _run(fn, tensors, seed=1):
+    # fn(**leaves) -> (y, h_n, c_n); returns those and the gradient of every input, for fixed upstream
+    # gradients
+    leaves = {k: v.clone().requires_grad_() for k, v in tensors.items()}
+    outputs = fn(**leaves)
+    gen = torch.Generator().manual_seed(seed)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o)).sum() for o in outputs)
+    loss.backward()
+    result = dict(zip(("y", "h_n", "c_n"), outputs, strict=True))
+    result.update({f"grad_{k}": v.grad for k, v in leaves.items()})
+    return result
+
+
+CASES = [  # (backend, dtype, projection): the float32 reference on the CPU runs its C step
+    pytest.param("reference", torch.float64, False, id="reference-f64"),
+    pytest.param("reference", torch.float64, True, id="reference-f64-proj"),
+    pytest.param("reference", torch.float32, False, id="reference-f32"),
+    pytest.param("triton", torch.float32, False, id="triton", marks=pytest.mark.interpreter),
+    pytest.param("triton", torch.float32, True, id="triton-proj", marks=pytest.mark.interpreter),
+]
+
+
+# the interpreter computes σ(-2^14) as 1 / (1 + exp(2^14)) in numpy, whose exp warns of the inf (σ = 0)
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+@pytest.mark.parametrize("backend, dtype, projection", CASES)
+@pytest.mark.parametrize("lengths", [None, [5, 2, 4]], ids=["dense", "lengths"])
+def test_zoned_gates_run_zoneout_on_every_backend(backend, dtype, projection, lengths):
+    """A backend's LSTM on `zone_gates`' pre-activations is zoneout with that mask: outputs, final
+    states and the gradients of gx, W_hh, h0, c0 (and W_hr), both directions."""
+    T, B, D, H = 5, 3, 2, 6
+    P = 4 if projection else H
+    tensors, zoned = _inputs(T, B, D, H, P, dtype, DEVICE)
+    lens = None if lengths is None else torch.tensor(lengths, device=DEVICE)
+
+    def ours(gx, w_hh, h0, c0, w_hr=None):
+        gz = zoneout.zone_gates(gx, zoned)
+        return functional.lstm(gz, w_hh, h0, c0, w_hr=w_hr, lengths=lens, backend=backend)
+
+    def written_out(gx, w_hh, h0, c0, w_hr=None):
+        return _zoneout_loop(gx, w_hh, h0, c0, zoned, w_hr, lens)
+
+    got, want = _run(ours, tensors), _run(written_out, tensors)
+    for name in want:
+        assert_close(name, got[name], want[name], dtype)
+    # zoned units: exactly no gradient reaches the input and forget gates' pre-activations
+    dgx = got["grad_gx"].reshape(T, B, D, 4, H)
+    assert (dgx[:, :, :, 0][zoned] == 0).all() and (dgx[:, :, :, 1][zoned] == 0).all()
+
+
+def test_the_layer_zones_out_in_training_with_a_fresh_mask_every_step():
+    """LSTM(cell_zoneout=p).train() is zoneout with the mask `sample` draws (about p of the units, a
+    new draw at every step and for every sequence), every parameter's gradient included."""
+    p = 0.4
+    layer = rnnkit.LSTM(3, 40, bidirectional=True, cell_zoneout=p, backend="reference").double()
+    x = torch.randn(6, 5, 3, dtype=torch.float64)
+    torch.manual_seed(11)
+    out, (h_n, c_n) = layer(x)
+    # the same draw again, from the same state of the generator
+    torch.manual_seed(11)
+    gx, _ = layer._input_projection(0, x)
+    zoned = zoneout.sample(gx, p)
+    assert abs(zoned.double().mean().item() - p) < 0.03
+    assert not torch.equal(zoned[0], zoned[1]) and not torch.equal(zoned[:, 0], zoned[:, 1])
+    w_hh = torch.stack([layer.weight_hh_l0, layer.weight_hh_l0_reverse])
+    y, h, c = _zoneout_loop(gx, w_hh, torch.zeros(2, 5, 40).double(), torch.zeros(2, 5, 40).double(), zoned)
+    assert_close("output", out, y.reshape(6, 5, 80))
+    assert_close("h_n", h_n, h)
+    assert_close("c_n", c_n, c)
+    with torch.no_grad():
+        assert not torch.equal(layer(x)[0], out), "two training forwards drew the same mask"
+
+
+def test_inference_is_the_expectation():
+    """In eval mode the cell takes zoneout's expectation. One step from a given state, c_1 is linear in
+    the mask, so the mean of c_1 over many training draws (4000 copies of one sequence in a batch) is
+    the inference's c_1, within the sampling error."""
+    p, B = 0.3, 4000
+    layer = rnnkit.LSTM(2, 5, cell_zoneout=p, backend="reference").double()
+    x = torch.randn(1, 1, 2, dtype=torch.float64).expand(1, B, 2)
+    state = (torch.randn(1, 1, 5).double().expand(1, B, 5), torch.randn(1, 1, 5).double().expand(1, B, 5))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        c_train = layer.train()(x, state)[1][1]  # [1, B, 5]
+        c_eval = layer.eval()(x, state)[1][1]
+    assert torch.equal(c_eval, layer(x, state)[1][1].detach()), "inference is deterministic"
+    spread = c_train.std(dim=1)
+    err = (c_train.mean(dim=1) - c_eval[:, 0]).abs()
+    assert (err <= 5 * spread / B**0.5 + 1e-12).all(), (err, spread)
+    # and not the plain LSTM's: the cell keeps p of its state
+    plain = nn.LSTM(2, 5).double()
+    plain.load_state_dict(layer.state_dict())
+    assert not torch.allclose(plain(x, state)[1][1], c_eval)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("proj_size", [0, 3])
+def test_the_expectation_at_zero_is_torch_lstm(bidirectional, proj_size):
+    """`expected_lstm` with p = 0 is torch.nn.LSTM (packed variable lengths, projection, both
+    directions): every output and the gradient of every input."""
+    torch.manual_seed(2)
+    theirs = nn.LSTM(3, 6, bidirectional=bidirectional, proj_size=proj_size).double()
+    ours = rnnkit.LSTM(3, 6, bidirectional=bidirectional, proj_size=proj_size).double()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(7, 4, 3, dtype=torch.float64)
+    lengths = torch.tensor([7, 3, 5, 1])
+
+    def expected(x):
+        gx, _ = ours._input_projection(0, x)
+        w_hh = torch.stack(ours._params(0, "weight_hh"))
+        w_hr = torch.stack(ours._params(0, "weight_hr")) if proj_size else None
+        y, h_n, c_n, _, _ = zoneout.expected_lstm(gx, w_hh, p=0.0, w_hr=w_hr, lengths=lengths)
+        return y.reshape(7, 4, -1), h_n, c_n
+
+    def torch_nn(x):
+        out, (h_n, c_n) = theirs(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        return pad_packed_sequence(out, total_length=7)[0], h_n, c_n
+
+    got = _run(lambda x: expected(x), {"x": x})
+    want = _run(lambda x: torch_nn(x), {"x": x})
+    for name in want:
+        assert_close(name, got[name], want[name])
+
+
+def test_gate_activations_are_those_the_cell_applies():
+    p = 0.25
+    layer = rnnkit.LSTM(3, 4, cell_zoneout=p).double()
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    acts = layer.gate_activations(x)[0]
+    i, f = acts.gates[..., :4], acts.gates[..., 4:8]
+    assert i.max() <= 1 - p and f.min() >= p
+    with torch.no_grad():
+        assert_close("y", acts.y.reshape(5, 2, 4), layer.eval()(x)[0])
+
+
+def test_settings_and_errors():
+    layer = rnnkit.LSTM(3, 4, cell_zoneout=0.2)
+    assert "cell_zoneout=0.2" in repr(layer)
+    nn.LSTM(3, 4).load_state_dict(layer.state_dict())  # the parameters stay torch's
+    for p in (-0.1, 1.0, "0.2"):
+        with pytest.raises(ValueError, match=r"cell_zoneout: expected a probability in \[0, 1\), got"):
+            rnnkit.LSTM(3, 4, cell_zoneout=p)
+    with pytest.raises(ValueError, match="cell_zoneout: only the LSTM has a cell state to zone out, got GRU"):
+        rnnkit.GRU(3, 4, cell_zoneout=0.1)
+    with pytest.raises(
+        ValueError, match="cell_zoneout: only the LSTM has a cell state to zone out, got cell 'gru'"
+    ):
+        make_layer("gru", 3, 4, cell_zoneout=0.1)
+    gx = torch.zeros(2, 1, 1, 8)
+    with pytest.raises(ValueError, match=r"zoned: expected a bool tensor of shape \[2, 1, 1, 2\]"):
+        zoneout.zone_gates(gx, torch.zeros(2, 1, 1, 2))
+    # the per-step record: the training recurrence has it; the expectation's torch ops do not
+    layer.register_step_grad_hook(lambda m, i, g: None)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    layer.train()(x)[0].sum().backward()
+    with pytest.raises(RuntimeError, match=r"register_step_grad_hook: an LSTM with cell_zoneout=0.2"):
+        layer.eval()(x)
