@@ -128,6 +128,13 @@ def flush_denormals(device: torch.device) -> Iterator[None]:
         torch.set_flush_denormal(False)
 
 
+@contextlib.contextmanager
+def _reference_math(precision: str, device: torch.device) -> Iterator[None]:
+    # what every forward and backward here runs in: its products' precision, denormals flushed
+    with fp32_products(precision, device), flush_denormals(device):
+        yield
+
+
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
     """The dtype the math runs in: float64 for float64 storage, float32 for everything else."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
@@ -237,7 +244,7 @@ def rnn_fwd(
     Returns:
         RNNForward(y [T, B, D, H], h_n [D, B, H]) in gx's dtype.
     """
-    with fp32_products(precision, gx.device), flush_denormals(gx.device):
+    with _reference_math(precision, gx.device):
         T, B, D, H = gx.shape
         ct = compute_dtype(gx)
         act = torch.tanh if nonlinearity == "tanh" else torch.relu
@@ -275,7 +282,7 @@ def rnn_bwd(
     Returns:
         RNNBackward(dgx [T, B, D, H], dh0 [D, B, H], dh_steps [T, B, D, H] float32 or None).
     """
-    with fp32_products(precision, y.device), flush_denormals(y.device):
+    with _reference_math(precision, y.device):
         T, B, D, H = y.shape
         ct = compute_dtype(y)
         yp = _processing_order(y).to(ct)
@@ -326,7 +333,7 @@ def lstm_fwd(
         LSTMForward(y [T, B, D, P], h_n [D, B, P], c_n [D, B, H],
         gates [T, B, D, 4H] or None, c_steps [T, B, D, H] or None), in gx's dtype.
     """
-    with fp32_products(precision, gx.device), flush_denormals(gx.device):
+    with _reference_math(precision, gx.device):
         T, B, D, G = gx.shape
         H, P = G // 4, w_hh.shape[2]
         ct = compute_dtype(gx)
@@ -406,7 +413,7 @@ def lstm_bwd(
         dh_steps [T, B, D, P] float32 comes with record=True and always with w_hr (the
         projection's weight gradient needs it); dc_steps [T, B, D, H] float32 with record=True.
     """
-    with fp32_products(precision, gates.device), flush_denormals(gates.device):
+    with _reference_math(precision, gates.device):
         T, B, D, G = gates.shape
         H, P = G // 4, w_hh.shape[2]
         ct = compute_dtype(gates)
@@ -537,7 +544,7 @@ def gru_fwd(
         GRUForward(y [T, B, D, H], h_n [D, B, H], gates [T, B, D, 3H] or None,
         ghn [T, B, D, H] or None), in gx's dtype.
     """
-    with fp32_products(precision, gx.device), flush_denormals(gx.device):
+    with _reference_math(precision, gx.device):
         T, B, D, G = gx.shape
         H = G // 3
         ct = compute_dtype(gx)
@@ -597,7 +604,7 @@ def gru_bwd(
         dh_steps [T, B, D, H] float32 or None). The hidden side's gate gradient is
         (dgx_r, dgx_z, dghn): dW_hh and db_hh come from it.
     """
-    with fp32_products(precision, gates.device), flush_denormals(gates.device):
+    with _reference_math(precision, gates.device):
         T, B, D, G = gates.shape
         H = G // 3
         ct = compute_dtype(gates)
