@@ -52,13 +52,14 @@ void rnnkit_activations(const float *restrict x, float *restrict s, float *restr
     }
 }
 
-/* One row of the forward: p [4H] pre-activations (i, f, g, o), cp [H] c_{t-1}
- * -> a [4H] activated gates, c [H] = f c_{t-1} + i g, h [H] = o tanh(c) */
-static inline void lstm_row(const float *restrict p, const float *restrict cp, float *restrict a,
-                            float *restrict c, float *restrict h, int64_t H) {
+/* One row of the forward: p [4H] the recurrent product and x [4H] the input's part, whose sum is the
+ * pre-activations (i, f, g, o); cp [H] c_{t-1} -> a [4H] activated gates, c [H] = f c_{t-1} + i g,
+ * h [H] = o tanh(c) */
+static inline void lstm_row(const float *restrict p, const float *restrict x, const float *restrict cp,
+                            float *restrict a, float *restrict c, float *restrict h, int64_t H) {
     for (int64_t j = 0; j < H; j++) {
-        float i = sigmoid_f(p[j]), f = sigmoid_f(p[H + j]);
-        float g = tanh_f(p[2 * H + j]), o = sigmoid_f(p[3 * H + j]);
+        float i = sigmoid_f(p[j] + x[j]), f = sigmoid_f(p[H + j] + x[H + j]);
+        float g = tanh_f(p[2 * H + j] + x[2 * H + j]), o = sigmoid_f(p[3 * H + j] + x[3 * H + j]);
         float cn = f * cp[j] + i * g;
         a[j] = i;
         a[H + j] = f;
@@ -69,17 +70,20 @@ static inline void lstm_row(const float *restrict p, const float *restrict cp, f
     }
 }
 
-/* Forward, every row a real step: pre [R, 4H], c_prev [R, H] -> gates [R, 4H], c, h [R, H] */
-void rnnkit_lstm_fwd_step(const float *restrict pre, const float *restrict c_prev,
-                          float *restrict gates, float *restrict c, float *restrict h,
-                          int64_t R, int64_t H) {
+/* Forward, every row a real step: pre [R, 4H] h_{t-1} W_hh^T, gx [R, 4H] the input projection,
+ * c_prev [R, H] -> gates [R, 4H], c, h [R, H] */
+void rnnkit_lstm_fwd_step(const float *restrict pre, const float *restrict gx,
+                          const float *restrict c_prev, float *restrict gates, float *restrict c,
+                          float *restrict h, int64_t R, int64_t H) {
     for (int64_t r = 0; r < R; r++)
-        lstm_row(pre + r * 4 * H, c_prev + r * H, gates + r * 4 * H, c + r * H, h + r * H, H);
+        lstm_row(pre + r * 4 * H, gx + r * 4 * H, c_prev + r * H, gates + r * 4 * H, c + r * H,
+                 h + r * H, H);
 }
 
 /* Forward with a mask: valid [R] (1: a real step). The carried states c_state, h_state [R, H] are
  * read and, on valid rows, replaced; a masked row keeps them and writes zeros to gates, c and h. */
-void rnnkit_lstm_fwd_step_masked(const float *restrict pre, const uint8_t *restrict valid,
+void rnnkit_lstm_fwd_step_masked(const float *restrict pre, const float *restrict gx,
+                                 const uint8_t *restrict valid,
                                  float *restrict c_state, float *restrict h_state,
                                  float *restrict gates, float *restrict c, float *restrict h,
                                  int64_t R, int64_t H) {
@@ -91,7 +95,7 @@ void rnnkit_lstm_fwd_step_masked(const float *restrict pre, const uint8_t *restr
             memset(hr, 0, H * sizeof(float));
             continue;
         }
-        lstm_row(pre + r * 4 * H, c_state + r * H, a, cr, hr, H);
+        lstm_row(pre + r * 4 * H, gx + r * 4 * H, c_state + r * H, a, cr, hr, H);
         memcpy(c_state + r * H, cr, H * sizeof(float));
         memcpy(h_state + r * H, hr, H * sizeof(float));
     }
@@ -132,6 +136,28 @@ void rnnkit_lstm_bwd_step(const float *restrict gates, const float *restrict c,
             dcr[j] = dct * f;
             if (rh) rh[j] = dht;
             if (rc) rc[j] = dct;
+        }
+    }
+}
+
+/* The LSTM backward's gate gradients of K steps of one direction into the gate-major layout that its
+ * weight gradients read: src [K, B, G] (step k's block at src + k * src_step, rows of G) -> dst
+ * element (gate column q, step k, row b) at dst + q * dst_gate + k * dst_step + b (dst_step < 0 for
+ * the reverse direction, whose loop steps run back in time). In tiles that stay in L1 */
+void rnnkit_gate_major(const float *restrict src, float *restrict dst, int64_t K, int64_t B, int64_t G,
+                       int64_t src_step, int64_t dst_gate, int64_t dst_step) {
+    enum { TILE = 16 };
+    for (int64_t k = 0; k < K; k++) {
+        const float *s = src + k * src_step;
+        float *d = dst + k * dst_step;
+        for (int64_t b0 = 0; b0 < B; b0 += TILE) {
+            int64_t b1 = b0 + TILE < B ? b0 + TILE : B;
+            for (int64_t q0 = 0; q0 < G; q0 += TILE) {
+                int64_t q1 = q0 + TILE < G ? q0 + TILE : G;
+                for (int64_t q = q0; q < q1; q++)
+                    for (int64_t b = b0; b < b1; b++)
+                        d[q * dst_gate + b] = s[b * G + q];
+            }
         }
     }
 }

@@ -445,7 +445,7 @@ def lstm_bwd(
             if step is not None:
                 c_prev = _previous_p(c_p, c_init, lengths, a, b).contiguous()
                 dh = step.backward(back, a, b, gates_p, c_p, c_prev, dh, dyp, valid, dc, chunk, rec_h, rec_c)
-                _to_gate_major(dgm, chunk[: b - a], a)
+                step.to_gate_major(dgm, chunk, a, b - a)
                 continue
             # what does not depend on the recurrence, for steps a..b-1 at once: a chunk small enough
             # to stay in cache while the steps read it (whole-sequence tensors made these passes

@@ -120,6 +120,28 @@ def test_fused_step_equals_the_torch_op_steps(calls, case):
 
 
 @needs_compiler
+@pytest.mark.parametrize("case", ["bi", "lengths-bi"])
+@pytest.mark.parametrize("steps_per_chunk", [1, 4])
+def test_fused_backward_in_chunks_writes_every_step_gate_major(monkeypatch, calls, case, steps_per_chunk):
+    """The backward works in chunks of steps, and the C pass puts each chunk's δa into the
+    gate-major dgx (the reverse direction back in time): the same dgx as the torch-op steps'
+    transposed copies, chunk by chunk."""
+    c = CASES[case]
+    monkeypatch.setattr(ref, "STEP_CHUNK_ELEMENTS", steps_per_chunk * c["D"] * c["B"] * c["H"])
+    lib, placed = _cpu_step.library(), []
+    original = lib.rnnkit_gate_major
+    monkeypatch.setattr(lib, "rnnkit_gate_major", lambda *a: placed.append(a[2]) or original(*a))
+    fused = _lstm(**c)
+    chunks = -(-c["T"] // steps_per_chunk)
+    assert len(placed) == chunks * c["D"] and sum(placed) == c["T"] * c["D"]
+    with _cpu_step.disabled():
+        ops = _lstm(**c)
+    for name, a, b in zip(OUTPUTS, fused, ops):
+        if a is not None:
+            _same(name, a, b)
+
+
+@needs_compiler
 def test_fused_step_at_inference(calls):
     """training=False keeps no per-step buffers: the step alternates two scratch rows."""
     fused = _lstm(T=6, B=2, D=2, H=4, training=False)
@@ -174,9 +196,10 @@ def test_a_buffer_that_is_not_dense_is_refused():
     gxp, gates_p = torch.zeros(1, 1, 2, 12), torch.zeros(1, 1, 2, 12)
     yp, h, c = torch.zeros(1, 1, 2, 3), torch.zeros(1, 2, 3), torch.zeros(1, 2, 3)
     c_p = torch.zeros(1, 1, 3, 2).transpose(2, 3)  # [1, 1, 2, 3], not dense
+    product = lambda h: torch.zeros(1, 2, 12)  # noqa: E731 (h @ W_hhᵀ, D 1, B 2, 4H 12)
     with pytest.raises(ValueError, match="dense buffer of 6 elements"):
-        step.forward(lambda h, g: g, gxp, h, c, None, yp, gates_p, c_p)
-    step.forward(lambda h, g: g, gxp, h, c, None, yp, gates_p, c_p.contiguous())  # dense: runs
+        step.forward(product, gxp, h, c, None, yp, gates_p, c_p)
+    step.forward(product, gxp, h, c, None, yp, gates_p, c_p.contiguous())  # dense: runs
 
 
 @pytest.fixture

@@ -3,6 +3,8 @@ lengths semantics, low-precision storage, inference mode."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -209,6 +211,7 @@ def test_onednn_products_give_torchs_numbers(monkeypatch, cell, lengths):
 
     if _onednn._linear_op() is None:
         pytest.skip("this torch has no oneDNN linear operator")
+    monkeypatch.setattr(_onednn, "USE_ONEDNN", True)  # the default on every CPU but Intel's
     P = 3 if cell == "lstm_proj" else None
     fn, args, kwargs = recurrence_inputs(cell, T=5, B=3, D=2, H=6, P=P, dtype=torch.float32)
     used = []
@@ -229,6 +232,7 @@ def test_onednn_linear_is_f_linear(monkeypatch):
 
     if _onednn._linear_op() is None:
         pytest.skip("this torch has no oneDNN linear operator")
+    monkeypatch.setattr(_onednn, "USE_ONEDNN", True)  # the default on every CPU but Intel's
     monkeypatch.setattr(_onednn, "ONEDNN_MIN_FLOP", 0.0)
     x = torch.randn(3, 5, 7).transpose(0, 1)  # a strided view, as batch_first input is
     w, b = torch.randn(9, 7), torch.randn(9)
@@ -246,6 +250,39 @@ def test_onednn_linear_is_f_linear(monkeypatch):
     monkeypatch.setattr(_onednn, "ONEDNN_MIN_FLOP", 8e6)
     _onednn.linear(x, w, b)
     assert not calls
+
+
+@pytest.mark.parametrize(
+    ("vendor", "env", "expected"),
+    [("GenuineIntel", None, False), ("AuthenticAMD", None, True), ("", None, True),
+     ("GenuineIntel", "1", True), ("AuthenticAMD", "0", False), ("GenuineIntel", "yes", False)],
+)  # fmt: skip
+def test_onednn_is_the_default_except_on_intel(monkeypatch, vendor, env, expected):
+    """MKL measured faster on an Intel Xeon, oneDNN on an AMD EPYC; RNNKIT_ONEDNN=0/1 decides
+    (anything else is not a choice); and the choice is what the products take."""
+    from kernels import _onednn
+
+    monkeypatch.setattr(_onednn, "_cpu_vendor", lambda: vendor)
+    if env is None:
+        monkeypatch.delenv("RNNKIT_ONEDNN", raising=False)
+    else:
+        monkeypatch.setenv("RNNKIT_ONEDNN", env)
+    assert _onednn._default_use() is expected
+    if _onednn._linear_op() is None:
+        return
+    monkeypatch.setattr(_onednn, "ONEDNN_MIN_FLOP", 0.0)
+    monkeypatch.setattr(_onednn, "USE_ONEDNN", expected)
+    assert (_onednn.RowProducts(torch.randn(1, 8, 4), 3).packed is not None) is expected
+
+
+def test_cpu_vendor_reads_this_machine():
+    from kernels import _onednn
+
+    vendor = _onednn._cpu_vendor()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            assert vendor in f.read()
+    assert isinstance(vendor, str) and "\n" not in vendor
 
 
 @pytest.mark.parametrize("cell", ["lstm", "lstm_proj"])
@@ -372,6 +409,7 @@ def test_gate_major_gradient_takes_onednn_for_the_weights(monkeypatch, K):
 
     if _onednn._linear_op() is None:
         pytest.skip("this torch has no oneDNN linear operator")
+    monkeypatch.setattr(_onednn, "USE_ONEDNN", True)  # the default on every CPU but Intel's
     monkeypatch.setattr(_onednn, "ONEDNN_MIN_FLOP", 0.0)
     _, args, _ = recurrence_inputs("lstm", T=5, B=3, D=2, H=4, dtype=torch.float32)
     fw = reference.lstm_fwd(*args)
