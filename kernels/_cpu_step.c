@@ -161,3 +161,21 @@ void rnnkit_gate_major(const float *restrict src, float *restrict dst, int64_t K
         }
     }
 }
+
+/* Zoneout's gates (rnnkit/zoneout.py): out [N, 4H] = gx [N, 4H] with the input gate's pre-activation
+ * lowered by shift and the forget gate's raised where zoned [N, H] is 1, in one pass (torch's ops made
+ * a float mask of gx's size and a second pass over it) */
+void rnnkit_zone_gates(const float *restrict gx, const uint8_t *restrict zoned, float *restrict out,
+                       int64_t N, int64_t H, float shift) {
+    for (int64_t n = 0; n < N; n++) {
+        const float *x = gx + n * 4 * H;
+        const uint8_t *z = zoned + n * H;
+        float *o = out + n * 4 * H;
+        for (int64_t j = 0; j < H; j++) {
+            float s = z[j] ? shift : 0.0f;
+            o[j] = x[j] + -s;
+            o[H + j] = x[H + j] + s;
+        }
+        memcpy(o + 2 * H, x + 2 * H, 2 * H * sizeof(float));
+    }
+}

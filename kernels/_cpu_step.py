@@ -111,6 +111,7 @@ _SIGNATURES = {
     "rnnkit_lstm_fwd_step_masked": (_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64),
     "rnnkit_lstm_bwd_step": (_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64),
     "rnnkit_gate_major": (_P, _P, _I64, _I64, _I64, _I64, _I64, _I64),
+    "rnnkit_zone_gates": (_P, _P, _P, _I64, _I64, ctypes.c_float),
 }
 
 
@@ -161,6 +162,30 @@ def activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     s, t, e = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
     lib.rnnkit_activations(x.data_ptr(), s.data_ptr(), t.data_ptr(), e.data_ptr(), x.numel())
     return s, t, e
+
+
+def zone_gates(gx: torch.Tensor, zoned: torch.Tensor, shift: float) -> torch.Tensor | None:
+    """`rnnkit.zoneout.zone_gates`' forward in one C pass: gx [..., 4H] with the input gate's
+    pre-activation lowered by ``shift`` and the forget gate's raised at the units of ``zoned``
+    [..., H] (bool), the same sums as torch's ops. None where it does not apply (not a dense fp32 CPU
+    tensor of eager mode, or no library): the caller then uses torch's ops."""
+    if (
+        torch.compiler.is_compiling()
+        or gx.device.type != "cpu"
+        or gx.dtype != torch.float32
+        or not (gx.is_contiguous() and zoned.is_contiguous())
+        or isinstance(gx, torch._subclasses.FakeTensor)
+    ):
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    H = zoned.shape[-1]
+    out = torch.empty_like(gx)
+    lib.rnnkit_zone_gates(
+        gx.data_ptr(), zoned.data_ptr(), out.data_ptr(), zoned.numel() // max(H, 1), H, shift
+    )
+    return out
 
 
 def _ptr(t: torch.Tensor, numel: int) -> int:

@@ -110,6 +110,34 @@ def test_zoned_gates_run_zoneout_on_every_backend(backend, dtype, projection, le
     assert (dgx[:, :, :, 0][zoned] == 0).all() and (dgx[:, :, :, 1][zoned] == 0).all()
 
 
+@pytest.mark.parametrize("D", [1, 2])
+def test_zone_gates_in_one_c_pass_are_torchs_sums(D):
+    """fp32 on the CPU, zone_gates is one C pass: the same numbers as torch's sum, bit for bit, and
+    the gradient passes to gx unchanged; elsewhere (float64, a strided gx) torch's ops run."""
+    from kernels import _cpu_step
+
+    g = torch.Generator().manual_seed(D)
+    gx = (torch.randn(6, 3, D, 4 * 5, generator=g) * 3).requires_grad_()
+    zoned = zoneout.sample(gx, 0.4, generator=g)
+    signs = torch.tensor([-zoneout.SATURATE, zoneout.SATURATE, 0.0, 0.0]).view(4, 1)
+    want = gx.detach() + (zoned.unsqueeze(-2) * signs).view(gx.shape)
+    got = zoneout.zone_gates(gx, zoned)
+    assert torch.equal(got, want) and zoned.any() and not zoned.all()
+    upstream = torch.randn(got.shape, generator=g)
+    got.backward(upstream)
+    assert torch.equal(gx.grad, upstream)
+    c_pass = _cpu_step.zone_gates(gx.detach(), zoned, zoneout.SATURATE)
+    if _cpu_step.library() is not None:
+        assert c_pass is not None and torch.equal(c_pass, want)
+    assert _cpu_step.zone_gates(gx.detach().double(), zoned, zoneout.SATURATE) is None
+    strided = gx.detach().transpose(0, 1).contiguous().transpose(0, 1)
+    assert _cpu_step.zone_gates(strided, zoned, zoneout.SATURATE) is None
+    assert torch.equal(zoneout.zone_gates(strided, zoned), want)
+    gx64 = gx.detach().double()
+    want64 = gx64 + (zoned.unsqueeze(-2) * signs.double()).view(gx.shape)
+    assert torch.equal(zoneout.zone_gates(gx64, zoned), want64)
+
+
 def test_the_layer_zones_out_in_training_with_a_fresh_mask_every_step():
     """LSTM(cell_zoneout=p).train() is zoneout with the mask `sample` draws (about p of the units, a
     new draw at every step and for every sequence), every parameter's gradient included."""
