@@ -69,6 +69,7 @@ DEFAULT_ROWS = (
     BenchRow("gradflow-rnn", "rnn", 32, 500, 128, 128, note="the gradflow setting"),
     BenchRow("gradflow-lstm", "lstm", 32, 500, 128, 128, note="the gradflow setting"),
     BenchRow("gradflow-gru", "gru", 32, 500, 128, 128, note="the gradflow setting"),
+    BenchRow("mnist-pixel", "lstm", 128, 784, 1, 128, note="pixel and permuted MNIST's model (issue #18)"),
     BenchRow("sine-cells", "lstm", 97, 999, 1, 51, num_layers=2, dtype="float64", cells=True,
              note="PyTorch's sine-wave example: two LSTMCells stepped in Python"),
 )  # fmt: skip
@@ -433,7 +434,7 @@ _LAUNCH_BOUND_ROWS = ("flashrnn-h768", "pytorch-default", "mnist-rowwise", "imdb
 _PERSISTENT_ROWS = ("flashrnn-h768-fp16", "imdb-rnn", "long-small-batch", "gradflow-rnn", "gradflow-lstm",
                     "gradflow-gru")  # fmt: skip
 _CPU_ROWS = ("pytorch-default", "mnist-rowwise", "imdb-rnn", "imdb-lstm", "gradflow-rnn", "gradflow-lstm",
-             "gradflow-gru")  # fmt: skip
+             "gradflow-gru", "mnist-pixel")  # fmt: skip
 TARGETS = (
     ("cpu", "rnnkit-reference", ("fwd+bwd",), _CPU_ROWS, 1.2),  # issue #16
     ("cpu", "rnnkit-reference", ("fwd",), _CPU_ROWS, 1.5),
