@@ -272,15 +272,10 @@ class _RecurrentLayer(nn.RNNBase):
         return (*functional.rnn(gx, w_hh, h0, nonlinearity=nonlinearity, **kw), None)
 
     def _expected_zoneout(self, gx, w_hh, h0, c0, w_hr, lengths, record):
-        # inference with cell zoneout: the expectation, in torch ops (rnnkit.zoneout.expected_lstm)
-        if record is not None and record.active and torch.is_grad_enabled():
-            raise RuntimeError(
-                f"register_step_grad_hook: an LSTM with cell_zoneout={self.cell_zoneout} runs its "
-                "inference recurrence (zoneout's expectation) in torch ops, which keep no per-step "
-                "record; call .train() to record the training recurrence, or remove the hook"
-            )
+        # inference with cell zoneout: the expectation, in torch ops (rnnkit.zoneout.expected_lstm),
+        # with its own per-step record
         y, h_n, c_n, _, _ = zoneout.expected_lstm(
-            gx, w_hh, h0, c0, p=self.cell_zoneout, w_hr=w_hr, lengths=lengths
+            gx, w_hh, h0, c0, p=self.cell_zoneout, w_hr=w_hr, lengths=lengths, record=record
         )  # fmt: skip
         return y, h_n, c_n
 

@@ -111,9 +111,9 @@ def test_what_cannot_be_diagnosed_is_named(tmp_path):
         load_run(fresh)
 
 
-def test_a_zoneout_run_is_diagnosed_in_training_mode(tmp_path):
-    """A run with --zoneout diagnoses in training mode (zoneout masks drawn, every step recorded);
-    --eval is refused by name: the expectation that inference runs keeps no per-step record."""
+def test_a_zoneout_run_is_diagnosed_in_both_modes(tmp_path):
+    """A run with --zoneout diagnoses in training mode (zoneout masks drawn, every step recorded) and
+    with --eval (zoneout's expectation, recorded by its torch ops)."""
     out = tmp_path / "adding-zoneout"
     cfg = TrainConfig(task="adding", seq_len=12, hidden=8, layers=1, epochs=1, steps_per_epoch=2,
                       batch_size=8, limit=16, zoneout=0.2)  # fmt: skip
@@ -123,5 +123,8 @@ def test_a_zoneout_run_is_diagnosed_in_training_mode(tmp_path):
     diagnosis = diagnose_run(out, lyapunov=0)
     assert diagnosis.report.meta["seq_len"] == 12 and diagnosis.run.model.recurrent.cell_zoneout == 0.2
     assert [line.label for line in diagnosis.report.lines] == ["l0.h", "l0.c"]
-    with pytest.raises(ValueError, match=r"the run.s LSTM has zoneout 0\.2: in eval mode"):
-        diagnose_run(out, eval_mode=True)
+    # in eval mode the expectation runs, with its own per-step record
+    expected = diagnose_run(out, eval_mode=True, lyapunov=0)
+    assert [line.label for line in expected.report.lines] == ["l0.h", "l0.c"]
+    assert not expected.run.model.training
+    assert expected.report.lines[0].norms_by_step != diagnosis.report.lines[0].norms_by_step

@@ -212,6 +212,102 @@ def test_the_expectation_at_zero_is_torch_lstm(bidirectional, proj_size):
         assert_close(name, got[name], want[name])
 
 
+def _expectation_loop(gx, w_hh, p, w_hr=None, lengths=None):
+    # zoneout's expectation as the paper writes it, c_t = p c_{t-1} + (1 - p)(f c_{t-1} + i g), one
+    # step at a time; every step's h_t and c_t retain their gradient (the record's definition)
+    T, B, D, _ = gx.shape
+    H, P = w_hh.shape[1] // 4, w_hh.shape[2]
+    ys, kept = [], []
+    for d in range(D):
+        h, c = gx.new_zeros(B, P), gx.new_zeros(B, H)
+        y = [None] * T
+        for t in range(T) if d == 0 else reversed(range(T)):
+            i, f, g, o = (gx[t, :, d] + h @ w_hh[d].T).chunk(4, dim=-1)
+            c_new = p * c + (1 - p) * (torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g))
+            h_new = torch.sigmoid(o) * torch.tanh(c_new)
+            h_new = h_new if w_hr is None else h_new @ w_hr[d].T
+            h_new.retain_grad()
+            c_new.retain_grad()
+            kept.append((t, d, h_new, c_new))
+            if lengths is not None:
+                valid = (t < lengths)[:, None]
+                y[t] = torch.where(valid, h_new, 0.0)
+                h_new, c_new = torch.where(valid, h_new, h), torch.where(valid, c_new, c)
+            else:
+                y[t] = h_new
+            h, c = h_new, c_new
+        ys.append(torch.stack(y))
+    return torch.stack(ys, dim=2), kept
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("proj_size", [0, 3])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_the_expectation_records_every_step_gradient(bidirectional, proj_size, packed):
+    """In eval mode the per-step record comes from the expectation's torch ops: dL/dh_t and dL/dc_t of
+    every step, as zoneout's expectation written out step by step gives them (zero past a length)."""
+    torch.manual_seed(4)
+    p, T, B = 0.3, 6, 3
+    layer = (
+        rnnkit.LSTM(2, 5, cell_zoneout=p, bidirectional=bidirectional, proj_size=proj_size).double().eval()
+    )
+    x = torch.randn(T, B, 2, dtype=torch.float64)
+    lengths = torch.tensor([6, 2, 4]) if packed else None
+    records = []
+    handle = layer.register_step_grad_hook(lambda module, index, grads: records.append((index, grads)))
+    inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+    out = layer(inp)[0]
+    out = pad_packed_sequence(out, total_length=T)[0] if packed else out
+    weights = torch.randn(out.shape, dtype=torch.float64)
+    (out * weights).sum().backward()
+    handle.remove()
+    assert [index for index, _ in records] == [0]
+    grads = records[0][1]
+    D, P = (2 if bidirectional else 1), (proj_size or 5)
+    assert grads.h.shape == (T, B, D, P) and grads.c.shape == (T, B, D, 5)
+    assert grads.h.dtype == grads.c.dtype == torch.float32
+
+    gx, _ = layer._input_projection(0, x)
+    w_hh = torch.stack(layer._params(0, "weight_hh"))
+    w_hr = torch.stack(layer._params(0, "weight_hr")) if proj_size else None
+    y, kept = _expectation_loop(gx, w_hh, p, w_hr, lengths)
+    (y.reshape(out.shape) * weights).sum().backward()
+    for t, d, h, c in kept:
+        assert_close(f"dL/dh, step {t} direction {d}", grads.h[t, :, d], h.grad.float())
+        assert_close(f"dL/dc, step {t} direction {d}", grads.c[t, :, d], c.grad.float())
+    if packed:
+        assert (grads.h[4:, 2] == 0).all() and (grads.c[2:, 1] == 0).all()
+    assert grads.c.abs().sum() > 0
+
+
+def test_the_expectation_records_only_when_asked():
+    """No hook, or no gradient: no record and no fence in the graph; an inactive record (a hook removed
+    between forward and backward) is not called."""
+    layer = rnnkit.LSTM(2, 4, cell_zoneout=0.2).eval()
+    x = torch.randn(3, 2, 2)
+    calls = []
+
+    class Recorder:
+        active = True
+
+        def __call__(self, grads):
+            calls.append(grads)
+
+    record = Recorder()
+    gx, _ = layer._input_projection(0, x)
+    w_hh = torch.stack(layer._params(0, "weight_hh"))
+    with torch.no_grad():
+        zoneout.expected_lstm(gx, w_hh, p=0.2, record=record)
+    y = zoneout.expected_lstm(gx, w_hh, p=0.2, record=record)[0]
+    record.active = False
+    y.sum().backward()
+    assert calls == []
+    record.active = True
+    y = zoneout.expected_lstm(gx.detach(), w_hh, p=0.2, record=record)[0]
+    y.sum().backward()
+    assert len(calls) == 1 and calls[0].h.abs().sum() > 0
+
+
 def test_gate_activations_are_those_the_cell_applies():
     p = 0.25
     layer = rnnkit.LSTM(3, 4, cell_zoneout=p).double()
@@ -239,9 +335,10 @@ def test_settings_and_errors():
     gx = torch.zeros(2, 1, 1, 8)
     with pytest.raises(ValueError, match=r"zoned: expected a bool tensor of shape \[2, 1, 1, 2\]"):
         zoneout.zone_gates(gx, torch.zeros(2, 1, 1, 2))
-    # the per-step record: the training recurrence has it; the expectation's torch ops do not
-    layer.register_step_grad_hook(lambda m, i, g: None)
+    # the per-step record: in training from the recurrence, in eval mode from the expectation's ops
+    records = []
+    layer.register_step_grad_hook(lambda m, i, g: records.append(g))
     x = torch.randn(5, 2, 3, requires_grad=True)
     layer.train()(x)[0].sum().backward()
-    with pytest.raises(RuntimeError, match=r"register_step_grad_hook: an LSTM with cell_zoneout=0.2"):
-        layer.eval()(x)
+    layer.eval()(x)[0].sum().backward()
+    assert len(records) == 2 and all(g.h.shape == (5, 2, 1, 4) for g in records)

@@ -120,12 +120,6 @@ def diagnose_run(
         log, on_remedy: progress callbacks.
     """
     trained = load_run(out, device=device, log=log)
-    if eval_mode and trained.config.zoneout:
-        raise ArgumentError(
-            "eval", f"the run's LSTM has zoneout {trained.config.zoneout}: in eval mode it runs zoneout's "
-            "expectation in torch ops, which record no per-step gradient; measure without --eval (the "
-            "training recurrence, zoneout masks drawn)",
-        )  # fmt: skip
     model = trained.model.train(not eval_mode)
     batches = trained.batches(max(1, advise_batches if with_advice else 1))
     name = f"{trained.config.task} {trained.config.cell} (step {trained.step})"
