@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from kernels import _memory
+
 ONEDNN_MIN_FLOP = 4e6
 
 
@@ -95,6 +97,17 @@ class RowProducts:
         return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
 
 
+def _pooled(x: torch.Tensor, rows: int, N: int, *others: torch.Tensor | None) -> bool:
+    # torch's product into a pooled buffer: an fp32 CPU output of eager mode that the pool takes
+    return (
+        not torch.compiler.is_compiling()
+        and x.device.type == "cpu"
+        and all(o is None or o.dtype == torch.float32 for o in (x, *others))
+        and 4 * rows * N >= _memory.MIN_BYTES
+        and not isinstance(x, torch._subclasses.FakeTensor)
+    )
+
+
 def _usable(t: torch.Tensor, rows: int, N: int, K: int, *others: torch.Tensor | None) -> bool:
     # oneDNN for a [rows, K] x [K, N] product: chosen for this CPU (USE_ONEDNN), fp32 on the CPU
     # (``t`` and every other operand), eager, large enough, and torch has the operator (is_compiling
@@ -110,32 +123,43 @@ def _usable(t: torch.Tensor, rows: int, N: int, K: int, *others: torch.Tensor | 
 
 
 class _Linear(torch.autograd.Function):
-    # x [M, K] @ wᵀ + b on oneDNN; backward: dx on oneDNN, dw and db torch's
+    # x [M, K] @ wᵀ + b: on oneDNN where it is used, else torch's product into a pooled buffer (huge
+    # pages, recycled: the first touch of a fresh [T·B, 4H] costs about as much as the product at
+    # small K); backward: dx on oneDNN where it is used, dw and db torch's
     @staticmethod
     def forward(ctx, x, w, b):
-        linear, reorder = _linear_op()
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        return linear(x, reorder(w, x.shape[0]), b, "none", [], "")
+        rows, K = x.shape
+        if _usable(x, rows, w.shape[0], K, w, b):
+            linear, reorder = _linear_op()
+            return linear(x, reorder(w, rows), b, "none", [], "")
+        out = _memory.empty(x, rows, w.shape[0])
+        if K == 1:  # an outer product: one pass (addmm copies the bias in first, then adds the product)
+            return torch.mul(x, w.t(), out=out) if b is None else torch.addcmul(b, x, w.t(), out=out)
+        return torch.mm(x, w.t(), out=out) if b is None else torch.addmm(b, x, w.t(), out=out)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         x, w = ctx.saved_tensors
-        linear, reorder = _linear_op()
         rows, K = x.shape
         dx = dw = db = None
         if grad.t().is_contiguous():  # gate-major (the reference LSTM's dgx): dW on oneDNN as it lies
             if ctx.needs_input_grad[1]:
                 dw = sum_over_rows(grad, x)
-            if ctx.needs_input_grad[0] and K < GATHER_MIN_K:  # dx: MKL reads the transposed operand
+            if ctx.needs_input_grad[0] and (K < GATHER_MIN_K or not USE_ONEDNN):  # MKL reads it transposed
                 dx = grad @ w
         else:
             grad = grad.contiguous()
             if ctx.needs_input_grad[1]:
                 dw = grad.t() @ x
         if ctx.needs_input_grad[0] and dx is None:  # dense (for a wide dx a transposed copy costs less)
-            dx = linear(grad.contiguous(), reorder(w.t().contiguous(), rows), None, "none", [], "")
+            if _usable(grad, rows, K, w.shape[0], w):
+                linear, reorder = _linear_op()
+                dx = linear(grad.contiguous(), reorder(w.t().contiguous(), rows), None, "none", [], "")
+            else:
+                dx = grad @ w
         if ctx.has_bias and ctx.needs_input_grad[2]:
             db = grad.sum(0)
         return dx, dw, db
@@ -160,10 +184,12 @@ def sum_over_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, w, b)` (x [..., K], w [N, K]): its product and its input gradient on oneDNN for
-    large fp32 CPU products in eager mode, `F.linear` itself everywhere else."""
+    """`F.linear(x, w, b)` (x [..., K], w [N, K]): for large fp32 CPU products in eager mode its product
+    and its input gradient on oneDNN where that is used, else an output of `kernels._memory`'s pool
+    (a pixel-MNIST LSTM's [T·B, 4H] of 205 MB: 107 ms in F.linear, 31 ms into a recycled buffer, one
+    thread of an Intel Xeon); `F.linear` itself everywhere else."""
     rows = x.numel() // max(1, x.shape[-1])
-    if rows == 0 or not _usable(x, rows, *w.shape, w, b):
+    if rows == 0 or not (_usable(x, rows, *w.shape, w, b) or _pooled(x, rows, w.shape[0], w, b)):
         return F.linear(x, w, b)
     out = _Linear.apply(x.reshape(rows, x.shape[-1]), w, b)
     return out.view(*x.shape[:-1], w.shape[0])

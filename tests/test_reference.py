@@ -252,6 +252,39 @@ def test_onednn_linear_is_f_linear(monkeypatch):
     assert not calls
 
 
+@pytest.mark.parametrize("K", [1, 7])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("layout", ["dense", "gate-major"])
+def test_linear_into_a_pooled_buffer_is_f_linear(monkeypatch, K, bias, layout):
+    """Without oneDNN (Intel's default) a large fp32 CPU linear writes into a pooled buffer (an outer
+    product for one input feature): F.linear's output and gradients (x, W, b), for a dense and a
+    gate-major output gradient; a small one is F.linear itself."""
+    from kernels import _memory, _onednn
+
+    monkeypatch.setattr(_onednn, "USE_ONEDNN", False)
+    rows, N = 4096, 256  # 4 MiB of output: the pool's smallest
+    assert 4 * rows * N >= _memory.MIN_BYTES
+    g = torch.Generator().manual_seed(K)
+    x, w, b = torch.randn(rows, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
+    up = torch.randn(rows, N, generator=g)
+    up = up.t().contiguous().t() if layout == "gate-major" else up
+    applied = []
+    monkeypatch.setattr(
+        _onednn._Linear, "apply", lambda *a, f=_onednn._Linear.apply: applied.append(1) or f(*a)
+    )
+    results = []
+    for fn in (_onednn.linear, torch.nn.functional.linear):
+        ts = [t.clone().requires_grad_() for t in (x, w, b)]
+        out = fn(ts[0], ts[1], ts[2] if bias else None)
+        out.backward(up)
+        results.append([out, ts[0].grad, ts[1].grad] + ([ts[2].grad] if bias else []))
+    assert applied == [1]
+    for a, c in zip(*results, strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-4)
+    _onednn.linear(x[:8], w, b)  # 8 KiB of output: F.linear
+    assert applied == [1]
+
+
 @pytest.mark.parametrize(
     ("vendor", "env", "expected"),
     [("GenuineIntel", None, False), ("AuthenticAMD", None, True), ("", None, True),
