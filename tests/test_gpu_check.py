@@ -159,9 +159,13 @@ def test_gpu_train_runs_stops_at_the_budget_and_resumes(tmp_path):
     # a job far longer than its budget: stopped by Ctrl-C, saved mid-epoch
     long = tmp_path / "long"
     many = ["--epochs", "1000", "--steps-per-epoch", "1000", "--checkpoint-every", "5"]
-    code, out = _gpu_train(long, "--jobs", "adding", "--budget", "20", "--grace", "30", *tiny, *many)
+    # 20 s before Ctrl-C (the budget less half the grace): a training process needs a few seconds to
+    # import torch and reach its loop, many more on a loaded machine, and Ctrl-C before that is no stop
+    # at the budget (with 5 s, it failed under two CI workers beside two trainings)
+    budget = ["--budget", "50", "--grace", "60"]
+    code, out = _gpu_train(long, "--jobs", "adding", *budget, *tiny, *many)
     assert code == 0 and "adding: stopped at the budget, checkpoint saved" in out, out
     assert (long / "adding" / "checkpoint.pt").is_file()
-    code, out = _gpu_train(long, "--jobs", "adding", "--budget", "20", "--grace", "30")
+    code, out = _gpu_train(long, "--jobs", "adding", *budget)
     assert "adding: stopped at the budget" in out, out
     assert "--resume" in (long / "adding.log").read_text(), "the second session resumed the run"
