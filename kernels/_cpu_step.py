@@ -169,16 +169,8 @@ def zone_gates(gx: torch.Tensor, zoned: torch.Tensor, shift: float) -> torch.Ten
     pre-activation lowered by ``shift`` and the forget gate's raised at the units of ``zoned``
     [..., H] (bool), the same sums as torch's ops. None where it does not apply (not a dense fp32 CPU
     tensor of eager mode, or no library): the caller then uses torch's ops."""
-    if (
-        torch.compiler.is_compiling()
-        or gx.device.type != "cpu"
-        or gx.dtype != torch.float32
-        or not (gx.is_contiguous() and zoned.is_contiguous())
-        or isinstance(gx, torch._subclasses.FakeTensor)
-    ):
-        return None
-    lib = library()
-    if lib is None:
+    lib = _library_for(gx)
+    if lib is None or not (gx.is_contiguous() and zoned.is_contiguous()):
         return None
     H = zoned.shape[-1]
     out = torch.empty_like(gx)
@@ -292,11 +284,16 @@ class LSTMStep:
 def lstm_step(rows: int, hidden: int, *buffers: torch.Tensor) -> LSTMStep | None:
     """The fused LSTM step for buffers like these, or None where it cannot take them: it takes fp32
     CPU tensors in eager mode (no tracing, no fake tensors), where the library built."""
+    lib = _library_for(*buffers)
+    return None if lib is None else LSTMStep(lib, rows, hidden)
+
+
+def _library_for(*buffers: torch.Tensor) -> ctypes.CDLL | None:
+    # the library, for fp32 CPU tensors of eager mode (no tracing, no fake tensors); else None
     if (
         torch.compiler.is_compiling()
         or not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in buffers)
         or any(isinstance(t, torch._subclasses.FakeTensor) for t in buffers)
     ):
         return None
-    lib = library()
-    return None if lib is None else LSTMStep(lib, rows, hidden)
+    return library()

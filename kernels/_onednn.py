@@ -97,26 +97,28 @@ class RowProducts:
         return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
 
 
-def _pooled(x: torch.Tensor, rows: int, N: int, *others: torch.Tensor | None) -> bool:
-    # torch's product into a pooled buffer: an fp32 CPU output of eager mode that the pool takes
+def _eager_cpu_fp32(t: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    # fp32 CPU operands (``t`` and every other one) of eager mode (is_compiling first: torch.compile
+    # traces `linear`, and must see none of the rest)
     return (
         not torch.compiler.is_compiling()
-        and x.device.type == "cpu"
-        and all(o is None or o.dtype == torch.float32 for o in (x, *others))
-        and 4 * rows * N >= _memory.MIN_BYTES
-        and not isinstance(x, torch._subclasses.FakeTensor)
+        and t.device.type == "cpu"
+        and all(o is None or o.dtype == torch.float32 for o in (t, *others))
+        and not isinstance(t, torch._subclasses.FakeTensor)
     )
 
 
+def _pooled(x: torch.Tensor, rows: int, N: int, *others: torch.Tensor | None) -> bool:
+    # torch's product into a pooled buffer: an output the pool takes
+    return _eager_cpu_fp32(x, *others) and 4 * rows * N >= _memory.MIN_BYTES
+
+
 def _usable(t: torch.Tensor, rows: int, N: int, K: int, *others: torch.Tensor | None) -> bool:
-    # oneDNN for a [rows, K] x [K, N] product: chosen for this CPU (USE_ONEDNN), fp32 on the CPU
-    # (``t`` and every other operand), eager, large enough, and torch has the operator (is_compiling
-    # before the rest: torch.compile traces `linear`, and must see none of it)
+    # oneDNN for a [rows, K] x [K, N] product: chosen for this CPU (USE_ONEDNN), large enough, and
+    # torch has the operator
     return (
         USE_ONEDNN
-        and not torch.compiler.is_compiling()
-        and t.device.type == "cpu"
-        and all(o is None or o.dtype == torch.float32 for o in (t, *others))
+        and _eager_cpu_fp32(t, *others)
         and 2 * rows * N * K >= ONEDNN_MIN_FLOP
         and _linear_op() is not None
     )
@@ -143,19 +145,19 @@ class _Linear(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         x, w = ctx.saved_tensors
-        rows, K = x.shape
+        (rows, K), N = x.shape, w.shape[0]
         dx = dw = db = None
         if grad.t().is_contiguous():  # gate-major (the reference LSTM's dgx): dW on oneDNN as it lies
             if ctx.needs_input_grad[1]:
                 dw = sum_over_rows(grad, x)
-            if ctx.needs_input_grad[0] and (K < GATHER_MIN_K or not USE_ONEDNN):  # MKL reads it transposed
-                dx = grad @ w
+            if ctx.needs_input_grad[0] and (K < GATHER_MIN_K or not _usable(grad, rows, K, N, w)):
+                dx = grad @ w  # MKL reads it transposed
         else:
             grad = grad.contiguous()
             if ctx.needs_input_grad[1]:
                 dw = grad.t() @ x
         if ctx.needs_input_grad[0] and dx is None:  # dense (for a wide dx a transposed copy costs less)
-            if _usable(grad, rows, K, w.shape[0], w):
+            if _usable(grad, rows, K, N, w):
                 linear, reorder = _linear_op()
                 dx = linear(grad.contiguous(), reorder(w.t().contiguous(), rows), None, "none", [], "")
             else:

@@ -116,9 +116,9 @@ class _StepRecorder:
         self.h = gx.new_zeros(T, B, D, P, dtype=torch.float32)
         self.c = gx.new_zeros(T, B, D, H, dtype=torch.float32)
 
-    def fence(self, like: torch.Tensor) -> torch.Tensor:
+    def fence(self, dtype: torch.dtype) -> torch.Tensor:
         # 0, from a leaf of its own: the fence is in the graph even where no state needs a gradient
-        anchor = like.new_zeros(()).requires_grad_()
+        anchor = self.h.new_zeros((), dtype=dtype).requires_grad_()
         return _Fence.apply(anchor, self)
 
     def keep(self, h: torch.Tensor, c: torch.Tensor, t: int, d: int) -> None:
@@ -154,7 +154,7 @@ def _expected_lstm(gx, w_hh, h0, c0, p, w_hr, lengths, B, D, H, P, steps=None):
     T = gx.shape[0]
     ct = torch.float64 if gx.dtype == torch.float64 else torch.float32
     ys, hs, cs, gates, cells = [], [], [], [], []
-    zero = None if steps is None else steps.fence(gx.new_zeros((), dtype=ct))
+    zero = None if steps is None else steps.fence(ct)
     for d in range(D):
         w = w_hh[d].to(ct)
         w_r = None if w_hr is None else w_hr[d].to(ct)
