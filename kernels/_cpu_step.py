@@ -33,7 +33,11 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("_cpu_step.c")
-FLAGS = ("-O3", "-fno-math-errno", "-fPIC", "-shared", "-std=c11")
+# -fno-trapping-math: without it gcc 12 keeps the selects of exp's clamps and tanh's two branches as
+# branches on a CPU without AVX-512 masks (AVX2), and no loop vectorizes ("control flow in loop"): a
+# forward step at B 128, H 128 took 2100 µs against 116 µs with it on an AMD EPYC (Zen 3), the same
+# bits. It changes no value: it only lets the compiler assume that no floating-point trap is enabled.
+FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-std=c11")
 # tried in order: the machine's own vector units at their full width (gcc and clang default to 256
 # bits even where there are 512: one forward step at B 128, H 128 took 146 µs at 256 and 105 µs at
 # 512 bits on an Intel Xeon with AVX-512), then any target the compiler defaults to
