@@ -213,3 +213,25 @@ def test_config_round_trips_through_resume(tmp_path):
     Run(plan.out, asdict(plan.config))
     resumed = plan_training({"resume": str(plan.out)})
     assert asdict(resumed.config) == asdict(plan.config)
+
+
+def test_the_plot_of_a_run_inside_its_first_epoch_says_so_without_a_warning(tmp_path, monkeypatch):
+    # a run interrupted before its first epoch ended has step records only: the epoch panel has
+    # nothing to draw, and matplotlib warned of a legend without entries
+    import warnings
+
+    from rnnkit.plotting import pyplot
+    from rnnkit.train.run import plot_curves
+
+    run = Run(tmp_path / "run", {"task": "mnist"})
+    for step in (10, 20):
+        run.log({"kind": "step", "step": step, "epoch": 1, "loss": 2.0, "acc": 0.2})
+    plt = pyplot()
+    figures = []
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, *a, **k: figures.append(fig))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_curves(run, "acc")
+    loss_ax, metric_ax = figures[0].axes
+    assert [t.get_text() for t in metric_ax.texts] == ["no epoch finished yet"]
+    assert loss_ax.get_legend() is not None and metric_ax.get_legend() is None

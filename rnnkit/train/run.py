@@ -273,9 +273,12 @@ def plot_curves(run: Run, metric: str) -> None:
     ax_loss.set_yscale("log")
     ax_metric.set_xlabel("epoch")
     ax_metric.set_ylabel(metric)
+    if not epochs:  # a run stopped (or plotted) inside its first epoch
+        ax_metric.text(0.5, 0.5, "no epoch finished yet", ha="center", transform=ax_metric.transAxes)
     for ax in (ax_loss, ax_metric):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     fig.savefig(run.out / "curves.png")
     plt.close(fig)
