@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from kernels import _memory
+
 SOURCE = Path(__file__).with_name("_cpu_step.c")
 # -fno-trapping-math: without it gcc 12 keeps the selects of exp's clamps and tanh's two branches as
 # branches on a CPU without AVX-512 masks (AVX2), and no loop vectorizes ("control flow in loop"): a
@@ -177,7 +179,7 @@ def zone_gates(gx: torch.Tensor, zoned: torch.Tensor, shift: float) -> torch.Ten
     if lib is None or not (gx.is_contiguous() and zoned.is_contiguous()):
         return None
     H = zoned.shape[-1]
-    out = torch.empty_like(gx)
+    out = _memory.empty(gx, *gx.shape)  # recycled: a fresh [T, B, 4H] is a first touch of every page
     lib.rnnkit_zone_gates(
         gx.data_ptr(), zoned.data_ptr(), out.data_ptr(), zoned.numel() // max(H, 1), H, shift
     )
