@@ -1,6 +1,6 @@
 """The CPU path's matrix products through oneDNN, where it is faster than torch's own.
 
-On x86 CPUs torch's fp32 `bmm` and `mm` go to MKL. On the AMD EPYC (AVX-512) that CI uses, MKL ran
+On x86 CPUs torch's fp32 `bmm` and `mm` go to MKL. On an AMD EPYC with AVX-512 (a CI machine), MKL ran
 at about 175-210 GFLOP/s, while torch's oneDNN linear operator (`torch.ops.mkldnn._linear_pointwise`,
 what Inductor uses for CPU linears, with the weight reordered once) ran the same products at
 370-490 GFLOP/s, IEEE fp32 both. The recurrence multiplies by the same W_hh at every step, so the
@@ -21,11 +21,17 @@ fused, `kernels/_cpu_step.py`); the GRU's 3.1 MFLOP gained nothing (104-117 agai
 slower at B = 8 (a fixed cost of about 15 µs per call). Everything else (fp64, GPU tensors, small
 products, a torch without the operator, torch.compile's tracing) takes torch's own products.
 
-On Intel CPUs MKL is the faster one, so there every product is torch's (`USE_ONEDNN`). One thread of
-an Intel Xeon (Sapphire Rapids, AVX-512 and AMX): the recurrent product [128, 128] @ [128, 512] 172 µs
-on MKL against 215 µs on oneDNN (340 µs with its fused add); the LSTM's weight gradient at T 784,
-B 128, H 128 108 against 190 ms; a training step of that LSTM 0.87 against 1.13 s. ``RNNKIT_ONEDNN``
-= 1 or 0 sets the choice.
+oneDNN is chosen only there, on an AMD CPU with AVX-512 (`USE_ONEDNN`): MKL does not run its AVX-512
+code on AMD's CPUs, oneDNN does. Elsewhere MKL is the faster one, and every product is torch's:
+- one thread of an Intel Xeon (Sapphire Rapids, AVX-512 and AMX): the recurrent product
+  [128, 128] @ [128, 512] 172 µs on MKL against 215 µs on oneDNN (340 µs with its fused add); the
+  LSTM's weight gradient at T 784, B 128, H 128 108 against 190 ms; a training step of that LSTM 0.87
+  against 1.13 s;
+- an AMD EPYC without AVX-512 (Zen 3, AVX2), one thread: that training step (with zoneout 0.15)
+  0.99-1.06 against 1.24-1.39 s; `cli.py bench --device cpu`, two runs each, training step medians
+  with MKL against oneDNN: mnist-pixel 855-881 against 1333-1414 ms, imdb-lstm 565-671 against
+  737-803 ms, mnist-rowwise 202-242 against 273-290 ms.
+``RNNKIT_ONEDNN`` = 1 or 0 sets the choice.
 """
 
 from __future__ import annotations
@@ -42,21 +48,33 @@ from kernels import _memory
 ONEDNN_MIN_FLOP = 4e6
 
 
-def _cpu_vendor() -> str:
-    # /proc/cpuinfo's vendor_id ("GenuineIntel", "AuthenticAMD"), "" where there is none
+def _cpu() -> tuple[str, set[str]]:
+    # /proc/cpuinfo's vendor_id ("GenuineIntel", "AuthenticAMD") and its first flags line, as a set;
+    # ("", set()) where there is none
+    vendor, flags = "", set()
     try:
         with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("vendor_id")), "")
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id" and not vendor:
+                    vendor = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+                if vendor and flags:
+                    break
     except OSError:
-        return ""
+        pass
+    return vendor, flags
 
 
 def _default_use() -> bool:
-    # RNNKIT_ONEDNN=1/0 decides; otherwise oneDNN everywhere but on Intel CPUs, where MKL was faster
+    # RNNKIT_ONEDNN=1/0 decides; otherwise oneDNN on CPUs other than Intel's that have AVX-512 (MKL
+    # does not use AVX-512 there, oneDNN does), MKL everywhere else, where it measured faster
     given = os.environ.get("RNNKIT_ONEDNN")
     if given in ("0", "1"):
         return given == "1"
-    return _cpu_vendor() != "GenuineIntel"
+    vendor, flags = _cpu()
+    return vendor != "GenuineIntel" and "avx512f" in flags
 
 
 USE_ONEDNN = _default_use()

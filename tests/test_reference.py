@@ -211,7 +211,7 @@ def test_onednn_products_give_torchs_numbers(monkeypatch, cell, lengths):
 
     if _onednn._linear_op() is None:
         pytest.skip("this torch has no oneDNN linear operator")
-    monkeypatch.setattr(_onednn, "USE_ONEDNN", True)  # the default on every CPU but Intel's
+    monkeypatch.setattr(_onednn, "USE_ONEDNN", True)  # the default on AMD CPUs with AVX-512
     P = 3 if cell == "lstm_proj" else None
     fn, args, kwargs = recurrence_inputs(cell, T=5, B=3, D=2, H=6, P=P, dtype=torch.float32)
     used = []
@@ -232,7 +232,7 @@ def test_onednn_linear_is_f_linear(monkeypatch):
 
     if _onednn._linear_op() is None:
         pytest.skip("this torch has no oneDNN linear operator")
-    monkeypatch.setattr(_onednn, "USE_ONEDNN", True)  # the default on every CPU but Intel's
+    monkeypatch.setattr(_onednn, "USE_ONEDNN", True)  # the default on AMD CPUs with AVX-512
     monkeypatch.setattr(_onednn, "ONEDNN_MIN_FLOP", 0.0)
     x = torch.randn(3, 5, 7).transpose(0, 1)  # a strided view, as batch_first input is
     w, b = torch.randn(9, 7), torch.randn(9)
@@ -286,16 +286,19 @@ def test_linear_into_a_pooled_buffer_is_f_linear(monkeypatch, K, bias, layout):
 
 
 @pytest.mark.parametrize(
-    ("vendor", "env", "expected"),
-    [("GenuineIntel", None, False), ("AuthenticAMD", None, True), ("", None, True),
-     ("GenuineIntel", "1", True), ("AuthenticAMD", "0", False), ("GenuineIntel", "yes", False)],
+    ("vendor", "flags", "env", "expected"),
+    [("GenuineIntel", "avx2 avx512f", None, False), ("AuthenticAMD", "avx2 avx512f", None, True),
+     ("AuthenticAMD", "avx avx2 fma", None, False), ("", "", None, False),
+     ("GenuineIntel", "avx512f", "1", True), ("AuthenticAMD", "avx512f", "0", False),
+     ("AuthenticAMD", "avx512f", "yes", True), ("GenuineIntel", "avx512f", "yes", False)],
 )  # fmt: skip
-def test_onednn_is_the_default_except_on_intel(monkeypatch, vendor, env, expected):
-    """MKL measured faster on an Intel Xeon, oneDNN on an AMD EPYC; RNNKIT_ONEDNN=0/1 decides
-    (anything else is not a choice); and the choice is what the products take."""
+def test_onednn_is_the_default_on_amd_cpus_with_avx512(monkeypatch, vendor, flags, env, expected):
+    """MKL measured faster on an Intel Xeon and on an AMD EPYC with AVX2 only, oneDNN on an AMD EPYC
+    with AVX-512; RNNKIT_ONEDNN=0/1 decides (anything else is not a choice); and the choice is what
+    the products take."""
     from kernels import _onednn
 
-    monkeypatch.setattr(_onednn, "_cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(_onednn, "_cpu", lambda: (vendor, set(flags.split())))
     if env is None:
         monkeypatch.delenv("RNNKIT_ONEDNN", raising=False)
     else:
@@ -308,14 +311,18 @@ def test_onednn_is_the_default_except_on_intel(monkeypatch, vendor, env, expecte
     assert (_onednn.RowProducts(torch.randn(1, 8, 4), 3).packed is not None) is expected
 
 
-def test_cpu_vendor_reads_this_machine():
+def test_cpu_reads_this_machines_vendor_and_flags():
     from kernels import _onednn
 
-    vendor = _onednn._cpu_vendor()
+    vendor, flags = _onednn._cpu()
+    assert isinstance(vendor, str) and "\n" not in vendor
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
-            assert vendor in f.read()
-    assert isinstance(vendor, str) and "\n" not in vendor
+            text = f.read()
+        assert vendor in text
+        assert flags and all(flag in text for flag in flags)
+        if "avx512f" in text.split():
+            assert "avx512f" in flags
 
 
 @pytest.mark.parametrize("cell", ["lstm", "lstm_proj"])
@@ -442,7 +449,7 @@ def test_gate_major_gradient_takes_onednn_for_the_weights(monkeypatch, K):
 
     if _onednn._linear_op() is None:
         pytest.skip("this torch has no oneDNN linear operator")
-    monkeypatch.setattr(_onednn, "USE_ONEDNN", True)  # the default on every CPU but Intel's
+    monkeypatch.setattr(_onednn, "USE_ONEDNN", True)  # the default on AMD CPUs with AVX-512
     monkeypatch.setattr(_onednn, "ONEDNN_MIN_FLOP", 0.0)
     _, args, _ = recurrence_inputs("lstm", T=5, B=3, D=2, H=4, dtype=torch.float32)
     fw = reference.lstm_fwd(*args)
