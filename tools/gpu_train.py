@@ -37,9 +37,12 @@ JOBS = {
     # drop (training 98.6%) and underfits with 0.1 (89.9%), so half of that, and twice the units with 0.1
     "permuted-wd0.05": ["--task", "mnist", "--permuted", "--weight-drop", "0.05"],
     "permuted-h256-wd0.1": ["--task", "mnist", "--permuted", "--hidden", "256", "--weight-drop", "0.1"],
-    # zoneout of the LSTM's cell state (Krueger et al. 2016 report it on this task), two probabilities
+    # zoneout of the LSTM's cell state (Krueger et al. 2016 report it on this task), three probabilities
+    # (0.15 and 0.5 run on the CPU from 2026-12-01: docs/runs-in-progress/ keeps their folders, which a
+    # job resumes on the GPU when they are copied to DIR/<job>)
     "permuted-zo0.15": ["--task", "mnist", "--permuted", "--zoneout", "0.15"],
     "permuted-zo0.3": ["--task", "mnist", "--permuted", "--zoneout", "0.3"],
+    "permuted-zo0.5": ["--task", "mnist", "--permuted", "--zoneout", "0.5"],
     # pixel without its default weight drop (0.15): that A/B on the GPU, where the row was measured
     "pixel-wd0": ["--task", "mnist", "--pixel", "--weight-drop", "0"],
     "rows": ["--task", "mnist"],
