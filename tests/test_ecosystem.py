@@ -354,10 +354,21 @@ def test_cpu_autocast_bf16_like_torch_nn(name):
     x = torch.randn(6, 3, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out, state = ours(x)
+        try:
+            out_t, state_t = theirs(x)
+            theirs_ran = True
+        except RuntimeError as e:
+            # torch.nn's LSTM goes to oneDNN's bf16 LSTM, which a CPU without AVX-512 does not have
+            # ("could not create a primitive descriptor", an AMD EPYC with AVX2): rnnkit's layer runs
+            # there, and is checked against torch.nn's float32 result instead
+            if name != "LSTM" or "could not create a primitive descriptor" not in str(e):
+                raise
+            theirs_ran = False
+    if not theirs_ran:
         out_t, state_t = theirs(x)
     h, h_t = (state[0], state_t[0]) if name == "LSTM" else (state, state_t)
     assert out.dtype == h.dtype == torch.bfloat16
-    if name != "GRU":
+    if name != "GRU" and theirs_ran:
         assert out_t.dtype == h_t.dtype == torch.bfloat16
     assert_close("output", out.float(), out_t.float(), torch.bfloat16)
     out.float().sum().backward()
