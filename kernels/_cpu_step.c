@@ -162,6 +162,31 @@ void rnnkit_gate_major(const float *restrict src, float *restrict dst, int64_t K
     }
 }
 
+/* Zoneout's mask (rnnkit/zoneout.py, `sample`): out[k] = 1 with probability threshold / 2^32, n
+ * units. Counter-based: SplitMix64's output number j of the stream seeded with key gives the units j
+ * (its low 32 bits) and half + j (its high 32 bits), so every unit is its own draw, whatever the
+ * loop's order, and the loop vectorizes (torch.rand and a compare took 82 ms for pixel MNIST's
+ * 12.8 M units a step, one thread of an AMD EPYC) */
+static inline uint64_t splitmix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+void rnnkit_bernoulli(uint8_t *restrict out, int64_t n, uint64_t key, uint64_t threshold) {
+    int64_t half = (n + 1) / 2;
+    uint8_t *restrict high = out + half;
+    for (int64_t j = 0; j < n / 2; j++) {
+        uint64_t z = splitmix64(key + (uint64_t)(j + 1) * 0x9E3779B97F4A7C15ull);
+        out[j] = (z & 0xFFFFFFFFull) < threshold;
+        high[j] = (z >> 32) < threshold;
+    }
+    if (n & 1) {
+        uint64_t z = splitmix64(key + (uint64_t)half * 0x9E3779B97F4A7C15ull);
+        out[half - 1] = (z & 0xFFFFFFFFull) < threshold;
+    }
+}
+
 /* Zoneout's gates (rnnkit/zoneout.py): out [N, 4H] = gx [N, 4H] with the input gate's pre-activation
  * lowered by shift and the forget gate's raised where zoned [N, H] is 1, in one pass (torch's ops made
  * a float mask of gx's size and a second pass over it) */

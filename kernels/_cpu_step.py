@@ -27,7 +27,7 @@ import sys
 import sysconfig
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -118,6 +118,7 @@ _SIGNATURES = {
     "rnnkit_lstm_bwd_step": (_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64),
     "rnnkit_gate_major": (_P, _P, _I64, _I64, _I64, _I64, _I64, _I64),
     "rnnkit_zone_gates": (_P, _P, _P, _I64, _I64, ctypes.c_float),
+    "rnnkit_bernoulli": (_P, _I64, ctypes.c_uint64, ctypes.c_uint64),
 }
 
 
@@ -183,6 +184,21 @@ def zone_gates(gx: torch.Tensor, zoned: torch.Tensor, shift: float) -> torch.Ten
     lib.rnnkit_zone_gates(
         gx.data_ptr(), zoned.data_ptr(), out.data_ptr(), zoned.numel() // max(H, 1), H, shift
     )
+    return out
+
+
+def bernoulli(
+    like: torch.Tensor, shape: Sequence[int], p: float, generator: torch.Generator | None = None
+) -> torch.Tensor | None:
+    """A bool tensor of ``shape``, each element True with probability p (to 2^-32), drawn in one C
+    pass from a key that ``generator`` (torch's default when None) gives; None where the library does
+    not apply to ``like`` (`zone_gates`' rule): the caller then draws with torch.rand."""
+    lib = _library_for(like)
+    if lib is None or not 0.0 <= p <= 1.0:
+        return None
+    key = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator)) % 2**64
+    out = torch.empty(tuple(shape), dtype=torch.bool)
+    lib.rnnkit_bernoulli(out.data_ptr(), out.numel(), key, round(p * 2**32))
     return out
 
 

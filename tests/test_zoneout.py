@@ -138,6 +138,49 @@ def test_zone_gates_in_one_c_pass_are_torchs_sums(D):
     assert torch.equal(zoneout.zone_gates(gx64, zoned), want64)
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 100_001])
+def test_the_c_mask_draws_each_unit_alone_with_probability_p(n):
+    """fp32 on the CPU, `sample` draws the mask in one C pass (SplitMix64 by unit). Each unit is True
+    with probability p: the frequency within 5 standard errors; pairs of units (neighbours, the two
+    halves of one 64-bit draw, the same unit at two steps) are True together at p², so no unit copies
+    another; the same generator state draws the same mask, the next draw another; p 0 and 1 are
+    never and always; float64 and a disabled library leave it to torch.rand."""
+    from kernels import _cpu_step
+
+    if _cpu_step.library() is None:
+        pytest.skip("no C compiler here: torch.rand draws every mask")
+    g = torch.Generator().manual_seed(n)
+    gx = torch.empty(n, 1, 1, 4)
+    for p in (0.15, 0.5):
+        mask = zoneout.sample(gx, p, generator=g).flatten()
+        assert mask.dtype == torch.bool and mask.numel() == n
+        if n < 1000:
+            continue
+        m = mask.double()
+        assert abs(m.mean().item() - p) < 5 * (p * (1 - p) / n) ** 0.5
+        half = (n + 1) // 2
+        for a, b in ((m[:-1], m[1:]), (m[: n // 2], m[half : half + n // 2])):
+            both = (a * b).mean().item()
+            assert abs(both - p * p) < 5 * (p * p * (1 - p * p) / a.numel()) ** 0.5, (p, both)
+    assert not zoneout.sample(gx, 0.0, generator=g).any() and zoneout.sample(gx, 1.0, generator=g).all()
+    state = g.get_state()
+    first = zoneout.sample(gx, 0.3, generator=g)
+    g.set_state(state)
+    assert torch.equal(zoneout.sample(gx, 0.3, generator=g), first)
+    if n > 1000:
+        second = zoneout.sample(gx, 0.3, generator=g)
+        assert not torch.equal(first, second)
+        together = (first & second).double().mean().item()
+        assert abs(together - 0.09) < 5 * (0.09 * 0.91 / n) ** 0.5
+    assert _cpu_step.bernoulli(gx.double(), (n,), 0.3) is None
+    with _cpu_step.disabled():
+        assert _cpu_step.bernoulli(gx, (n,), 0.3) is None
+        g.set_state(state)
+        by_torch = zoneout.sample(gx, 0.3, generator=g)
+        g.set_state(state)
+        assert torch.equal(by_torch, torch.rand(n, 1, 1, 1, generator=g) < 0.3)
+
+
 def test_the_layer_zones_out_in_training_with_a_fresh_mask_every_step():
     """LSTM(cell_zoneout=p).train() is zoneout with the mask `sample` draws (about p of the units, a
     new draw at every step and for every sequence), every parameter's gradient included."""
