@@ -142,16 +142,26 @@ def _usable(t: torch.Tensor, rows: int, N: int, K: int, *others: torch.Tensor | 
     )
 
 
+# the input projection's forward into a pooled buffer (MKL's product, or one pass of an outer product
+# at K 1) below this many input features, where oneDNN is used too: oneDNN's own output is fresh memory,
+# whose first touch is most of the work at small K (one thread of an AMD EPYC with AVX-512, rows
+# 100352, N 512, two trainings beside: K 1 144 against 12 ms, K 8 179 vs 89, K 128 362 vs 265; level
+# at K 256-512)
+POOL_MAX_K = 256
+
+
 class _Linear(torch.autograd.Function):
-    # x [M, K] @ wᵀ + b: on oneDNN where it is used, else torch's product into a pooled buffer (huge
-    # pages, recycled: the first touch of a fresh [T·B, 4H] costs about as much as the product at
-    # small K); backward: dx on oneDNN where it is used, dw and db torch's
+    # x [M, K] @ wᵀ + b: on oneDNN where it is used (but a narrow K into the pool), else torch's
+    # product into a pooled buffer (huge pages, recycled: the first touch of a fresh [T·B, 4H] costs
+    # about as much as the product at small K); backward: dx on oneDNN where it is used, dw and db
+    # torch's
     @staticmethod
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
         rows, K = x.shape
-        if _usable(x, rows, w.shape[0], K, w, b):
+        narrow = K < POOL_MAX_K and _pooled(x, rows, w.shape[0], w, b)
+        if not narrow and _usable(x, rows, w.shape[0], K, w, b):
             linear, reorder = _linear_op()
             return linear(x, reorder(w, rows), b, "none", [], "")
         out = _memory.empty(x, rows, w.shape[0])
