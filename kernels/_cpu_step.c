@@ -54,11 +54,15 @@ void rnnkit_activations(const float *restrict x, float *restrict s, float *restr
 
 /* One row of the forward: p [4H] the recurrent product and x [4H] the input's part, whose sum is the
  * pre-activations (i, f, g, o); cp [H] c_{t-1} -> a [4H] activated gates, c [H] = f c_{t-1} + i g,
- * h [H] = o tanh(c) */
+ * h [H] = o tanh(c). keep: cell zoneout's probability at inference, where the gates are its
+ * expectation i' = (1 - keep) i, f' = keep + (1 - keep) f (rnnkit/zoneout.py); 0 in training, where
+ * they are i and f, the same bits (x * 1 and 0 + x, x >= 0, are x) */
 static inline void lstm_row(const float *restrict p, const float *restrict x, const float *restrict cp,
-                            float *restrict a, float *restrict c, float *restrict h, int64_t H) {
+                            float *restrict a, float *restrict c, float *restrict h, int64_t H,
+                            float keep) {
     for (int64_t j = 0; j < H; j++) {
-        float i = sigmoid_f(p[j] + x[j]), f = sigmoid_f(p[H + j] + x[H + j]);
+        float i = (1.0f - keep) * sigmoid_f(p[j] + x[j]);
+        float f = keep + (1.0f - keep) * sigmoid_f(p[H + j] + x[H + j]);
         float g = tanh_f(p[2 * H + j] + x[2 * H + j]), o = sigmoid_f(p[3 * H + j] + x[3 * H + j]);
         float cn = f * cp[j] + i * g;
         a[j] = i;
@@ -77,7 +81,17 @@ void rnnkit_lstm_fwd_step(const float *restrict pre, const float *restrict gx,
                           float *restrict h, int64_t R, int64_t H) {
     for (int64_t r = 0; r < R; r++)
         lstm_row(pre + r * 4 * H, gx + r * 4 * H, c_prev + r * H, gates + r * 4 * H, c + r * H,
-                 h + r * H, H);
+                 h + r * H, H, 0.0f);
+}
+
+/* The same step at inference with cell zoneout keep: its expectation (lstm_row) */
+void rnnkit_lstm_fwd_step_expected(const float *restrict pre, const float *restrict gx,
+                                   const float *restrict c_prev, float *restrict gates,
+                                   float *restrict c, float *restrict h, int64_t R, int64_t H,
+                                   float keep) {
+    for (int64_t r = 0; r < R; r++)
+        lstm_row(pre + r * 4 * H, gx + r * 4 * H, c_prev + r * H, gates + r * 4 * H, c + r * H,
+                 h + r * H, H, keep);
 }
 
 /* Forward with a mask: valid [R] (1: a real step). The carried states c_state, h_state [R, H] are
@@ -95,7 +109,7 @@ void rnnkit_lstm_fwd_step_masked(const float *restrict pre, const float *restric
             memset(hr, 0, H * sizeof(float));
             continue;
         }
-        lstm_row(pre + r * 4 * H, gx + r * 4 * H, c_state + r * H, a, cr, hr, H);
+        lstm_row(pre + r * 4 * H, gx + r * 4 * H, c_state + r * H, a, cr, hr, H, 0.0f);
         memcpy(c_state + r * H, cr, H * sizeof(float));
         memcpy(h_state + r * H, hr, H * sizeof(float));
     }

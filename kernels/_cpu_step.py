@@ -119,6 +119,7 @@ _SIGNATURES = {
     "rnnkit_gate_major": (_P, _P, _I64, _I64, _I64, _I64, _I64, _I64),
     "rnnkit_zone_gates": (_P, _P, _P, _I64, _I64, ctypes.c_float),
     "rnnkit_bernoulli": (_P, _I64, ctypes.c_uint64, ctypes.c_uint64),
+    "rnnkit_lstm_fwd_step_expected": (_P, _P, _P, _P, _P, _P, _I64, _I64, ctypes.c_float),
 }
 
 
@@ -301,6 +302,45 @@ class LSTMStep:
             t0, step = (a, B) if d == 0 else (T - 1 - a, -B)
             dst = base + size * (d * G * T * B + t0 * B)
             self.lib.rnnkit_gate_major(src + size * d * B * G, dst, K, B, G, D * B * G, T * B, step)
+
+
+def expected_lstm(
+    gx: torch.Tensor,
+    w: torch.Tensor,
+    h0: torch.Tensor,
+    c0: torch.Tensor,
+    keep: float,
+    reverse: bool,
+    states: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None:
+    """One direction of cell zoneout's expectation (`rnnkit.zoneout.expected_lstm`) by the C step, for
+    inference: gx [T, B, 4H], w [4H, H], h0, c0 [B, H] -> y [T, B, H], c_n [B, H] and, with
+    ``states``, the gates applied [T, B, 4H] (i', f', g, o) and c [T, B, H] in time order (else None:
+    two scratch steps hold them). No autograd, no projection, no lengths: the caller checks; None
+    where the library does not take these tensors."""
+    lib = _library_for(gx, w, h0, c0)
+    if lib is None or gx.shape[0] == 0:
+        return None
+    T, B, G = gx.shape
+    H = G // 4
+    gx, w_t = gx.contiguous(), w.t().contiguous()
+    n = T if states else 2
+    y, gates, c = gx.new_empty(T, B, H), gx.new_empty(n, B, G), gx.new_empty(n, B, H)
+    pre = gx.new_empty(B, G)
+    h, c0 = h0.contiguous(), c0.contiguous()  # c0 held here: the loop reads it by address
+    c_prev = _ptr(c0, B * H)
+    inputs, gate_rows, cells, ys = _Blocks(gx, B, G), _Blocks(gates, B, G), _Blocks(c, B, H), _Blocks(y, B, H)
+    y_steps = y.unbind(0)
+    order = reversed(range(T)) if reverse else range(T)
+    for k, t in enumerate(order):
+        torch.mm(h, w_t, out=pre)
+        at = t if states else k % 2
+        lib.rnnkit_lstm_fwd_step_expected(
+            pre.data_ptr(), inputs[t], c_prev, gate_rows[at], cells[at], ys[t], B, H, keep
+        )  # fmt: skip
+        c_prev, h = cells[at], y_steps[t]
+    c_n = c[(0 if reverse else T - 1) if states else (T - 1) % 2]
+    return (y, c_n, gates, c) if states else (y, c_n.clone(), None, None)
 
 
 def lstm_step(rows: int, hidden: int, *buffers: torch.Tensor) -> LSTMStep | None:

@@ -275,7 +275,7 @@ class _RecurrentLayer(nn.RNNBase):
         # inference with cell zoneout: the expectation, in torch ops (rnnkit.zoneout.expected_lstm),
         # with its own per-step record
         y, h_n, c_n, _, _ = zoneout.expected_lstm(
-            gx, w_hh, h0, c0, p=self.cell_zoneout, w_hr=w_hr, lengths=lengths, record=record
+            gx, w_hh, h0, c0, p=self.cell_zoneout, w_hr=w_hr, lengths=lengths, record=record, states=False
         )  # fmt: skip
         return y, h_n, c_n
 

@@ -90,15 +90,18 @@ def expected_lstm(
     w_hr: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
     record: StepGradientsHook | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    states: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """The LSTM at inference with cell zoneout p: the input gate scaled by 1 - p, the forget gate
     p + (1 - p) f. Arguments and layout as `rnnkit.functional.lstm`'s (``record`` too: called during
-    backward with every step's dL/dh_t and dL/dc_t); p = 0 is the plain LSTM.
+    backward with every step's dL/dh_t and dL/dc_t); p = 0 is the plain LSTM. Without a gradient,
+    projection or lengths, fp32 on the CPU runs the C step (a validation pass of pixel MNIST).
 
     Returns:
         y [T, B, D, P], h_n [D, B, P], c_n [D, B, H], the gates the cell applied [T, B, D, 4H]
-        (i', f', g, o) and c_t [T, B, D, H]; per-step tensors zero past each length. In gx's dtype,
-        computed in float32 (float64 for float64), differentiable.
+        (i', f', g, o) and c_t [T, B, D, H] (None for both with ``states=False``: the layer's forward
+        needs neither); per-step tensors zero past each length. In gx's dtype, computed in float32
+        (float64 for float64), differentiable.
     """
     p = check_probability("p", p)
     B, D, H, P, lengths = _check_common(gx, w_hh, "lstm", None if w_hr is None else w_hr.shape[1], lengths)
@@ -106,7 +109,7 @@ def expected_lstm(
         steps = None
         if record is not None and torch.is_grad_enabled() and not torch.compiler.is_compiling():
             steps = _StepRecorder(gx, record, D, B, H, P, lengths)
-        return _expected_lstm(gx, w_hh, h0, c0, p, w_hr, lengths, B, D, H, P, steps)
+        return _expected_lstm(gx, w_hh, h0, c0, p, w_hr, lengths, B, D, H, P, steps, states)
 
 
 class _StepRecorder:
@@ -155,16 +158,31 @@ class _Fence(torch.autograd.Function):
         return torch.zeros_like(grad), None
 
 
-def _expected_lstm(gx, w_hh, h0, c0, p, w_hr, lengths, B, D, H, P, steps=None):
+def _expected_lstm(gx, w_hh, h0, c0, p, w_hr, lengths, B, D, H, P, steps=None, states=True):
     T = gx.shape[0]
     ct = torch.float64 if gx.dtype == torch.float64 else torch.float32
     ys, hs, cs, gates, cells = [], [], [], [], []
     zero = None if steps is None else steps.fence(ct)
+    # inference without a gradient, projection or lengths (a validation pass): the C step, where it
+    # applies (pixel MNIST's 6000 examples: 34 s of torch ops a pass, one thread)
+    plain = steps is None and w_hr is None and lengths is None and T > 0
+    if plain and torch.is_grad_enabled():
+        plain = not any(t is not None and t.requires_grad for t in (gx, w_hh, h0, c0))
     for d in range(D):
         w = w_hh[d].to(ct)
         w_r = None if w_hr is None else w_hr[d].to(ct)
         h = gx.new_zeros(B, P, dtype=ct) if h0 is None else h0[d].to(ct)
         c = gx.new_zeros(B, H, dtype=ct) if c0 is None else c0[d].to(ct)
+        done = _cpu_step.expected_lstm(gx[:, :, d].to(ct), w, h, c, p, d == 1, states) if plain else None
+        if done is not None:
+            y_d, c_n, g_d, c_d = done
+            ys.append(y_d)
+            hs.append(y_d[T - 1 if d == 0 else 0])
+            cs.append(c_n)
+            if states:
+                gates.append(g_d)
+                cells.append(c_d)
+            continue
         if zero is not None:
             h = h + zero  # the fence's backward comes after this direction's steps
         y_d, g_d, c_d = [None] * T, [None] * T, [None] * T
@@ -190,8 +208,9 @@ def _expected_lstm(gx, w_hh, h0, c0, p, w_hr, lengths, B, D, H, P, steps=None):
                 h, c = h_new, c_new
             y_d[t], g_d[t], c_d[t] = h_new, step_gates, c_new
         ys.append(torch.stack(y_d))
-        gates.append(torch.stack(g_d))
-        cells.append(torch.stack(c_d))
+        if states:
+            gates.append(torch.stack(g_d))
+            cells.append(torch.stack(c_d))
         hs.append(h)
         cs.append(c)
     dtype = gx.dtype
@@ -199,6 +218,6 @@ def _expected_lstm(gx, w_hh, h0, c0, p, w_hr, lengths, B, D, H, P, steps=None):
         torch.stack(ys, dim=2).to(dtype),
         torch.stack(hs).to(dtype),
         torch.stack(cs).to(dtype),
-        torch.stack(gates, dim=2).to(dtype),
-        torch.stack(cells, dim=2).to(dtype),
+        torch.stack(gates, dim=2).to(dtype) if states else None,
+        torch.stack(cells, dim=2).to(dtype) if states else None,
     )

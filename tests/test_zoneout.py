@@ -204,6 +204,51 @@ def test_the_layer_zones_out_in_training_with_a_fresh_mask_every_step():
         assert not torch.equal(layer(x)[0], out), "two training forwards drew the same mask"
 
 
+@pytest.mark.parametrize("D", [1, 2])
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_the_expectation_without_a_gradient_runs_the_c_step(monkeypatch, D, p):
+    """fp32 on the CPU without a gradient, projection or lengths, `expected_lstm` runs the C step (an
+    inference pass): every output as torch's ops give it, with and without the per-step states, from
+    given and from zero initial states; with a gradient, lengths or a projection torch's ops run."""
+    from kernels import _cpu_step
+
+    if _cpu_step.library() is None:
+        pytest.skip("no C compiler here: torch's ops run every expectation")
+    g = torch.Generator().manual_seed(D)
+    T, B, H = 9, 5, 6
+    gx, w_hh = torch.randn(T, B, D, 4 * H, generator=g), torch.randn(D, 4 * H, H, generator=g) * 0.5
+    h0, c0 = torch.randn(D, B, H, generator=g), torch.randn(D, B, H, generator=g)
+    ran = []  # the directions the C step ran
+    c_step = _cpu_step.expected_lstm
+
+    def counted(*args):
+        out = c_step(*args)
+        if out is not None:
+            ran.append(1)
+        return out
+
+    monkeypatch.setattr(_cpu_step, "expected_lstm", counted)
+    for states, init in ((True, (h0, c0)), (False, (h0, c0)), (True, (None, None))):
+        with torch.no_grad():
+            got = zoneout.expected_lstm(gx, w_hh, *init, p=p, states=states)
+            assert len(ran) == D, "the C step did not run"
+            with _cpu_step.disabled():
+                want = zoneout.expected_lstm(gx, w_hh, *init, p=p, states=states)
+            assert len(ran) == D
+            ran.clear()
+        for name, a, b in zip(("y", "h_n", "c_n", "gates", "cells"), got, want, strict=True):
+            assert (a is None) == (b is None) == (not states and name in ("gates", "cells")), name
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    w = w_hh.clone().requires_grad_()
+    zoneout.expected_lstm(gx, w, h0, c0, p=p)[0].sum().backward()
+    assert w.grad is not None and not ran
+    with torch.no_grad():
+        zoneout.expected_lstm(gx, w_hh, h0, c0, p=p, lengths=torch.full((B,), T))
+        zoneout.expected_lstm(gx, w_hh[..., :3], h0[..., :3], c0, p=p, w_hr=torch.randn(D, 3, H))
+    assert not ran
+
+
 def test_inference_is_the_expectation():
     """In eval mode the cell takes zoneout's expectation. One step from a given state, c_1 is linear in
     the mask, so the mean of c_1 over many training draws (4000 copies of one sequence in a batch) is
