@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 import rnnkit
+from kernels import _onednn
 from rnnkit._checks import ArgumentError, check_at_least, check_device
 from rnnkit.backends import TRITON_DTYPES
 
@@ -105,7 +106,8 @@ def kernel_rows(rows: tuple[BenchRow, ...] = DEFAULT_ROWS) -> tuple[list[BenchRo
 
 
 def machine() -> dict[str, str]:
-    """The machine header: device, torch, triton and CUDA versions, threads, date (UTC)."""
+    """The machine header: device, torch, triton and CUDA versions, threads, the CPU products' library,
+    date (UTC)."""
     info = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "torch": torch.__version__,
@@ -125,6 +127,9 @@ def machine() -> dict[str, str]:
         info["threads"] = str(torch.get_num_threads())
         if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1":  # torch's huge pages (cli.py train sets it)
             info["THP_MEM_ALLOC_ENABLE"] = "1"
+        # the library of the reference path's large fp32 products (kernels/_onednn.py chooses by CPU):
+        # their rounding, and on some CPUs their speed, differ
+        info["products"] = "oneDNN" if _onednn.USE_ONEDNN else "MKL"
     return info
 
 

@@ -355,7 +355,12 @@ def test_cli_train_writes_the_run_directory(tmp_path):
     for name in ("config.json", "machine.json", "metrics.jsonl", "checkpoint.pt", "curves.png"):
         assert (tmp_path / "run" / name).is_file(), name
     # train's process takes torch's huge pages (set before torch is imported), and says so
-    assert json.loads((tmp_path / "run" / "machine.json").read_text())["THP_MEM_ALLOC_ENABLE"] == "1"
+    machine = json.loads((tmp_path / "run" / "machine.json").read_text())
+    assert machine["THP_MEM_ALLOC_ENABLE"] == "1"
+    # and which library ran its CPU products (the same choice as this process's, on this CPU)
+    from kernels import _onednn
+
+    assert machine["products"] == ("oneDNN" if _onednn.USE_ONEDNN else "MKL")
 
 
 def test_training_process_keeps_freed_memory():
