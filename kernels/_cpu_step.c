@@ -157,22 +157,33 @@ void rnnkit_lstm_bwd_step(const float *restrict gates, const float *restrict c,
 /* The LSTM backward's gate gradients of K steps of one direction into the gate-major layout that its
  * weight gradients read: src [K, B, G] (step k's block at src + k * src_step, rows of G) -> dst
  * element (gate column q, step k, row b) at dst + q * dst_gate + k * dst_step + b (dst_step < 0 for
- * the reverse direction, whose loop steps run back in time). In tiles that stay in L1 */
+ * the reverse direction, whose loop steps run back in time). Whole 16 x 16 tiles go through a local
+ * buffer, read and written a row at a time (pixel MNIST's 784 steps, B 128, G 512, one thread of an
+ * AMD EPYC with AVX-512, 8 interleaved rounds: min 34 against 47 ms, median 44 against 70 copying
+ * each element straight across; a noisy VM); the edges element-wise */
+enum { GM_TILE = 16 };
+
+static void gate_major_tile(const float *restrict s, float *restrict d, int64_t G, int64_t dst_gate) {
+    float t[GM_TILE][GM_TILE];
+    for (int b = 0; b < GM_TILE; b++)
+        for (int q = 0; q < GM_TILE; q++)
+            t[q][b] = s[b * G + q];
+    for (int q = 0; q < GM_TILE; q++)
+        memcpy(d + q * dst_gate, t[q], sizeof t[q]);
+}
+
 void rnnkit_gate_major(const float *restrict src, float *restrict dst, int64_t K, int64_t B, int64_t G,
                        int64_t src_step, int64_t dst_gate, int64_t dst_step) {
-    enum { TILE = 16 };
+    int64_t B_full = B - B % GM_TILE, G_full = G - G % GM_TILE;
     for (int64_t k = 0; k < K; k++) {
         const float *s = src + k * src_step;
         float *d = dst + k * dst_step;
-        for (int64_t b0 = 0; b0 < B; b0 += TILE) {
-            int64_t b1 = b0 + TILE < B ? b0 + TILE : B;
-            for (int64_t q0 = 0; q0 < G; q0 += TILE) {
-                int64_t q1 = q0 + TILE < G ? q0 + TILE : G;
-                for (int64_t q = q0; q < q1; q++)
-                    for (int64_t b = b0; b < b1; b++)
-                        d[q * dst_gate + b] = s[b * G + q];
-            }
-        }
+        for (int64_t b0 = 0; b0 < B_full; b0 += GM_TILE)
+            for (int64_t q0 = 0; q0 < G_full; q0 += GM_TILE)
+                gate_major_tile(s + b0 * G + q0, d + q0 * dst_gate + b0, G, dst_gate);
+        for (int64_t q = 0; q < G; q++)  /* the edges: rows past B_full, columns past G_full */
+            for (int64_t b = q < G_full ? B_full : 0; b < B; b++)
+                d[q * dst_gate + b] = s[b * G + q];
     }
 }
 

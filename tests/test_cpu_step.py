@@ -97,6 +97,7 @@ CASES = {
         T=9, B=4, D=1, H=6, lengths=torch.tensor([2, 9, 4, 4]), states=False, record=False
     ),
     "odd-wide": dict(T=3, B=5, D=1, H=37),  # H not a multiple of the vector width
+    "tiles-bi": dict(T=5, B=19, D=2, H=5),  # the gate-major pass: whole 16 x 16 tiles and edges
     "one": dict(T=1, B=1, D=1, H=1),
 }
 
@@ -139,6 +140,25 @@ def test_fused_backward_in_chunks_writes_every_step_gate_major(monkeypatch, call
     for name, a, b in zip(OUTPUTS, fused, ops):
         if a is not None:
             _same(name, a, b)
+
+
+@needs_compiler
+@pytest.mark.parametrize(("B", "G"), [(1, 4), (16, 16), (19, 20), (32, 48), (37, 100)])
+def test_gate_major_pass_is_a_transpose(B, G):
+    """`rnnkit_gate_major` (16 x 16 tiles through a buffer, the edges element-wise): K steps of [B, G]
+    into dst[q, k, b], forward in time and back (the reverse direction), nothing else written."""
+    K, T = 3, 5
+    src = torch.randn(K, B, G)
+    lib = _cpu_step.library()
+    for reverse in (False, True):
+        dst = torch.full((G, T, B), float("nan"))
+        t0, step = (T - 1, -B) if reverse else (1, B)
+        base = dst.data_ptr() + 4 * t0 * B
+        lib.rnnkit_gate_major(src.data_ptr(), base, K, B, G, B * G, T * B, step)
+        want = torch.full((G, T, B), float("nan"))
+        for k in range(K):
+            want[:, t0 - k if reverse else t0 + k] = src[k].T
+        assert torch.equal(dst.nan_to_num(7.0), want.nan_to_num(7.0))
 
 
 @needs_compiler
