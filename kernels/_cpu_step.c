@@ -75,23 +75,21 @@ static inline void lstm_row(const float *restrict p, const float *restrict x, co
 }
 
 /* Forward, every row a real step: pre [R, 4H] h_{t-1} W_hh^T, gx [R, 4H] the input projection,
- * c_prev [R, H] -> gates [R, 4H], c, h [R, H] */
+ * c_prev [R, H] -> gates [R, 4H], c, h [R, H]. keep: 0 in training; cell zoneout's probability at
+ * inference, for its expectation (lstm_row). Training's loop has lstm_row with the constant 0, which
+ * the compiler folds away: with keep a variable, or the test inside the row loop (gcc merged the two
+ * calls), a step at R 128, H 128 measured 10-30% slower, with the same bits */
 void rnnkit_lstm_fwd_step(const float *restrict pre, const float *restrict gx,
                           const float *restrict c_prev, float *restrict gates, float *restrict c,
-                          float *restrict h, int64_t R, int64_t H) {
-    for (int64_t r = 0; r < R; r++)
-        lstm_row(pre + r * 4 * H, gx + r * 4 * H, c_prev + r * H, gates + r * 4 * H, c + r * H,
-                 h + r * H, H, 0.0f);
-}
-
-/* The same step at inference with cell zoneout keep: its expectation (lstm_row) */
-void rnnkit_lstm_fwd_step_expected(const float *restrict pre, const float *restrict gx,
-                                   const float *restrict c_prev, float *restrict gates,
-                                   float *restrict c, float *restrict h, int64_t R, int64_t H,
-                                   float keep) {
-    for (int64_t r = 0; r < R; r++)
-        lstm_row(pre + r * 4 * H, gx + r * 4 * H, c_prev + r * H, gates + r * 4 * H, c + r * H,
-                 h + r * H, H, keep);
+                          float *restrict h, int64_t R, int64_t H, float keep) {
+    if (keep == 0.0f)
+        for (int64_t r = 0; r < R; r++)
+            lstm_row(pre + r * 4 * H, gx + r * 4 * H, c_prev + r * H, gates + r * 4 * H, c + r * H,
+                     h + r * H, H, 0.0f);
+    else
+        for (int64_t r = 0; r < R; r++)
+            lstm_row(pre + r * 4 * H, gx + r * 4 * H, c_prev + r * H, gates + r * 4 * H, c + r * H,
+                     h + r * H, H, keep);
 }
 
 /* Forward with a mask: valid [R] (1: a real step). The carried states c_state, h_state [R, H] are

@@ -113,13 +113,12 @@ def _build(cc: str) -> Path:
 _P, _I64 = ctypes.c_void_p, ctypes.c_int64
 _SIGNATURES = {
     "rnnkit_activations": (_P, _P, _P, _P, _I64),
-    "rnnkit_lstm_fwd_step": (_P, _P, _P, _P, _P, _P, _I64, _I64),
+    "rnnkit_lstm_fwd_step": (_P, _P, _P, _P, _P, _P, _I64, _I64, ctypes.c_float),
     "rnnkit_lstm_fwd_step_masked": (_P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64),
     "rnnkit_lstm_bwd_step": (_P, _P, _P, _P, _P, _P, _P, _P, _P, _P, _I64, _I64),
     "rnnkit_gate_major": (_P, _P, _I64, _I64, _I64, _I64, _I64, _I64),
     "rnnkit_zone_gates": (_P, _P, _P, _I64, _I64, ctypes.c_float),
     "rnnkit_bernoulli": (_P, _I64, ctypes.c_uint64, ctypes.c_uint64),
-    "rnnkit_lstm_fwd_step_expected": (_P, _P, _P, _P, _P, _P, _I64, _I64, ctypes.c_float),
 }
 
 
@@ -191,11 +190,12 @@ def zone_gates(gx: torch.Tensor, zoned: torch.Tensor, shift: float) -> torch.Ten
 def bernoulli(
     like: torch.Tensor, shape: Sequence[int], p: float, generator: torch.Generator | None = None
 ) -> torch.Tensor | None:
-    """A bool tensor of ``shape``, each element True with probability p (to 2^-32), drawn in one C
-    pass from a key that ``generator`` (torch's default when None) gives; None where the library does
-    not apply to ``like`` (`zone_gates`' rule): the caller then draws with torch.rand."""
+    """A bool tensor of ``shape``, each element True with probability p (to 2^-32; the caller checks
+    that 0 <= p <= 1), drawn in one C pass from a key that ``generator`` (torch's default when None)
+    gives; None where the library does not apply to ``like`` (`zone_gates`' rule): the caller then
+    draws with torch.rand."""
     lib = _library_for(like)
-    if lib is None or not 0.0 <= p <= 1.0:
+    if lib is None:
         return None
     key = int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64, generator=generator)) % 2**64
     out = torch.empty(tuple(shape), dtype=torch.bool)
@@ -236,11 +236,17 @@ class LSTMStep:
     def __init__(self, lib: ctypes.CDLL, rows: int, hidden: int) -> None:
         self.lib, self.R, self.H = lib, rows, hidden
 
-    def forward(self, recurrent, gxp, h, c, valid, yp, gates_p, c_p) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, recurrent, gxp, h, c, valid, yp, gates_p, c_p, keep=0.0, reverse=False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward loop: pre = recurrent(h) [D, B, 4H], then the step adds gxp[s] to it and writes
         gates_p, c_p (row s, or s % 2 for two scratch rows) and yp[s]. With ``valid`` [T, D, B, 1], a
         masked row keeps its state and writes zeros. h, c [D, B, X]: the initial states (any strides;
-        never written). Returns the final (h, c)."""
+        never written). Returns the final (h, c).
+
+        ``keep``: cell zoneout's probability, for its expectation at inference (0: the plain step).
+        ``reverse``: loop step s reads and writes time T - 1 - s of buffers in time order (one
+        direction, no mask), so that a reverse direction needs no flipped copies."""
         R, H, lib = self.R, self.H, self.lib
         T, n = gxp.shape[0], gates_p.shape[0]
         # the input's part is added in the C pass, not in the product: oneDNN's fused add took
@@ -249,14 +255,19 @@ class LSTMStep:
         gates, cells, ys = _Blocks(gates_p, R, 4 * H), _Blocks(c_p, R, H), _Blocks(yp, R, H)
         y_steps = yp.unbind(0)  # the products' operands, made at once
         if valid is None:
-            c_prev = _ptr(c.contiguous(), R * H)
+            c = c.contiguous()  # held here: the loop reads it by address
+            c_prev, k = _ptr(c, R * H), None
             for s in range(T):
+                t = T - 1 - s if reverse else s
                 pre = recurrent(h)  # [D, B, 4H]
-                k = s % n
-                pre_ = _ptr(pre, R * 4 * H)
-                lib.rnnkit_lstm_fwd_step(pre_, inputs[s], c_prev, gates[k], cells[k], ys[s], R, H)
-                c_prev, h = cells[k], y_steps[s]
-            return h, (c_p[(T - 1) % n] if T else c)
+                k = t if n == T else s % n
+                lib.rnnkit_lstm_fwd_step(
+                    _ptr(pre, R * 4 * H), inputs[t], c_prev, gates[k], cells[k], ys[t], R, H, keep
+                )  # fmt: skip
+                c_prev, h = cells[k], y_steps[t]
+            return h, (c if k is None else c_p[k])
+        if reverse or keep:
+            raise ValueError("the masked step runs forward in time and without zoneout")
         # the masked step updates the carried states in place: dense copies of its own
         h, c = (torch.clone(x, memory_format=torch.contiguous_format) for x in (h, c))
         masks, c_state, h_state = _Blocks(valid, R, 1), _ptr(c, R * H), _ptr(h, R * H)
@@ -327,19 +338,9 @@ def expected_lstm(
     n = T if states else 2
     y, gates, c = gx.new_empty(T, B, H), gx.new_empty(n, B, G), gx.new_empty(n, B, H)
     pre = gx.new_empty(B, G)
-    h, c0 = h0.contiguous(), c0.contiguous()  # c0 held here: the loop reads it by address
-    c_prev = _ptr(c0, B * H)
-    inputs, gate_rows, cells, ys = _Blocks(gx, B, G), _Blocks(gates, B, G), _Blocks(c, B, H), _Blocks(y, B, H)
-    y_steps = y.unbind(0)
-    order = reversed(range(T)) if reverse else range(T)
-    for k, t in enumerate(order):
-        torch.mm(h, w_t, out=pre)
-        at = t if states else k % 2
-        lib.rnnkit_lstm_fwd_step_expected(
-            pre.data_ptr(), inputs[t], c_prev, gate_rows[at], cells[at], ys[t], B, H, keep
-        )  # fmt: skip
-        c_prev, h = cells[at], y_steps[t]
-    c_n = c[(0 if reverse else T - 1) if states else (T - 1) % 2]
+    _, c_n = LSTMStep(lib, B, H).forward(
+        lambda h: torch.mm(h, w_t, out=pre), gx, h0, c0, None, y, gates, c, keep, reverse
+    )
     return (y, c_n, gates, c) if states else (y, c_n.clone(), None, None)
 
 

@@ -150,6 +150,15 @@ def _usable(t: torch.Tensor, rows: int, N: int, K: int, *others: torch.Tensor | 
 POOL_MAX_K = 256
 
 
+def _forward_on_onednn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> bool:
+    # `_Linear`'s forward x [rows, K] @ wᵀ on oneDNN: where `_usable`, but for a narrow K that the
+    # pool takes (POOL_MAX_K)
+    (rows, K), N = x.shape, w.shape[0]
+    if K < POOL_MAX_K and _pooled(x, rows, N, w, b):
+        return False
+    return _usable(x, rows, N, K, w, b)
+
+
 class _Linear(torch.autograd.Function):
     # x [M, K] @ wᵀ + b: on oneDNN where it is used (but a narrow K into the pool), else torch's
     # product into a pooled buffer (huge pages, recycled: the first touch of a fresh [T·B, 4H] costs
@@ -160,8 +169,7 @@ class _Linear(torch.autograd.Function):
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
         rows, K = x.shape
-        narrow = K < POOL_MAX_K and _pooled(x, rows, w.shape[0], w, b)
-        if not narrow and _usable(x, rows, w.shape[0], K, w, b):
+        if _forward_on_onednn(x, w, b):
             linear, reorder = _linear_op()
             return linear(x, reorder(w, rows), b, "none", [], "")
         out = _memory.empty(x, rows, w.shape[0])

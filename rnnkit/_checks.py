@@ -82,10 +82,11 @@ def check_at_least(argument: str, value: int | float | None, least: int | float,
         raise ArgumentError(argument, f"expected {what or f'at least {least}'}, got {value}")
 
 
-def check_probability(argument: str, p: object) -> float:
-    """A dropout-like probability in [0, 1) (1 would drop everything), as a float."""
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
-        raise ValueError(f"{argument}: expected a probability in [0, 1), got {p!r}")
+def check_probability(argument: str, p: object, *, one: bool = False) -> float:
+    """A dropout-like probability in [0, 1) (1 would drop everything), as a float; with ``one``, in
+    [0, 1] (a mask's probability, where 1 is every unit)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not (0 <= p <= 1 if one else 0 <= p < 1):
+        raise ValueError(f"{argument}: expected a probability in [0, {'1]' if one else '1)'}, got {p!r}")
     return float(p)
 
 

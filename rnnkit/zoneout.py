@@ -42,6 +42,7 @@ def sample(gx: torch.Tensor, p: float, generator: torch.Generator | None = None)
     state at that step (probability p), for gx [T, B, D, 4H]. For fp32 on the CPU one C pass draws it
     (`kernels._cpu_step.bernoulli`, from a key the generator gives: as reproducible as torch.rand, and
     30x faster at pixel MNIST's size); elsewhere torch.rand."""
+    p = check_probability("p", p, one=True)
     T, B, D, G = gx.shape
     drawn = _cpu_step.bernoulli(gx, (T, B, D, G // 4), p, generator)
     if drawn is not None:

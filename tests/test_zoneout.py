@@ -144,7 +144,8 @@ def test_the_c_mask_draws_each_unit_alone_with_probability_p(n):
     with probability p: the frequency within 5 standard errors; pairs of units (neighbours, the two
     halves of one 64-bit draw, the same unit at two steps) are True together at p², so no unit copies
     another; the same generator state draws the same mask, the next draw another; p 0 and 1 are
-    never and always; float64 and a disabled library leave it to torch.rand."""
+    never and always, one out of [0, 1] an error; float64 and a disabled library leave it to
+    torch.rand."""
     from kernels import _cpu_step
 
     if _cpu_step.library() is None:
@@ -172,6 +173,9 @@ def test_the_c_mask_draws_each_unit_alone_with_probability_p(n):
         assert not torch.equal(first, second)
         together = (first & second).double().mean().item()
         assert abs(together - 0.09) < 5 * (0.09 * 0.91 / n) ** 0.5
+    for bad in (-0.1, 1.5, float("nan"), True):  # a probability out of [0, 1] is refused, not clamped
+        with pytest.raises(ValueError, match=r"p: expected a probability in \[0, 1\], got"):
+            zoneout.sample(gx, bad, generator=g)
     assert _cpu_step.bernoulli(gx.double(), (n,), 0.3) is None
     with _cpu_step.disabled():
         assert _cpu_step.bernoulli(gx, (n,), 0.3) is None
