@@ -447,6 +447,49 @@ def test_results_time_leaves_out_the_pauses_of_a_resumed_run():
                {"kind": "step", "time": 3770.0}, {"kind": "epoch", "time": 3800.0},
                {"kind": "test"}]  # fmt: skip
     assert _wall_seconds(records) == 60 + 10 + 30
+    killed = [{"kind": "step", "time": 100.0}, {"kind": "step", "time": 160.0},  # then SIGKILL
+              {"kind": "resumed", "time": 9000.0}, {"kind": "step", "time": 9020.0}]  # fmt: skip
+    assert _wall_seconds(killed) == 60 + 20, "a killed process's gap is a pause too"
+    assert (
+        _wall_seconds([*records[:3], {"kind": "resumed", "time": 3760.0}, *records[3:]]) == 60 + 10 + 10 + 30
+    )
+
+
+def test_resume_records_the_machine_and_results_name_each_machines_epochs(tiny_mnist, tmp_path):
+    """Each --resume logs a "resumed" record with the machine it goes on on; RESULTS.md's row names
+    the machines of a run whose epochs did not all train where it started."""
+    from rnnkit.bench import machine
+    from rnnkit.train.results import _machines, summarize_run
+
+    out = tmp_path / "run"
+    train(mnist_config(tiny_mnist, epochs=1), out)
+    train(mnist_config(tiny_mnist, epochs=2), out, resume=True)
+    resumed = Run(out).records("resumed")
+    assert [r["step"] for r in resumed] == [Run(out).records("epoch")[0]["step"]]
+    assert resumed[0]["machine"]["device"] == machine()["device"]
+    assert "trained on" not in summarize_run(out)["result"], "one machine throughout: no note"
+
+    def epoch(e):
+        return {"kind": "epoch", "epoch": e}
+
+    cpu, epyc = {"device": "AMD EPYC (2 cores)", "products": "oneDNN"}, "AMD EPYC (2 cores)"
+    gpu = {"device": "NVIDIA H200"}
+    moved = [epoch(1), epoch(2), {"kind": "resumed", "machine": gpu}, epoch(3), {"kind": "test"}]
+    assert _machines(moved, cpu) == f"; trained on {epyc} (epochs 1-2), NVIDIA H200 (epoch 3)"
+    back = [*moved[:4], {"kind": "resumed", "machine": {**cpu, "products": "MKL"}}, epoch(4), epoch(5)]
+    assert (
+        _machines(back, cpu)
+        == f"; trained on {epyc} (epochs 1-2), NVIDIA H200 (epoch 3), {epyc} (epochs 4-5)"
+    ), "the products' library only where every machine names one (the GPU's does not)"
+    mkl = [epoch(1), {"kind": "resumed", "machine": {**cpu, "products": "MKL"}}, epoch(2)]
+    assert _machines(mkl, cpu) == f"; trained on {epyc} with oneDNN (epoch 1), {epyc} with MKL (epoch 2)"
+    assert _machines(mkl, {"device": epyc}) == "", "machine.json without products: the device alone"
+    assert _machines([epoch(1), {"kind": "resumed", "machine": cpu}, epoch(2)], cpu) == ""
+    assert (
+        _machines([{"kind": "resumed", "machine": gpu}, epoch(1)], cpu)
+        == "; trained on NVIDIA H200 (epoch 1)"
+    )
+    assert _machines([], cpu) == ""
 
 
 def test_results_command_reproduces_the_run(tiny_mnist, tmp_path, monkeypatch):

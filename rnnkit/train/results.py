@@ -75,9 +75,11 @@ def command(config: dict[str, Any]) -> str:
 
 def _wall_seconds(records: list[dict[str, Any]]) -> float:
     """Wall-clock time between a run's first and last record, less the pauses: from an
-    "interrupted" record to the first record of the resumed process."""
+    "interrupted" record to the first record of the resumed process, and from the last record of a
+    killed process to the "resumed" record of the next."""
     times = [(r["time"], r.get("kind")) for r in records if "time" in r]
-    return sum(b - a for (a, kind), (b, _) in itertools.pairwise(times) if kind != "interrupted")
+    return sum(b - a for (a, kind), (b, then) in itertools.pairwise(times)
+               if kind != "interrupted" and then != "resumed")  # fmt: skip
 
 
 def summarize_run(out: Path, machine: dict[str, str] | None = None) -> dict[str, Any]:
@@ -98,13 +100,15 @@ def summarize_run(out: Path, machine: dict[str, str] | None = None) -> dict[str,
     row.update(epochs=len(epochs), seconds=seconds, time_kind=how, command=command(config))
     row["machine"] = run.machine()
     row["threads"] = _threads(records, (row["machine"] or machine or {}).get("threads", "-"))
+    moved = _machines(records, row["machine"] or machine or {})
     if config["task"] == "sine":
         row["result"] = f"test MSE {epochs[-1]['test_loss']:.3g} (train MSE {epochs[-1]['train_loss']:.3g})"
+        row["result"] += moved
         return row
     test = next((r for r in reversed(records) if r.get("kind") == "test"), None)
     if test is None:
         best = _best_validation(epochs, config)
-        row["result"] = f"unfinished: {best}" if best else "unfinished (no evaluation yet)"
+        row["result"] = (f"unfinished: {best}" if best else "unfinished (no evaluation yet)") + moved
         return row
     metric = next(k for k in test if k.startswith("test_") and k not in ("test_loss", "test_examples"))
     row["result"] = _score(metric, test[metric])
@@ -118,7 +122,37 @@ def summarize_run(out: Path, machine: dict[str, str] | None = None) -> dict[str,
         since = chosen["chosen_from_epoch"]
         among = f" of epochs {since}-{len(epochs)}" if since > 1 else ""
         row["result"] += f"; weights of epoch {chosen['epoch']}, the best on validation{among}: {best}"
+    row["result"] += moved
     return row
+
+
+def _machines(records: list[dict[str, Any]], started_on: dict[str, str]) -> str:
+    """Empty for a run whose epochs all trained on the machine it started on (machine.json); else
+    "; trained on A (epochs 1-20), B (epochs 21-50)", each epoch given to the machine of the last
+    "resumed" record before it. A machine is its device, and the CPU products' library where every
+    record names one (machine.json files written before it was recorded do not)."""
+    machines = [started_on, *(r.get("machine") or {} for r in records if r.get("kind") == "resumed")]
+    with_products = all("products" in m for m in machines)
+
+    def name(m: dict[str, str]) -> str:
+        device = m.get("device", "unknown device")
+        return f"{device} with {m['products']}" if with_products and "products" in m else device
+
+    spans: list[list[Any]] = []  # [machine, first epoch, last epoch]
+    current = name(started_on)
+    for r in records:
+        if r.get("kind") == "resumed":
+            current = name(r.get("machine") or {})
+        elif r.get("kind") == "epoch":
+            if spans and spans[-1][0] == current:
+                spans[-1][2] = r["epoch"]
+            else:
+                spans.append([current, r["epoch"], r["epoch"]])
+    if len(spans) <= 1 and (not spans or spans[0][0] == name(started_on)):
+        return ""
+    return "; trained on " + ", ".join(
+        f"{m} (epochs {a}-{b})" if a != b else f"{m} (epoch {a})" for m, a, b in spans
+    )
 
 
 def _threads(records: list[dict[str, Any]], started_on: str) -> str:

@@ -2,7 +2,8 @@
 
 <out>/config.json      the arguments of the run (what --resume reads back)
 <out>/machine.json     the machine it started on (device, versions, date): RESULTS.md's header
-<out>/metrics.jsonl    one JSON record per line: steps, epochs, evaluations, diagnostics
+<out>/metrics.jsonl    one JSON record per line: steps, epochs, evaluations, diagnostics, and a
+                       "resumed" record (with the machine) each time the run is resumed
 <out>/checkpoint.pt    model, optimizer, RNG states, epoch, step: replaced atomically
 <out>/checkpoint.prev.pt   the checkpoint before it: one bad write never loses the run
 <out>/*.png            curves (and the task's own plots)
@@ -168,13 +169,18 @@ class Run:
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
     ) -> dict | None:
         """Restore model, optimizer and RNG states from the checkpoint; drop log lines written
-        after it (by a run killed later). Returns the checkpoint, or None to start afresh."""
+        after it (by a run killed later), and log a "resumed" record with the machine it goes on on
+        (machine.json keeps the one it started on). Returns the checkpoint, or None to start afresh."""
         checkpoint = self.load_checkpoint(device)
         if checkpoint is not None:
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
             set_rng_state(checkpoint["rng"])
         self.truncate_log(0 if checkpoint is None else checkpoint["step"])
+        if checkpoint is not None:
+            from rnnkit.bench import machine
+
+            self.log({"kind": "resumed", "step": checkpoint["step"], "machine": machine()})
         return checkpoint
 
 
