@@ -32,6 +32,12 @@ def test_defaults_follow_the_task_and_its_variant():
     permuted = plan_training({"task": "mnist", "permuted": True}).config
     assert (permuted.hidden, permuted.epochs, permuted.init, permuted.lr) == (128, 50, "default", 2e-3)
     assert permuted.weight_drop == 0.0, "permuted: weight drop trailed"
+    assert permuted.zoneout == 0.5, "permuted: zoneout 0.5 (issue #18: 92.14% test)"
+    assert plan_training({"task": "mnist", "permuted": True, "zoneout": 0.0}).config.zoneout == 0.0
+    assert plan_training({"task": "mnist", "pixel": True}).config.zoneout == 0.0, "pixel: no zoneout"
+    gru = plan_training({"task": "mnist", "permuted": True, "cell": "gru"}).config
+    assert gru.zoneout == 0.0, "zoneout is the LSTM's: a GRU keeps the variant's other defaults without it"
+    assert (gru.lr, gru.init) == (2e-3, "default")
     assert plan_training({"task": "mnist", "permuted": True, "hidden": 64}).config.hidden == 64, "given wins"
     imdb = plan_training({"task": "imdb", "cell": "gru"}).config
     assert (imdb.bidirectional, imdb.pool, imdb.dropout) == (True, "max", 0.3)
@@ -132,14 +138,14 @@ def test_chrono_initialisation_reaches_the_model(tiny_mnist):
 @pytest.mark.parametrize("option, attribute", [("weight_drop", "weight_drop"), ("zoneout", "cell_zoneout")])
 def test_regularisers_reach_the_model(tiny_mnist, option, attribute):
     """--weight-drop is the recurrent layer's DropConnect probability, --zoneout the LSTM's
-    cell_zoneout; both off unless given (permuted MNIST's defaults included)."""
+    cell_zoneout; both off unless given or a variant's default (the rows' defaults)."""
     from rnnkit.train import make_task
 
     task = make_task("mnist")
     cfg = mnist_config(tiny_mnist, **{option: 0.25}, hidden=16)
     task.prepare(cfg, print)
     assert getattr(task.build_model(cfg).recurrent, attribute) == 0.25
-    assert getattr(plan_training({"task": "mnist", "permuted": True}).config, option) == 0.0
+    assert getattr(plan_training({"task": "mnist"}).config, option) == 0.0
 
 
 def test_zoneout_needs_the_lstm():

@@ -45,11 +45,13 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 # against 1e-3 (RESULTS.md): pixel 97.71% test against 97.41%, permuted ahead from epoch 2 on. Pixel
 # overfitted (validation loss up from epoch 20, training accuracy 99.5%): weight drop 0.15 on the
 # recurrent weights kept its validation loss falling and reached 98.11% test (H200); on permuted,
-# 0.1 and 0.25 trailed (RESULTS.md)
+# 0.1 and 0.25 trailed (RESULTS.md). Permuted overfitted too (training 98.6%, 90.12% test): zoneout
+# of the cell state, 0.5 against 0.15 over all 50 epochs, led at every epoch from 19 on and reached
+# 92.14% test (0.15: RESULTS.md), with the training accuracy at the validation's
 _PIXEL = {"hidden": 128, "layers": 1, "epochs": 50, "dropout": 0.0, "lr": 2e-3}
 VARIANT_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     ("mnist", "pixel"): {**_PIXEL, "init": "chrono", "weight_drop": 0.15},
-    ("mnist", "permuted"): {**_PIXEL, "init": "default"},
+    ("mnist", "permuted"): {**_PIXEL, "init": "default", "zoneout": 0.5},
 }
 # the options each task uses; any other given is refused (silently ignoring it would mislead)
 _MINIBATCH = ("cell", "epochs", "batch_size", "lr", "optimizer", "clip", "hidden", "layers", "seed",
@@ -119,13 +121,16 @@ def plan_training(options: dict[str, Any], *, stamp: str | None = None) -> Train
 
 def defaults(task: str, given: dict[str, Any]) -> dict[str, Any]:
     """The task's settings where the command line is silent, given what it says (``--pixel`` brings
-    its own; chrono initialisation only for the gated cells)."""
+    its own; chrono initialisation only for the gated cells, zoneout only for the LSTM)."""
     settings = dict(TASK_DEFAULTS[task])
     for (of, option), extra in VARIANT_DEFAULTS.items():
         if of == task and given.get(option):
             settings.update(extra)
-    if settings.get("init") == "chrono" and given.get("cell", "lstm") not in ("lstm", "gru"):
+    cell = given.get("cell") or "lstm"
+    if settings.get("init") == "chrono" and cell not in ("lstm", "gru"):
         del settings["init"]
+    if settings.get("zoneout") and cell != "lstm":
+        del settings["zoneout"]
     return settings
 
 
