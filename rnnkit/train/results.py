@@ -136,7 +136,7 @@ def _machines(records: list[dict[str, Any]], started_on: dict[str, str]) -> str:
 
     def name(m: dict[str, str]) -> str:
         device = m.get("device", "unknown device")
-        return f"{device} with {m['products']}" if with_products and "products" in m else device
+        return f"{device} with {m['products']}" if with_products else device
 
     spans: list[list[Any]] = []  # [machine, first epoch, last epoch]
     current = name(started_on)
