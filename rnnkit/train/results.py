@@ -99,8 +99,9 @@ def summarize_run(out: Path, machine: dict[str, str] | None = None) -> dict[str,
     row: dict[str, Any] = {"run": repo_path(str(out)), "task": config["task"], "cell": config.get("cell")}
     row.update(epochs=len(epochs), seconds=seconds, time_kind=how, command=command(config))
     row["machine"] = run.machine()
-    row["threads"] = _threads(records, (row["machine"] or machine or {}).get("threads", "-"))
-    moved = _machines(records, row["machine"] or machine or {})
+    started_on = row["machine"] or machine or {}
+    row["threads"] = _threads(records, started_on.get("threads", "-"))
+    moved = _machines(records, started_on)
     if config["task"] == "sine":
         row["result"] = f"test MSE {epochs[-1]['test_loss']:.3g} (train MSE {epochs[-1]['train_loss']:.3g})"
         row["result"] += moved
@@ -138,39 +139,43 @@ def _machines(records: list[dict[str, Any]], started_on: dict[str, str]) -> str:
         device = m.get("device", "unknown device")
         return f"{device} with {m['products']}" if with_products else device
 
-    spans: list[list[Any]] = []  # [machine, first epoch, last epoch]
-    current = name(started_on)
+    current, each_epoch = name(started_on), []
     for r in records:
         if r.get("kind") == "resumed":
             current = name(r.get("machine") or {})
         elif r.get("kind") == "epoch":
-            if spans and spans[-1][0] == current:
-                spans[-1][2] = r["epoch"]
-            else:
-                spans.append([current, r["epoch"], r["epoch"]])
-    if len(spans) <= 1 and (not spans or spans[0][0] == name(started_on)):
+            each_epoch.append((current, r["epoch"]))
+    spans = _spans(each_epoch)
+    if all(m == name(started_on) for m, _, _ in spans):
         return ""
-    return "; trained on " + ", ".join(
-        f"{m} (epochs {a}-{b})" if a != b else f"{m} (epoch {a})" for m, a, b in spans
-    )
+    return "; trained on " + _spans_text(spans)
 
 
 def _threads(records: list[dict[str, Any]], started_on: str) -> str:
     """The CPU threads each epoch trained on: "1", or "1 (epochs 1-37), 2 (epochs 38-50)" for a run resumed
     with another count. Epochs recorded before the count was (older runs) count as ``started_on``,
     the threads of the run's first start."""
-    spans: list[list[Any]] = []  # [threads, first epoch, last epoch]
-    for r in records:
-        if r.get("kind") != "epoch":
-            continue
-        n = str(r.get("threads", started_on))
-        if spans and spans[-1][0] == n:
-            spans[-1][2] = r["epoch"]
-        else:
-            spans.append([n, r["epoch"], r["epoch"]])
+    spans = _spans(
+        [(str(r.get("threads", started_on)), r["epoch"]) for r in records if r.get("kind") == "epoch"]
+    )
     if len(spans) <= 1:
         return spans[0][0] if spans else started_on
-    return ", ".join(f"{n} (epochs {a}-{b})" if a != b else f"{n} (epoch {a})" for n, a, b in spans)
+    return _spans_text(spans)
+
+
+def _spans(each_epoch: list[tuple[str, int]]) -> list[tuple[str, int, int]]:
+    # (value, epoch) in order -> (value, first epoch, last epoch) of each stretch with one value
+    spans: list[tuple[str, int, int]] = []
+    for value, epoch in each_epoch:
+        if spans and spans[-1][0] == value:
+            spans[-1] = (value, spans[-1][1], epoch)
+        else:
+            spans.append((value, epoch, epoch))
+    return spans
+
+
+def _spans_text(spans: list[tuple[str, int, int]]) -> str:
+    return ", ".join(f"{v} (epochs {a}-{b})" if a != b else f"{v} (epoch {a})" for v, a, b in spans)
 
 
 def _score(metric: str, value: float) -> str:
