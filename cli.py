@@ -131,7 +131,7 @@ def _gradflow_run(args: argparse.Namespace, console: Console) -> int:
     from diagnostics.advise import plot_advice, render_advice, save_advice
     from diagnostics.report import plot, render, save_json
     from rnnkit._checks import check_at_least, check_device
-    from rnnkit.train.diagnose import diagnose_run, plot_timeline
+    from diagnostics.training import diagnose_run, plot_timeline
 
     defaults = build_parser().parse_args(["gradflow"])
     for name in _BUILT_IN_MODEL:
@@ -391,7 +391,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from kernels._memory import keep_freed_memory
+    from diagnostics.training import GradientFlowObserver
+    from kernels.cpu import keep_freed_memory
     from rnnkit.train import Progress as LoopProgress
     from rnnkit.train import Run, fit, make_task, plan_training
     from rnnkit.train.run import plot_curves
@@ -435,9 +436,11 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             line = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if isinstance(v, float))
             console.print(f"epoch {record['epoch']}: {line}")
 
+        observer = GradientFlowObserver(run.log, every=cfg.diagnose) if cfg.diagnose else None
         result = fit(
-            task, cfg, run, resume=plan.resume, progress=LoopProgress(on_epoch_start, on_step, on_epoch_end)
-        )
+            task, cfg, run, resume=plan.resume, progress=LoopProgress(on_epoch_start, on_step, on_epoch_end),
+            on_step=observer,
+        )  # fmt: skip
     plot_curves(run, task.metric)
     console.print(_train_table(f"{cfg.task}: epochs", run.records("epoch"), task.metric))
     if result["status"] == "interrupted":
@@ -527,7 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     flow.add_argument("--eval", action="store_true", help="run the models in eval mode")
     flow.add_argument("--device", default="cpu")
-    flow.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"))
+    flow.add_argument("--backend", default="auto", choices=("auto", "triton", "cpu", "reference"))
     flow.add_argument("--seed", type=int, default=0)
     flow.add_argument(
         "--out",
@@ -600,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--layers", type=int)
     t.add_argument("--seed", type=int, help="default: 0")
     t.add_argument("--device", help="cpu, cuda or cuda:N (default: cpu)")
-    t.add_argument("--backend", choices=("auto", "triton", "reference"), help="default: auto")
+    t.add_argument("--backend", choices=("auto", "triton", "cpu", "reference"), help="default: auto")
     t.add_argument("--data-dir", dest="data_dir", help="where the dataset files are (default: the cache)")
     t.add_argument(
         "--no-download", dest="download", action="store_const", const=False, help="never fetch data"
@@ -647,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--config", default="all", help="comma-separated row names, or all")
     b.add_argument(
-        "--providers", default="torch.nn,rnnkit-triton,rnnkit-reference,naive-cell-loop,compiled-cell-loop"
+        "--providers", default="torch.nn,rnnkit-triton,rnnkit-cpu,naive-cell-loop,compiled-cell-loop"
     )
     b.add_argument(
         "--modes",
@@ -694,7 +697,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--seq-len", type=int, default=50)
     check.add_argument("--batch", type=int, default=8)
     check.add_argument("--hidden", type=int, default=32)
-    check.add_argument("--backend", default="auto", choices=("auto", "triton", "reference"))
+    check.add_argument("--backend", default="auto", choices=("auto", "triton", "cpu", "reference"))
     check.add_argument("--device", default="cpu")
     check.add_argument("--tolerance", type=float, default=1e-5, help="largest relative error called a match")
     check.set_defaults(run=_check)

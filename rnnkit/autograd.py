@@ -19,14 +19,16 @@ no Python to call in its backward.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
 
-from kernels._onednn import sum_over_rows
+from kernels import reference
 from kernels.reference import compute_dtype, previous_states
 
 
@@ -85,14 +87,9 @@ def _recording(ctx) -> StepGradientsHook | None:
     return record
 
 
-def _only_needed(ctx, *grads):
-    # autograd wants None for every input that needs no gradient (None inputs included)
-    return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad, strict=True))
-
-
-def _sum_over_steps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _sum_over_steps(sum_over_rows, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # [T, B, D, M], [T, B, D, N] -> [D, M, N] = Σ_{t,b} a[t, b, d]ᵀ b[t, b, d]: one [M, T·B] @ [T·B, N]
-    # product per direction, on strided views (no transposed copy of a; oneDNN where a is gate-major)
+    # product per direction, on strided views (no transposed copy of a), by the backend's product
     T, B, D, M = a.shape
     b = b.to(a.dtype)
     return torch.stack([sum_over_rows(a[:, :, d].reshape(T * B, M), b[:, :, d].reshape(T * B, -1))
@@ -103,16 +100,6 @@ def _time_major(dgx: torch.Tensor, gate_major: bool) -> torch.Tensor:
     # a backward op that writes dgx gate-major returns the dense [D, G, T, B] (see `rnnkit.ops`):
     # viewed as [T, B, D, G], the weight gradients read it as it lies
     return dgx.permute(2, 3, 0, 1) if gate_major else dgx
-
-
-def _setup(ctx, training: bool, precision: str, saved, saved_only) -> None:
-    ctx.training = training
-    ctx.precision = precision
-    ctx.save_for_backward(*saved)
-    ctx.mark_non_differentiable(*saved_only)
-    ctx.set_materialize_grads(False)
-    ctx.record = _record_of_call()
-    ctx.device_type = saved[0].device.type
 
 
 def _dense(*grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
@@ -136,102 +123,82 @@ def no_autocast(device_type: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _rnn_autograd(bwd, gate_major: bool):
-    def setup_context(ctx, inputs, output):
-        _, w_hh, h0, lengths, nonlinearity, training, precision = inputs
-        y, _ = output
-        _setup(ctx, training, precision, (w_hh, h0, lengths, y), ())
-        ctx.nonlinearity = nonlinearity
+def _weight_gradients(cell: str, sum_over_rows, needs: dict[str, bool], v: dict, out: dict) -> dict:
+    # the gradients of the recurrent weights (and the GRU's b_hn), over all steps at once, from what
+    # the forward kept (v) and what the backward op returned (out): the one part that is per cell
+    grads = {}
+    if needs["w_hh"]:
+        dgh = out["dgx"]
+        if cell == "gru":  # the hidden side's gates: r and z of gx, and n of W_hn h + b_hn
+            H = v["ghn"].shape[-1]
+            dgh = torch.cat((dgh[..., : 2 * H], out["dghn"]), dim=-1)
+        grads["w_hh"] = _sum_over_steps(sum_over_rows, dgh, previous_states(v["y"], v["h0"], v["lengths"]))
+    if cell == "lstm" and v["w_hr"] is not None and needs["w_hr"]:
+        gates, c_steps = v["gates"], v["c_steps"]
+        H, ct = c_steps.shape[-1], compute_dtype(gates)
+        m = gates[..., 3 * H :].to(ct) * torch.tanh(c_steps.to(ct))  # projection input o ⊙ tanh c
+        grads["w_hr"] = _sum_over_steps(sum_over_rows, out["dh_steps"], m).to(v["w_hr"].dtype)
+    if cell == "gru" and needs["b_hn"]:
+        grads["b_hn"] = out["dghn"].sum(dim=(0, 1))
+    return grads
 
-    def backward(ctx, dy, dh_n):
-        _check_saved(ctx, "rnn")
-        w_hh, h0, lengths, y = ctx.saved_tensors
+
+# the forward outputs a caller sees; the others are what the backward needs (not differentiable)
+_STATES = ("y", "h_n", "c_n")
+
+
+def _formula(cell: str, bwd, sum_over_rows, gate_major: bool):
+    # setup_context and backward of <cell>_fwd, from the reference's signatures: the forward's inputs
+    # and outputs and the upstream gradients d<output> are matched to the backward's parameters by name
+    fwd_params = list(inspect.signature(getattr(reference, f"{cell}_fwd")).parameters)
+    fwd_outputs = typing.get_type_hints(getattr(reference, f"{cell}_fwd"))["return"]._fields
+    bwd_signature = inspect.signature(getattr(reference, f"{cell}_bwd")).parameters.values()
+    bwd_outputs = typing.get_type_hints(getattr(reference, f"{cell}_bwd"))["return"]._fields
+    bwd_tensors = [p.name for p in bwd_signature if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    bwd_options = [p.name for p in bwd_signature if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    fwd_tensors = fwd_params[
+        : len(fwd_params) - sum(p in ("nonlinearity", "training", "precision") for p in fwd_params)
+    ]
+    saved_inputs = [n for n in fwd_tensors if n != "gx"]
+    saved_outputs = [n for n in fwd_outputs if n not in _STATES[1:]]  # y, and what backward needs
+
+    def setup_context(ctx, inputs, output):
+        v = dict(zip(fwd_params, inputs, strict=True)) | dict(zip(fwd_outputs, output, strict=True))
+        ctx.training, ctx.precision = v["training"], v["precision"]
+        ctx.nonlinearity = v.get("nonlinearity")
+        ctx.save_for_backward(*(v[n] for n in (*saved_inputs, *saved_outputs)))
+        ctx.mark_non_differentiable(*(v[n] for n in saved_outputs if n not in _STATES))
+        ctx.set_materialize_grads(False)
+        ctx.record = _record_of_call()
+        ctx.device_type = v["w_hh"].device.type
+
+    def backward(ctx, *grads):
+        _check_saved(ctx, cell)
+        v = dict(zip((*saved_inputs, *saved_outputs), ctx.saved_tensors, strict=True))
+        upstream = {f"d{n}": g for n, g in zip(fwd_outputs, grads, strict=True) if n in _STATES}
+        v |= dict(zip(upstream, _dense(*upstream.values()), strict=True))
         record = _recording(ctx)
-        dy, dh_n = _dense(dy, dh_n)
+        options = {"nonlinearity": ctx.nonlinearity, "record": record is not None, "precision": ctx.precision}
         with no_autocast(ctx.device_type):
-            dgx, dh0, dh_steps = bwd(
-                dy, dh_n, y, w_hh, lengths, ctx.nonlinearity, record is not None, ctx.precision
-            )
-            dgx = _time_major(dgx, gate_major)
+            out = bwd(*(v.get(n) for n in bwd_tensors), *(options[n] for n in bwd_options))
+            out = dict(zip(bwd_outputs, out, strict=True))
+            out["dgx"] = _time_major(out["dgx"], gate_major)
             if record is not None:
-                record(StepGradients(dh_steps, None, lengths))
-            dw_hh = None
-            if ctx.needs_input_grad[1]:
-                dw_hh = _sum_over_steps(dgx, previous_states(y, h0, lengths))
-        return _only_needed(ctx, dgx, dw_hh, dh0, None, None, None, None)
+                record(StepGradients(out["dh_steps"], out.get("dc_steps"), v["lengths"]))
+            needs = dict(zip(fwd_params, ctx.needs_input_grad, strict=True))
+            found = {"gx": out["dgx"], "h0": out["dh0"], "c0": out.get("dc0")}
+            found |= _weight_gradients(cell, sum_over_rows, needs, v, out)
+        return tuple(found.get(n) if need else None for n, need in needs.items())
 
     return setup_context, backward
 
 
-def _lstm_autograd(bwd, gate_major: bool):
-    def setup_context(ctx, inputs, output):
-        _, w_hh, h0, c0, w_hr, lengths, training, precision = inputs
-        y, _, _, gates, c_steps = output
-        _setup(ctx, training, precision, (w_hh, w_hr, h0, c0, lengths, y, gates, c_steps), (gates, c_steps))
-
-    def backward(ctx, dy, dh_n, dc_n, _gates, _c_steps):
-        _check_saved(ctx, "lstm")
-        w_hh, w_hr, h0, c0, lengths, y, gates, c_steps = ctx.saved_tensors
-        record = _recording(ctx)
-        dy, dh_n, dc_n = _dense(dy, dh_n, dc_n)
-        with no_autocast(ctx.device_type):
-            dgx, dh0, dc0, dh_steps, dc_steps = bwd(
-                dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record is not None, ctx.precision
-            )
-            dgx = _time_major(dgx, gate_major)
-            if record is not None:
-                record(StepGradients(dh_steps, dc_steps, lengths))
-            dw_hh = dw_hr = None
-            if ctx.needs_input_grad[1]:
-                dw_hh = _sum_over_steps(dgx, previous_states(y, h0, lengths))
-            if w_hr is not None and ctx.needs_input_grad[4]:
-                H = c_steps.shape[-1]
-                ct = compute_dtype(gates)
-                m = gates[..., 3 * H :].to(ct) * torch.tanh(c_steps.to(ct))  # projection input o ⊙ tanh c
-                dw_hr = _sum_over_steps(dh_steps, m).to(w_hr.dtype)
-        return _only_needed(ctx, dgx, dw_hh, dh0, dc0, dw_hr, None, None, None)
-
-    return setup_context, backward
-
-
-def _gru_autograd(bwd, gate_major: bool):
-    def setup_context(ctx, inputs, output):
-        _, w_hh, _, h0, lengths, training, precision = inputs
-        y, _, gates, ghn = output
-        _setup(ctx, training, precision, (w_hh, h0, lengths, y, gates, ghn), (gates, ghn))
-
-    def backward(ctx, dy, dh_n, _gates, _ghn):
-        _check_saved(ctx, "gru")
-        w_hh, h0, lengths, y, gates, ghn = ctx.saved_tensors
-        record = _recording(ctx)
-        dy, dh_n = _dense(dy, dh_n)
-        with no_autocast(ctx.device_type):
-            dgx, dghn, dh0, dh_steps = bwd(
-                dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record is not None, ctx.precision
-            )
-            dgx = _time_major(dgx, gate_major)
-            if record is not None:
-                record(StepGradients(dh_steps, None, lengths))
-            H = ghn.shape[-1]
-            dw_hh = db_hn = None
-            if ctx.needs_input_grad[1]:
-                dgh = torch.cat((dgx[..., : 2 * H], dghn), dim=-1)  # hidden-side gates
-                dw_hh = _sum_over_steps(dgh, previous_states(y, h0, lengths))
-            if ctx.needs_input_grad[2]:
-                db_hn = dghn.sum(dim=(0, 1))
-        return _only_needed(ctx, dgx, dw_hh, db_hn, dh0, None, None, None)
-
-    return setup_context, backward
-
-
-_FORMULAS = {"rnn": _rnn_autograd, "lstm": _lstm_autograd, "gru": _gru_autograd}
-
-
-def register(fwd, bwd, cell: str, *, gate_major: bool = False) -> None:
+def register(fwd, bwd, cell: str, sum_over_rows, *, gate_major: bool = False) -> None:
     """Register the autograd of forward op ``fwd`` of ``cell``, whose backward calls op ``bwd``; the
     backward op itself has no derivative, and says so when a second backward reaches it.
-    ``gate_major``: the backward op returns dgx as [D, G, T, B] (see `rnnkit.ops`)."""
-    setup_context, backward = _FORMULAS[cell](bwd, gate_major)
+    ``sum_over_rows(a, b)``: the backend's aᵀ @ b, for the weight gradients. ``gate_major``: the
+    backward op returns dgx as [D, G, T, B] (see `rnnkit.ops`)."""
+    setup_context, backward = _formula(cell, bwd, sum_over_rows, gate_major)
     fwd.register_autograd(backward, setup_context=setup_context)
     bwd.register_autograd(_no_double_backward(bwd), setup_context=lambda ctx, inputs, output: None)
 

@@ -1,6 +1,6 @@
-"""Side-by-side timing of recurrent layers: torch.nn (cuDNN / oneDNN), rnnkit-triton, rnnkit-reference,
-a naive loop over torch.nn cells, and that loop under torch.compile (what a user would try instead),
-in one run on one machine. Every number is measured here.
+"""Side-by-side timing of recurrent layers: torch.nn (cuDNN / oneDNN), rnnkit-triton, rnnkit-cpu,
+rnnkit-reference, a naive loop over torch.nn cells, and that loop under torch.compile (what a user
+would try instead), in one run on one machine. Every number is measured here.
 
 GPU timing: `triton.testing.do_bench` (warm-up, then the median and the 20th/80th percentiles).
 CPU timing: warm-up runs, then ``repeats`` timed runs with `time.perf_counter`.
@@ -26,11 +26,13 @@ import torch
 from torch import nn
 
 import rnnkit
-from kernels import _onednn
+from kernels.cpu import SETTINGS as CPU_SETTINGS
 from rnnkit._checks import ArgumentError, check_at_least, check_device
 from rnnkit.backends import TRITON_DTYPES
 
-PROVIDERS = ("torch.nn", "rnnkit-triton", "rnnkit-reference", "naive-cell-loop", "compiled-cell-loop")
+PROVIDERS = (
+    "torch.nn", "rnnkit-triton", "rnnkit-cpu", "rnnkit-reference", "naive-cell-loop", "compiled-cell-loop",
+)  # fmt: skip
 # torch.compile unrolls the cell loop: compiling T·layers = 100 LSTM steps took ~90 s on a 2-core CPU
 COMPILE_MAX_STEPS = 256
 # fwd: inference (no gradient); fwd+bwd: a training step; fwd+bwd+record: the same with every step's
@@ -127,9 +129,9 @@ def machine() -> dict[str, str]:
         info["threads"] = str(torch.get_num_threads())
         if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1":  # torch's huge pages (cli.py train sets it)
             info["THP_MEM_ALLOC_ENABLE"] = "1"
-        # the library of the reference path's large fp32 products (kernels/_onednn.py chooses by CPU):
+        # the library of the CPU backend's large fp32 products (kernels.cpu chooses by CPU):
         # their rounding, and on some CPUs their speed, differ
-        info["products"] = "oneDNN" if _onednn.USE_ONEDNN else "MKL"
+        info["products"] = "oneDNN" if CPU_SETTINGS.onednn else "MKL"
     return info
 
 
@@ -300,7 +302,7 @@ def run_bench(
         without CUDA) gets ``skipped`` set and no times.
 
     Example:
-        >>> run_bench(DEFAULT_ROWS[2:3], providers=("torch.nn", "rnnkit-reference"), device="cpu")
+        >>> run_bench(DEFAULT_ROWS[2:3], providers=("torch.nn", "rnnkit-cpu"), device="cpu")
     """
     check_settings(providers, modes, fp32, device, warmup, repeats)
     dev = torch.device(device)
@@ -341,6 +343,8 @@ def _time_row(
             steps = row.T * row.num_layers
             if provider == "rnnkit-triton" and not gpu:
                 skipped = "needs CUDA"
+            if provider == "rnnkit-cpu" and gpu:
+                skipped = "runs CPU tensors"
             if row.gpu_only and not gpu:
                 skipped = "a GPU row"
             if provider == "compiled-cell-loop" and steps > compile_max_steps:
@@ -441,9 +445,9 @@ _PERSISTENT_ROWS = ("flashrnn-h768-fp16", "imdb-rnn", "long-small-batch", "gradf
 _CPU_ROWS = ("pytorch-default", "mnist-rowwise", "imdb-rnn", "imdb-lstm", "gradflow-rnn", "gradflow-lstm",
              "gradflow-gru", "mnist-pixel")  # fmt: skip
 TARGETS = (
-    ("cpu", "rnnkit-reference", ("fwd+bwd",), _CPU_ROWS, 1.2),  # issue #16
-    ("cpu", "rnnkit-reference", ("fwd",), _CPU_ROWS, 1.5),
-    ("cpu", "rnnkit-reference", ("fwd", "fwd+bwd"), ("sine-cells",), 1.2),
+    ("cpu", "rnnkit-cpu", ("fwd+bwd",), _CPU_ROWS, 1.2),  # issue #16
+    ("cpu", "rnnkit-cpu", ("fwd",), _CPU_ROWS, 1.5),
+    ("cpu", "rnnkit-cpu", ("fwd", "fwd+bwd"), ("sine-cells",), 1.2),
     ("cuda", "rnnkit-triton", ("fwd", "fwd+bwd"), _LAUNCH_BOUND_ROWS, 0.5),
     ("cuda", "rnnkit-triton", ("fwd", "fwd+bwd"), _PERSISTENT_ROWS, 1.0),
 )  # fmt: skip
@@ -470,7 +474,7 @@ def check_targets(results: list[BenchResult], device: str) -> list[str]:
                 verdict = "met" if ratio <= limit else f"missed by {ratio / limit:.2f}×"
                 what = f"{ratio:.2f}× torch.nn (target ≤ {limit}×)"
                 lines.append(f"{provider} {mode} on {row}: {what}: {verdict}")
-    recorded = "rnnkit-triton" if gpu else "rnnkit-reference"
+    recorded = "rnnkit-triton" if gpu else "rnnkit-cpu"
     for (row, provider, mode), r in by_key.items():
         plain = by_key.get((row, provider, "fwd+bwd"))
         if provider == recorded and mode == "fwd+bwd+record" and r.median_ms and plain and plain.median_ms:

@@ -20,9 +20,10 @@ from collections.abc import Sequence
 
 import torch
 
+from rnnkit import backends
 from rnnkit._checks import check_floating, check_lengths, check_tensor
 from rnnkit.autograd import StepGradientsHook, no_autocast, recording_into
-from rnnkit.ops import operators_for
+from rnnkit.ops import backend_for, operators_for
 
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
@@ -140,7 +141,7 @@ def rnn(
         w_hh: [D, H, H]. h0: [D, B, H] or None (zeros).
         lengths: [B] valid steps per sequence (1..T), or None.
         nonlinearity: "tanh" or "relu".
-        backend: "auto", "triton" or "reference" (see `rnnkit.backends`).
+        backend: "auto", "triton", "cpu" or "reference" (see `rnnkit.backends`).
         record: called during backward with the per-step `StepGradients`.
         precision: "ieee" or "tf32" for float32 on a GPU; None follows torch.nn (`recurrent_precision`).
 
@@ -191,7 +192,7 @@ def lstm(
         h0: [D, B, P] or None. c0: [D, B, H] or None.
         w_hr: [D, P, H] projection h_t = W_hr (o ⊙ tanh c_t), or None.
         lengths: [B] valid steps per sequence (1..T), or None.
-        backend: "auto", "triton" or "reference".
+        backend: "auto", "triton", "cpu" or "reference".
         record: called during backward with the per-step `StepGradients` (h and c).
         precision: "ieee" or "tf32" for float32 on a GPU; None follows torch.nn (`recurrent_precision`).
 
@@ -251,7 +252,7 @@ def gru(
         w_hh: [D, 3H, H]. b_hn: [D, H] (b_hh's n block) or None.
         h0: [D, B, H] or None.
         lengths: [B] valid steps per sequence (1..T), or None.
-        backend: "auto", "triton" or "reference".
+        backend: "auto", "triton", "cpu" or "reference".
         record: called during backward with the per-step `StepGradients`.
         precision: "ieee" or "tf32" for float32 on a GPU; None follows torch.nn (`recurrent_precision`).
 
@@ -282,6 +283,76 @@ def _gru(gx, w_hh, b_hn, h0, lengths, backend, precision, training, record):
     with no_autocast(gx.device.type):
         args = (*_dense(gx, w_hh, b_hn, h0, lengths), training, precision)
         return _call(record if training else None, ops.gru_fwd, *args)
+
+
+def linear(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, *, backend: str = "auto"
+) -> torch.Tensor:
+    """The input projection ``x @ wᵀ + b`` (`F.linear`) by the backend that runs x: the CPU backend
+    puts large fp32 products on oneDNN or into pooled buffers, and lays its gradient out for them.
+
+    Args:
+        x: [..., K]. w: [N, K]. b: [N] or None. backend: as the recurrence's.
+
+    Returns:
+        [..., N].
+
+    Example:
+        >>> gx = linear(x, lstm.weight_ih_l0, lstm.bias_ih_l0 + lstm.bias_hh_l0)  # [T, B, 4H]
+    """
+    return backends.functions(backend_for(backend, x.device, x.dtype)).linear(x, w, b)
+
+
+def layer_stack(
+    mode: str,
+    x: torch.Tensor,
+    weights: list[torch.Tensor],
+    h0: torch.Tensor | None,
+    c0: torch.Tensor | None,
+    lengths: torch.Tensor | None,
+    *,
+    bias: bool,
+    num_layers: int,
+    bidirectional: bool,
+    width: int,
+    hidden: int,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+    """A whole stack's inference in one fused call, where the backend that runs x has one for this
+    call (the CPU backend: torch's own recurrence, eager, no gradient asked for); else None, and the
+    caller runs the layers one by one. Arguments as `kernels.cpu.layer_stack`'s.
+
+    Returns:
+        (output [T, B, D*P], h_n [L*D, B, P], c_n [L*D, B, H] or None), or None.
+    """
+    if torch.compiler.is_compiling():
+        return None
+    fused = backends.functions(backend_for(backend, x.device, x.dtype)).layer_stack
+    if fused is None:
+        return None
+    settings = {"bias": bias, "num_layers": num_layers, "bidirectional": bidirectional}
+    return fused(mode, x, weights, h0, c0, lengths, **settings, width=width, hidden=hidden)
+
+
+def cell_step(
+    mode: str,
+    x: torch.Tensor,
+    weights: list[torch.Tensor | None],
+    states: list[torch.Tensor],
+    *,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, ...] | None:
+    """One cell step by the backend's own fused cell, where it has one for this call (the CPU
+    backend: torch's cell, autograd included); else None. x [B, I]; weights (w_ih, w_hh, b_ih,
+    b_hh); states [] or [h] (LSTM [h, c]), [B, H] each.
+
+    Returns:
+        (h',) or (h', c'), or None.
+    """
+    if torch.compiler.is_compiling():
+        return None
+    step = backends.functions(backend_for(backend, x.device, x.dtype)).cell_step
+    return None if step is None else step(mode, x, weights, states)
 
 
 @torch.no_grad()

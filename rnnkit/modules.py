@@ -31,11 +31,10 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 from torch.utils.hooks import RemovableHandle
 
-from kernels import _onednn
 from rnnkit import functional, zoneout
 from rnnkit._checks import check_dtype_device, check_floating, check_lengths, check_probability, check_tensor
 from rnnkit.autograd import StepGradients, StepRecord
-from rnnkit.backends import backend_name, check_backend_name
+from rnnkit.backends import check_backend_name
 
 StepGradHook = Callable[[nn.Module, int, StepGradients], None]
 
@@ -74,24 +73,6 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
         return None
     return torch.get_autocast_dtype(device)
-
-
-def _torch_fused(backend: str, x: torch.Tensor, tensors: list[torch.Tensor | None]) -> bool:
-    # whether torch's own fused recurrence (what torch.nn runs) may stand in for rnnkit's reference:
-    # eager, on the CPU, the reference backend, fp32 or fp64 throughout, no autocast
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
-        return False
-    if torch.compiler.is_compiling() or _autocast_dtype(x) is not None:
-        return False
-    if backend_name(backend, x.device, x.dtype) != "reference":
-        return False
-    return all(t is None or t.dtype == x.dtype for t in tensors)
-
-
-def _needs_grad(x: torch.Tensor, tensors: list[torch.Tensor | None]) -> bool:
-    return torch.is_grad_enabled() and (
-        x.requires_grad or any(t is not None and t.requires_grad for t in tensors)
-    )
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -252,7 +233,7 @@ class _RecurrentLayer(nn.RNNBase):
             folded = [_fold_biases(self.mode, b_ih, b_hh) for b_ih, b_hh in pairs]
         b_gx = None if folded[0][0] is None else _cat([b for b, _ in folded])
         b_hn = None if folded[0][1] is None else _stack([b for _, b in folded])
-        gx = _onednn.linear(x, _cat(self._params(layer, "weight_ih", dtype)), b_gx)  # F.linear, on oneDNN
+        gx = functional.linear(x, _cat(self._params(layer, "weight_ih", dtype)), b_gx, backend=self.backend)
         return gx.view(T, B, self._directions, gx.shape[-1] // self._directions), b_hn
 
     def _recurrence(self, layer, x, h0, c0, lengths, record):
@@ -372,36 +353,18 @@ class _RecurrentLayer(nn.RNNBase):
         return result
 
     def _fused_inference(self, x, h0, c0, lengths):
-        # torch's own fused recurrence (ATen or oneDNN: what torch.nn runs) where rnnkit's reference
-        # would compute the same numbers and keep nothing: on the CPU, no gradient asked for, no
-        # dropout, no autocast. Returns (output [T, B, D*P], h_n, c_n or None), or None where the
-        # explicit recurrence runs
-        tensors = [*self._flat_weights, h0, c0]
-        if not _torch_fused(self.backend, x, tensors) or _needs_grad(x, tensors):
-            return None
+        # the whole stack in one fused call where the backend has one (the CPU backend's inference),
+        # and nothing of rnnkit's own runs between the layers: no dropout, weight drop or zoneout.
+        # Returns (output [T, B, D*P], h_n, c_n or None), or None where the layers run one by one
         if self.training and (self.weight_drop > 0 or (self.dropout > 0 and self.num_layers > 1)):
             return None
         if self.cell_zoneout > 0:  # masks in training, the expectation at inference: rnnkit's own
             return None
-        T, B, _ = x.shape
-        rows = self.num_layers * self._directions
-        h = x.new_zeros(rows, B, self._width) if h0 is None else h0
-        hx = (h, x.new_zeros(rows, B, self.hidden_size) if c0 is None else c0) if self.mode == "LSTM" else h
-        fn = {"LSTM": torch._VF.lstm, "GRU": torch._VF.gru, "RNN_TANH": torch._VF.rnn_tanh,
-              "RNN_RELU": torch._VF.rnn_relu}[self.mode]  # fmt: skip
-        settings = (self._flat_weights, self.bias, self.num_layers, 0.0, False, self.bidirectional)
-        if lengths is None:
-            out = fn(x, hx, *settings, False)
-            return out[0], out[1], out[2] if self.mode == "LSTM" else None
-        # variable lengths: torch's packed form, in its order (sorted by length) and back
-        packed = pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
-        order, back = packed.sorted_indices, packed.unsorted_indices
-        hx = tuple(t.index_select(1, order) for t in hx) if self.mode == "LSTM" else hx.index_select(1, order)
-        out = fn(packed.data, packed.batch_sizes, hx, *settings)
-        result = PackedSequence(out[0], packed.batch_sizes, order, back)
-        output = pad_packed_sequence(result, total_length=T)[0]
-        c_n = out[2].index_select(1, back) if self.mode == "LSTM" else None
-        return output, out[1].index_select(1, back), c_n
+        shape = {"num_layers": self.num_layers, "bidirectional": self.bidirectional}
+        return functional.layer_stack(
+            self.mode, x, self._flat_weights, h0, c0, lengths, bias=self.bias, **shape,
+            width=self._width, hidden=self.hidden_size, backend=self.backend,
+        )  # fmt: skip
 
     def _layers(self, x, h0, c0, lengths):
         # rnnkit's recurrence, layer by layer: (output [T, B, D*P], h_n, c_n or None)
@@ -435,10 +398,10 @@ class _RecurrentLayer(nn.RNNBase):
     ):
         """Run every layer over the sequence, as the torch.nn twin does.
 
-        Inference on the CPU (no gradient asked for, no dropout, no autocast) with the reference
-        backend runs torch's own fused recurrence, as torch.nn does: it keeps nothing for a backward
-        and records nothing, so rnnkit's explicit loop would compute the same numbers slower. Anything
-        else (training, the per-step record, the Triton kernels) runs rnnkit's recurrence.
+        Inference on the CPU backend (no gradient asked for, no dropout, no autocast) runs torch's own
+        fused recurrence, as torch.nn does: it keeps nothing for a backward and records nothing, so
+        rnnkit's explicit loop would compute the same numbers slower. Anything else (training, the
+        per-step record, the Triton kernels, the reference) runs rnnkit's recurrence.
 
         Args:
             input: [T, B, I] ([B, T, I] with batch_first), [T, I] unbatched, or a PackedSequence.
@@ -552,14 +515,6 @@ class GRU(_RecurrentLayer):
         super().__init__("GRU", *args, backend=backend, weight_drop=weight_drop, **kwargs)
 
 
-# torch's cell functions by mode, looked up once (each torch._VF lookup costs a Python call per step)
-_TORCH_CELLS = {
-    "GRU": torch._VF.gru_cell,
-    "RNN_TANH": torch._VF.rnn_tanh_cell,
-    "RNN_RELU": torch._VF.rnn_relu_cell,
-}
-
-
 class _RecurrentCell:
     """One step of a recurrent cell through the same recurrence as the layers (mixin)."""
 
@@ -590,25 +545,14 @@ class _RecurrentCell:
         if not batched:
             states = [s.unsqueeze(0) for s in states]  # [1, H], as x is [1, I]
         p = self._parameters
-        weights = (p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"])
-        if _torch_fused(self.backend, x, [*weights, *states]):
-            out = self._torch_step(x, weights, states)
-        else:
+        weights = [p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"]]
+        out = functional.cell_step(self.mode, x, weights, states, backend=self.backend)
+        if out is None:
             h0, c0 = [s.reshape(1, B, H) for s in states] + [None] * (2 - len(states))
             out = self._rnnkit_step(x, h0, c0)
         if not batched:
             out = tuple(t.squeeze(0) for t in out)
         return out if self.mode == "LSTM" else out[0]
-
-    def _torch_step(self, x, weights, states):
-        # torch's own cell (what torch.nn's runs), autograd included: on the CPU with the reference
-        # backend it computes rnnkit's numbers without the custom operator's dispatch per step.
-        # states: [] or [h] (LSTM: [h, c]), [B, H] each
-        B, H = x.shape[0], self.hidden_size
-        h = states[0] if states else x.new_zeros(B, H)
-        if self.mode == "LSTM":
-            return torch._VF.lstm_cell(x, (h, states[1] if states else x.new_zeros(B, H)), *weights)
-        return (_TORCH_CELLS[self.mode](x, h, *weights),)
 
     def _rnnkit_step(self, x, h0, c0):
         # the step through rnnkit's recurrence (its operators: compiled graphs, the Triton kernels)

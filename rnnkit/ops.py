@@ -2,9 +2,9 @@
 
 Each backend's forward and backward of each cell is an operator in the ``rnnkit`` namespace:
 
-    torch.ops.rnnkit.{backend}_{cell}_{fwd|bwd}     backend: reference, triton   cell: rnn, lstm, gru
+    torch.ops.rnnkit.{backend}_{cell}_{fwd|bwd}     backend: triton, cpu, reference   cell: rnn, lstm, gru
 
-The reference ops are `torch.library.custom_op`s with fake (meta) implementations; the Triton ops
+The reference and CPU ops are `torch.library.custom_op`s with fake (meta) implementations; the Triton ops
 are `torch.library.triton_op`s, whose kernels `torch.compile` sees through `wrap_triton`. Every
 forward op has its autograd registered (`rnnkit.autograd`), so ``torch.compile(fullgraph=True)``
 and ``torch.export`` trace a layer as a handful of ops, not as a Python loop over time steps.
@@ -15,11 +15,15 @@ An op cannot return None: where a kernel returns None (nothing saved in inferenc
 op returns an empty tensor.
 """
 
+import functools
+import inspect
+import typing
 from types import SimpleNamespace
 
 import torch
 from torch import Tensor
 
+from kernels import reference
 from rnnkit import autograd, backends
 
 NAMESPACE = "rnnkit"
@@ -51,119 +55,43 @@ def check_length_values(lengths: Tensor | None, steps: int) -> None:
         raise ValueError(f"lengths: every length must be at most the number of steps T = {steps}, got {hi}")
 
 
-# --- implementations: one set of wrappers around a kernels module, for either backend ---------------
+# --- implementations: one wrapper per function, made from the reference's signature -----------------
 
 
-def _implementations(fns: SimpleNamespace, gate_major: tuple[str, ...]) -> dict[str, object]:
-    # fns: the six functions of `kernels.reference` or of the Triton launchers. The wrappers call
-    # them by plain names: that is how torch.library.triton_op finds the kernels they launch.
-    # gate_major: the cells whose backward op returns dgx as the dense [D, G, T, B] it was written in
-    # (the reference LSTM's), which `rnnkit.autograd` views as [T, B, D, G]: an operator's output
-    # must be what its fake says, and compilers take a custom op's outputs as dense row-major
-    run_rnn_fwd, run_rnn_bwd = fns.rnn_fwd, fns.rnn_bwd
-    run_lstm_fwd, run_lstm_bwd = fns.lstm_fwd, fns.lstm_bwd
-    run_gru_fwd, run_gru_bwd = fns.gru_fwd, fns.gru_bwd
+def _implementation(name: str, run, gate_major: bool):
+    """The operator body of a backend's function ``run`` (named ``name``, e.g. "lstm_bwd"): the
+    reference's parameters in order, keyword ones last, as positional operator arguments; returns
+    the fields of its NamedTuple, None as an empty tensor. `torch.library` reads the signature and
+    the type hints of `kernels.reference.<name>`. ``run`` is called by a plain (closure) name: that
+    is how torch.library.triton_op finds the kernels a launcher starts. ``gate_major``: the
+    backward's dgx comes back as the dense [D, G, T, B] it lies in, which `rnnkit.autograd` views as
+    [T, B, D, G] (an operator's output must be what its fake says, dense row-major)."""
+    contract = getattr(reference, name)
+    hints = typing.get_type_hints(contract)
+    params = list(inspect.signature(contract).parameters.values())
+    n_tensors = sum(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params)
+    options = [p.name for p in params[n_tensors:]]
+    like = next(k for k, p in enumerate(params) if hints[p.name] is Tensor)  # a tensor never None
+    lengths = next((k for k, p in enumerate(params) if p.name == "lengths"), None)
+    forward = name.endswith("_fwd")
 
-    def rnn_fwd(
-        gx: Tensor,
-        w_hh: Tensor,
-        h0: Tensor | None,
-        lengths: Tensor | None,
-        nonlinearity: str,
-        training: bool,
-        precision: str,
-    ) -> tuple[Tensor, Tensor]:
-        check_length_values(lengths, gx.shape[0])
-        out = run_rnn_fwd(
-            gx, w_hh, h0, lengths, nonlinearity=nonlinearity, training=training, precision=precision
-        )
-        return out.y, out.h_n
+    def implementation(*args):
+        if forward:
+            check_length_values(args[lengths], args[0].shape[0])
+        out = run(*args[:n_tensors], **dict(zip(options, args[n_tensors:], strict=True)))
+        outs = [_or_nothing(t, args[like]) for t in out]
+        if gate_major:
+            outs[0] = outs[0].permute(2, 3, 0, 1)
+        return tuple(outs)
 
-    def rnn_bwd(
-        dy: Tensor | None,
-        dh_n: Tensor | None,
-        y: Tensor,
-        w_hh: Tensor,
-        lengths: Tensor | None,
-        nonlinearity: str,
-        record: bool,
-        precision: str,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        out = run_rnn_bwd(
-            dy, dh_n, y, w_hh, lengths, nonlinearity=nonlinearity, record=record, precision=precision
-        )
-        return out.dgx, out.dh0, _or_nothing(out.dh_steps, y)
-
-    def lstm_fwd(
-        gx: Tensor,
-        w_hh: Tensor,
-        h0: Tensor | None,
-        c0: Tensor | None,
-        w_hr: Tensor | None,
-        lengths: Tensor | None,
-        training: bool,
-        precision: str,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        check_length_values(lengths, gx.shape[0])
-        out = run_lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training=training, precision=precision)
-        return out.y, out.h_n, out.c_n, _or_nothing(out.gates, gx), _or_nothing(out.c_steps, gx)
-
-    def lstm_bwd(
-        dy: Tensor | None,
-        dh_n: Tensor | None,
-        dc_n: Tensor | None,
-        w_hh: Tensor,
-        w_hr: Tensor | None,
-        c0: Tensor | None,
-        gates: Tensor,
-        c_steps: Tensor,
-        lengths: Tensor | None,
-        record: bool,
-        precision: str,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        out = run_lstm_bwd(
-            dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record=record, precision=precision
-        )
-        steps = (_or_nothing(out.dh_steps, gates), _or_nothing(out.dc_steps, gates))
-        dgx = out.dgx.permute(2, 3, 0, 1) if "lstm" in gate_major else out.dgx
-        return dgx, out.dh0, out.dc0, *steps
-
-    def gru_fwd(
-        gx: Tensor,
-        w_hh: Tensor,
-        b_hn: Tensor | None,
-        h0: Tensor | None,
-        lengths: Tensor | None,
-        training: bool,
-        precision: str,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        check_length_values(lengths, gx.shape[0])
-        out = run_gru_fwd(gx, w_hh, b_hn, h0, lengths, training=training, precision=precision)
-        return out.y, out.h_n, _or_nothing(out.gates, gx), _or_nothing(out.ghn, gx)
-
-    def gru_bwd(
-        dy: Tensor | None,
-        dh_n: Tensor | None,
-        w_hh: Tensor,
-        h0: Tensor | None,
-        y: Tensor,
-        gates: Tensor,
-        ghn: Tensor,
-        lengths: Tensor | None,
-        record: bool,
-        precision: str,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        out = run_gru_bwd(dy, dh_n, w_hh, h0, y, gates, ghn, lengths, record=record, precision=precision)
-        return out.dgx, out.dghn, out.dh0, _or_nothing(out.dh_steps, y)
-
-    return {
-        "rnn_fwd": rnn_fwd,
-        "rnn_bwd": rnn_bwd,
-        "lstm_fwd": lstm_fwd,
-        "lstm_bwd": lstm_bwd,
-        "gru_fwd": gru_fwd,
-        "gru_bwd": gru_bwd,
-    }
+    implementation.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter(p.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=hints[p.name])
+            for p in params
+        ],
+        return_annotation=tuple[(Tensor,) * len(hints["return"]._fields)],
+    )
+    return implementation
 
 
 # --- fake implementations: shapes and dtypes only, for the reference ops ----------------------------
@@ -191,11 +119,13 @@ def _fake_lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training, precision):
     return gx.new_empty(T, B, D, P), gx.new_empty(D, B, P), gx.new_empty(D, B, H), *saved
 
 
-def _fake_lstm_bwd(dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record, precision):
+def _fake_lstm_bwd(
+    dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record, precision, gate_major=False
+):
     T, B, D, G = gates.shape
     H, P = G // 4, w_hh.shape[2]
     return (
-        gates.new_empty(D, G, T, B),  # the reference's gate-major dgx (`_implementations`)
+        gates.new_empty(D, G, T, B) if gate_major else gates.new_empty(T, B, D, G),  # (`_implementations`)
         gates.new_empty(D, B, P),
         gates.new_empty(D, B, H),
         _steps_or_nothing(record or w_hr is not None, gates, T, B, D, P),
@@ -233,25 +163,26 @@ _FAKES = {
 # --- registration ------------------------------------------------------------------------------------
 
 
-# the cells whose backward op returns dgx gate-major, by backend (the reference LSTM's, for oneDNN's
-# weight gradients on the CPU)
-_GATE_MAJOR = {"reference": ("lstm",), "triton": ()}
-
-
 def _register(backend: str, fns: SimpleNamespace) -> SimpleNamespace:
     ops = {}
-    gate_major = _GATE_MAJOR[backend]
-    for kind, fn in _implementations(fns, gate_major).items():
+    gate_major = backends.BACKENDS[backend].gate_major
+    for kind in backends.OPS:
+        fn = _implementation(kind, getattr(fns, kind), kind == "lstm_bwd" and "lstm" in gate_major)
         name = f"{NAMESPACE}::{backend}_{kind}"
         fn.__name__ = fn.__qualname__ = f"{backend}_{kind}"
         if backend == "triton":
             op = torch.library.triton_op(name, fn, mutates_args=())
         else:
             op = torch.library.custom_op(name, fn, mutates_args=())
-            op.register_fake(_FAKES[kind])
+            fake = _FAKES[kind]
+            if kind == "lstm_bwd" and "lstm" in gate_major:
+                fake = functools.partial(fake, gate_major=True)
+            op.register_fake(fake)
         ops[kind] = op
     for cell in ("rnn", "lstm", "gru"):
-        autograd.register(ops[f"{cell}_fwd"], ops[f"{cell}_bwd"], cell, gate_major=cell in gate_major)
+        autograd.register(
+            ops[f"{cell}_fwd"], ops[f"{cell}_bwd"], cell, fns.sum_over_rows, gate_major=cell in gate_major
+        )
     return SimpleNamespace(name=backend, **ops)
 
 
@@ -259,10 +190,10 @@ _REGISTERED: dict[str, SimpleNamespace] = {}
 
 
 @torch.compiler.assume_constant_result
-def _registered(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    # `backends.backend_name`, with that backend's operators registered: a compiler calls this once
-    # while tracing and keeps the answer (a graph compiled for one backend stays on it, whatever
-    # RNNKIT_BACKEND says later), so no operator is registered inside a trace
+def backend_for(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """`rnnkit.backends.backend_name`, with that backend's operators registered: a compiler calls this
+    once while tracing and keeps the answer (a graph compiled for one backend stays on it, whatever
+    RNNKIT_BACKEND says later), so no operator is registered inside a trace."""
     name = backends.backend_name(backend, device, dtype)
     backend_ops(name)
     return name
@@ -274,23 +205,21 @@ def operators_for(backend: str, device: torch.device, dtype: torch.dtype) -> Sim
 
     Example:
         >>> operators_for("auto", torch.device("cpu"), torch.float32).name
-        'reference'
+        'cpu'
     """
-    return backend_ops(_registered(backend, device, dtype))
+    return backend_ops(backend_for(backend, device, dtype))
 
 
 def backend_ops(backend: str) -> SimpleNamespace:
-    """The six operators of a backend ("reference" or "triton"), registered on first use.
+    """The six operators of a backend (a name of `rnnkit.backends.BACKENDS`), registered on first use.
 
     The Triton ops import the kernels (and triton): ``backend_ops("triton")`` raises
     `rnnkit.BackendUnavailableError` where they cannot load.
     """
     if backend not in _REGISTERED:
-        if backend == "reference":
-            fns = backends.reference_functions()
-        elif backend == "triton":
-            fns = backends.triton_functions()  # BackendUnavailableError where they do not import
-        else:
-            raise ValueError(f"backend: expected 'reference' or 'triton', got {backend!r}")
-        _REGISTERED[backend] = _register(backend, fns)
+        if backend not in backends.BACKENDS:
+            raise ValueError(
+                f"backend: expected one of {', '.join(map(repr, backends.BACKENDS))}, got {backend!r}"
+            )
+        _REGISTERED[backend] = _register(backend, backends.functions(backend))
     return _REGISTERED[backend]

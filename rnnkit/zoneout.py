@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import _cpu_step
+from kernels import cpu
 from rnnkit._checks import check_probability
 from rnnkit.autograd import StepGradients, StepGradientsHook, StepRecord, no_autocast
 from rnnkit.functional import _check_common
@@ -40,11 +40,11 @@ SATURATE = 2.0**14
 def sample(gx: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """One zoneout mask for a training forward: [T, B, D, H] bool, True where a unit keeps its cell
     state at that step (probability p), for gx [T, B, D, 4H]. For fp32 on the CPU one C pass draws it
-    (`kernels._cpu_step.bernoulli`, from a key the generator gives: as reproducible as torch.rand, and
+    (`kernels.cpu.bernoulli`, from a key the generator gives: as reproducible as torch.rand, and
     30x faster at pixel MNIST's size); elsewhere torch.rand."""
     p = check_probability("p", p, one=True)
     T, B, D, G = gx.shape
-    drawn = _cpu_step.bernoulli(gx, (T, B, D, G // 4), p, generator)
+    drawn = cpu.bernoulli(gx, (T, B, D, G // 4), p, generator)
     if drawn is not None:
         return drawn
     return torch.rand(T, B, D, G // 4, device=gx.device, generator=generator) < p
@@ -70,7 +70,7 @@ class _ZoneGates(torch.autograd.Function):
     def forward(ctx, gx, zoned):
         # fp32 on the CPU: one C pass (pixel MNIST, T 784, B 128, H 128, one thread of an Intel Xeon:
         # about 250 ms a step in torch's ops, which build a float mask of gx's size first)
-        out = _cpu_step.zone_gates(gx, zoned, SATURATE)
+        out = cpu.zone_gates(gx, zoned, SATURATE)
         if out is not None:
             return out
         signs = gx.new_tensor([-SATURATE, SATURATE, 0.0, 0.0]).view(4, 1)  # per gate i, f, g, o
@@ -174,7 +174,7 @@ def _expected_lstm(gx, w_hh, h0, c0, p, w_hr, lengths, B, D, H, P, steps=None, s
         w_r = None if w_hr is None else w_hr[d].to(ct)
         h = gx.new_zeros(B, P, dtype=ct) if h0 is None else h0[d].to(ct)
         c = gx.new_zeros(B, H, dtype=ct) if c0 is None else c0[d].to(ct)
-        done = _cpu_step.expected_lstm(gx[:, :, d].to(ct), w, h, c, p, d == 1, states) if plain else None
+        done = cpu.expected_lstm(gx[:, :, d].to(ct), w, h, c, p, d == 1, states) if plain else None
         if done is not None:
             y_d, c_n, g_d, c_d = done
             ys.append(y_d)

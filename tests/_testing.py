@@ -74,17 +74,17 @@ def kernel_module(cell: str):
     return {"rnn": rnn, "lstm": lstm, "gru": gru}[cell.split("_")[0]]
 
 
-def make_inputs(cell, T, B, D, H, *, with_state, with_lengths, dtype=torch.float32):
+def make_inputs(cell, T, B, D, H, *, with_state, with_lengths, dtype=torch.float32, device=DEVICE):
     """Forward arguments (positional, keyword) of <cell>_fwd, and the upstream gradients."""
     P = max(1, H // 2) if cell == "lstm_proj" and H > 1 else H
     G = {"rnn": 1, "lstm": 4, "gru": 3}[cell.split("_")[0]]
-    kw = {"device": DEVICE, "dtype": dtype}
+    kw = {"device": device, "dtype": dtype}
     gx = torch.randn(T, B, D, G * H, **kw)
     w_hh = (torch.randn(D, G * H, P, **kw) / P**0.5).to(dtype)
     h0 = torch.randn(D, B, P, **kw) if with_state else None
     lengths = None
     if with_lengths:
-        lengths = torch.randint(1, T + 1, (B,), device=DEVICE)
+        lengths = torch.randint(1, T + 1, (B,), device=device)
         lengths[0] = T
     upstream = {
         "dy": torch.randn(T, B, D, P, **kw),

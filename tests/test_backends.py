@@ -6,14 +6,16 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.backends import BackendUnavailableError, backend_name, reference_functions
+from rnnkit.backends import BACKENDS, OPS, BackendUnavailableError, backend_name, functions
 
 cpu = torch.device("cpu")
 
 
-def test_auto_picks_reference_on_cpu(monkeypatch):
+def test_auto_picks_the_cpu_backend_on_cpu(monkeypatch):
     monkeypatch.delenv("RNNKIT_BACKEND", raising=False)
-    assert backend_name("auto", cpu) == "reference"
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        assert backend_name("auto", cpu, dtype) == "cpu"
+    assert backend_name("reference", cpu) == "reference"
 
 
 def test_env_overrides_auto_only(monkeypatch):
@@ -21,7 +23,8 @@ def test_env_overrides_auto_only(monkeypatch):
     assert backend_name("auto", cpu) == "reference"
     monkeypatch.setenv("RNNKIT_BACKEND", "fastest")
     with pytest.raises(
-        ValueError, match=r"RNNKIT_BACKEND: expected one of 'auto', 'triton', 'reference', got 'fastest'"
+        ValueError,
+        match=r"RNNKIT_BACKEND: expected one of 'auto', 'triton', 'cpu', 'reference', got 'fastest'",
     ):
         backend_name("auto", cpu)
     assert backend_name("reference", cpu) == "reference"  # an explicit argument wins
@@ -38,10 +41,24 @@ def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch):
         rnnkit.GRU(3, 4, backend="triton")(torch.randn(2, 1, 3))
 
 
-def test_reference_backend_has_every_function():
-    ops = reference_functions()
-    for name in ("rnn_fwd", "rnn_bwd", "lstm_fwd", "lstm_bwd", "gru_fwd", "gru_bwd"):
-        assert callable(getattr(ops, name))
+@pytest.mark.parametrize("name", ["reference", "cpu", "triton"])
+def test_every_backend_has_the_references_six_functions(name):
+    """Each backend's six functions have the reference's parameters, in order, with its defaults."""
+    import inspect
+
+    fns, reference = functions(name), functions("reference")
+    for op in OPS:
+        ours, theirs = inspect.signature(getattr(fns, op)), inspect.signature(getattr(reference, op))
+        assert list(ours.parameters) == list(theirs.parameters), f"{name}.{op}: {ours} != {theirs}"
+        for p, q in zip(ours.parameters.values(), theirs.parameters.values(), strict=True):
+            assert (p.kind, p.default) == (q.kind, q.default), f"{name}.{op}: {p} != {q}"
+    assert callable(fns.linear) and callable(fns.sum_over_rows)
+
+
+def test_cpu_backend_refuses_other_devices():
+    with pytest.raises(BackendUnavailableError, match=r"backend 'cpu' runs CPU tensors, got tensors on meta"):
+        backend_name("cpu", torch.device("meta"))
+    assert BACKENDS["cpu"].refuses(cpu, torch.float16) is None
 
 
 def test_float64_never_runs_on_triton(monkeypatch):

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from kernels import _cpu_step
 from kernels import reference as ref
+from kernels.cpu import _step as _cpu_step
 
 OUTPUTS = ["y", "h_n", "c_n", "gates", "c_steps", "dgx", "dh0", "dc0", "dh_steps", "dc_steps"]
 
@@ -263,7 +263,7 @@ def test_the_build_is_cached_per_source(fresh_build):
 
 
 def test_the_environment_switch_turns_it_off():
-    code = "from kernels import _cpu_step; print(_cpu_step.library(), _cpu_step.lstm_step(1, 1))"
+    code = "from kernels.cpu import _step; print(_step.library(), _step.lstm_step(1, 1))"
     env = {**os.environ, "RNNKIT_CPU_STEP": "0"}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["None", "None"]

@@ -13,7 +13,7 @@ import torch
 
 from diagnostics import GradientFlowRecorder, global_grad_norm
 from rnnkit.train import Run, TrainConfig, fit, make_task
-from rnnkit.train.diagnose import diagnose_run, load_run, plot_timeline
+from diagnostics.training import diagnose_run, load_run, plot_timeline
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,10 +1,13 @@
 """The architecture as the imports say it: one way down, no cycle.
 
-    kernels/            the Triton kernels and their reference: import nothing above them
-    rnnkit/ (the core)  layers, functional, operators, autograd, backends: kernels and themselves
-    diagnostics/        what the backward pass records: the core, never the kernels
-    rnnkit/train/       training runs: the core and diagnostics
+    kernels/            the backends (Triton, CPU) and their reference: import nothing above them
+    rnnkit/             layers, functional, operators, autograd, backends, training: kernels and itself
+    diagnostics/        what the backward pass records, and the observers of training: rnnkit, never
+                        the kernels
     cli.py, tools/      parse and render: anything
+
+and a backend's private modules (`kernels._*`, `kernels.cpu._*`) are imported only inside `kernels/`
+and by `rnnkit/backends.py`, the one place that chooses among backends (tools/ are kernel probes).
 
 Every import counts, at module level or inside a function, read from the source (no module is run).
 """
@@ -50,24 +53,21 @@ def _graph() -> dict[str, set[str]]:
 
 
 def _layer(module: str) -> str:
-    if module.startswith("kernels"):
-        return "kernels"
-    if module.startswith("rnnkit.train"):
-        return "train"
-    if module.startswith("rnnkit"):
-        return "core"
-    if module.startswith("diagnostics"):
-        return "diagnostics"
-    return "app"
+    top = module.split(".")[0]
+    return top if top in ("kernels", "rnnkit", "diagnostics") else "app"
 
 
 ALLOWED = {
     "kernels": {"kernels"},
-    "core": {"kernels", "core"},
-    "diagnostics": {"core", "diagnostics"},
-    "train": {"core", "diagnostics", "train"},
-    "app": {"kernels", "core", "diagnostics", "train", "app"},
+    "rnnkit": {"kernels", "rnnkit"},
+    "diagnostics": {"rnnkit", "diagnostics"},
+    "app": {"kernels", "rnnkit", "diagnostics", "app"},
 }
+
+
+def _private_kernel_module(module: str) -> bool:
+    parts = module.split(".")
+    return parts[0] == "kernels" and any(p.startswith("_") and p != "__init__" for p in parts[1:])
 
 
 def test_no_import_goes_up():
@@ -78,6 +78,19 @@ def test_no_import_goes_up():
         if _layer(target) not in ALLOWED[_layer(module)]
     ]
     assert not upward, "\n".join(upward)
+
+
+def test_only_kernels_and_the_backend_registry_import_private_kernel_modules():
+    outside = [
+        f"{module} imports {target}"
+        for module, targets in sorted(_graph().items())
+        for target in sorted(targets)
+        if _private_kernel_module(target)
+        and _layer(module) != "kernels"
+        and module != "rnnkit.backends"
+        and not module.startswith("tools")
+    ]
+    assert not outside, "\n".join(outside)
 
 
 def test_no_import_cycle():
@@ -118,5 +131,7 @@ def test_the_graph_is_read():
     assert "rnnkit.ops" in graph["rnnkit.functional"]
     assert "kernels.reference" in graph["rnnkit.autograd"]
     assert "rnnkit.autograd" in graph["diagnostics.recorder"]
-    assert "diagnostics" in graph["rnnkit.train.loop"]
+    assert "rnnkit.train.run" in graph["diagnostics.training"]
     assert {"kernels._cells", "kernels._config", "kernels._tiles"} <= graph["kernels.split"]
+    assert "kernels.cpu._onednn" in graph["kernels.cpu"]
+    assert _private_kernel_module("kernels.cpu._step") and not _private_kernel_module("kernels.cpu")

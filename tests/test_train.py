@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from diagnostics.training import GradientFlowObserver
 from rnnkit import datasets
 from rnnkit.train import (
     Progress,
@@ -45,7 +46,9 @@ def mnist_config(folder: Path, **kw) -> TrainConfig:
 def train(cfg: TrainConfig, out: Path, resume: bool = False, progress: Progress | None = None):
     task = make_task(cfg.task)
     task.prepare(cfg, print)
-    return fit(task, cfg, Run(out, vars(cfg)), resume=resume, progress=progress)
+    run = Run(out, vars(cfg))
+    on_step = GradientFlowObserver(run.log, every=cfg.diagnose) if cfg.diagnose else None
+    return fit(task, cfg, run, resume=resume, progress=progress, on_step=on_step)
 
 
 def step_losses(out: Path) -> list[float]:
@@ -358,7 +361,7 @@ def test_cli_train_writes_the_run_directory(tmp_path):
     machine = json.loads((tmp_path / "run" / "machine.json").read_text())
     assert machine["THP_MEM_ALLOC_ENABLE"] == "1"
     # and which library ran its CPU products (the same choice as this process's, on this CPU)
-    from kernels import _onednn
+    from kernels.cpu import _onednn
 
     assert machine["products"] == ("oneDNN" if _onednn.USE_ONEDNN else "MKL")
 
@@ -366,7 +369,7 @@ def test_cli_train_writes_the_run_directory(tmp_path):
 def test_training_process_keeps_freed_memory():
     """`kernels._memory.keep_freed_memory` (what `train` calls): glibc's malloc takes the settings
     (in a process of its own: they last for the process)."""
-    code = "from kernels._memory import keep_freed_memory; print(keep_freed_memory(), keep_freed_memory())"
+    code = "from kernels.cpu import keep_freed_memory; print(keep_freed_memory(), keep_freed_memory())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     expected = "True True" if sys.platform.startswith("linux") else "False False"

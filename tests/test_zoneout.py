@@ -114,7 +114,7 @@ def test_zoned_gates_run_zoneout_on_every_backend(backend, dtype, projection, le
 def test_zone_gates_in_one_c_pass_are_torchs_sums(D):
     """fp32 on the CPU, zone_gates is one C pass: the same numbers as torch's sum, bit for bit, and
     the gradient passes to gx unchanged; elsewhere (float64, a strided gx) torch's ops run."""
-    from kernels import _cpu_step
+    from kernels.cpu import _step as _cpu_step
 
     g = torch.Generator().manual_seed(D)
     gx = (torch.randn(6, 3, D, 4 * 5, generator=g) * 3).requires_grad_()
@@ -146,7 +146,7 @@ def test_the_c_mask_draws_each_unit_alone_with_probability_p(n):
     another; the same generator state draws the same mask, the next draw another; p 0 and 1 are
     never and always, one out of [0, 1] an error; float64 and a disabled library leave it to
     torch.rand."""
-    from kernels import _cpu_step
+    from kernels.cpu import _step as _cpu_step
 
     if _cpu_step.library() is None:
         pytest.skip("no C compiler here: torch.rand draws every mask")
@@ -214,7 +214,7 @@ def test_the_expectation_without_a_gradient_runs_the_c_step(monkeypatch, D, p):
     """fp32 on the CPU without a gradient, projection or lengths, `expected_lstm` runs the C step (an
     inference pass): every output as torch's ops give it, with and without the per-step states, from
     given and from zero initial states; with a gradient, lengths or a projection torch's ops run."""
-    from kernels import _cpu_step
+    from kernels.cpu import _step as _cpu_step
 
     if _cpu_step.library() is None:
         pytest.skip("no C compiler here: torch's ops run every expectation")

@@ -215,38 +215,19 @@ def _improves(metric: str, value: float, best: dict[str, Any] | None) -> bool:
     return value > best["value"] if HIGHER_IS_BETTER[metric] else value < best["value"]
 
 
-def _diagnose(model: nn.Module, step: int, run: Run, loss_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-    # the training step's forward and backward with the recorder; logs each line's profile, λ1 of each
-    # layer (one tangent vector over DIAGNOSE_SAMPLES samples) and the global norm before clipping
-    from diagnostics import GradientFlowRecorder, global_grad_norm, summarize
-    from diagnostics.lyapunov import spectra_of
-
-    with GradientFlowRecorder(model) as rec:
-        loss = loss_fn()
-        loss.backward()
-    lines = []
-    for s in rec.records:
-        summary = summarize(s.mean_by_lag(), nonfinite=s.first_nonfinite())
-        lines.append(
-            {"line": s.label(), "horizon": summary.horizon, "tau": summary.tau, "gain": summary.gain,
-             "verdict": summary.verdict, "norms_by_lag": s.mean_by_lag().tolist()}
-        )  # fmt: skip
-    norm = global_grad_norm(model)
-    generator = torch.Generator(next(model.parameters()).device).manual_seed(step)
-    spectra = spectra_of(model, rec.inputs, k=1, samples=DIAGNOSE_SAMPLES, generator=generator)
-    lyapunov = [{"label": sp.label, "lambda1": sp.exponents[0]} for sp in spectra]
-    run.log({"kind": "diagnostics", "step": step, "lines": lines, "lyapunov": lyapunov, "global_norm": norm})
-    return loss
-
-
-DIAGNOSE_SAMPLES = 4  # samples of the batch that λ1 is averaged over at each --diagnose step
+# what fit's ``on_step`` is: called with (the model being trained, the step, the step's loss_fn) before
+# every optimizer step; it returns the loss after running loss_fn and its backward itself (a
+# diagnostics observer: `diagnostics.training.GradientFlowObserver`), or None to let the loop do both
+OnStep = Callable[[nn.Module, int, Callable[[], torch.Tensor]], "torch.Tensor | None"]
 
 
 class _Training:
     """One run of the loop: the model, the optimizer, where the run stands, and its steps."""
 
-    def __init__(self, task: Task, cfg: TrainConfig, run: Run, progress: Progress) -> None:
-        self.task, self.cfg, self.run, self.progress = task, cfg, run, progress
+    def __init__(
+        self, task: Task, cfg: TrainConfig, run: Run, progress: Progress, on_step: OnStep | None
+    ) -> None:
+        self.task, self.cfg, self.run, self.progress, self.on_step = task, cfg, run, progress, on_step
         self.device = torch.device(cfg.device)
         self.rank, self.world = _distributed()
         seed_everything(cfg.seed)
@@ -303,9 +284,8 @@ class _Training:
 
             value = optimizer.step(closure).item()
         else:
-            if cfg.diagnose and self.step % cfg.diagnose == 0:
-                loss = _diagnose(self.trained, self.step, self.run, loss_fn)
-            else:
+            loss = None if self.on_step is None else self.on_step(self.trained, self.step, loss_fn)
+            if loss is None:
                 loss = loss_fn()
                 loss.backward()
             value = loss.item()
@@ -371,9 +351,16 @@ class _Training:
 
 
 def fit(
-    task: Task, cfg: TrainConfig, run: Run, *, resume: bool = False, progress: Progress | None = None
+    task: Task,
+    cfg: TrainConfig,
+    run: Run,
+    *,
+    resume: bool = False,
+    progress: Progress | None = None,
+    on_step: OnStep | None = None,
 ) -> dict[str, Any]:
-    """Train ``task`` as ``cfg`` says, writing to ``run``.
+    """Train ``task`` as ``cfg`` says, writing to ``run``; ``on_step`` observes every training step
+    (see `OnStep`; ``cfg.diagnose`` needs one: `diagnostics.training.GradientFlowObserver`).
 
     Returns:
         {"status": "finished" | "interrupted", "epoch": ..., "step": ..., and the test metrics
@@ -382,7 +369,13 @@ def fit(
         `TrainingDivergedError` on a NaN or infinite loss.
     """
     cfg.validate()
-    training = _Training(task, cfg, run, progress or Progress())
+    if cfg.diagnose and on_step is None:
+        raise ValueError(
+            f"diagnose: {cfg.diagnose} asks for the gradient flow every {cfg.diagnose} steps, and fit was given "
+            "no on_step to record it: pass on_step=diagnostics.training.GradientFlowObserver(run.log, "
+            "every=cfg.diagnose)"
+        )
+    training = _Training(task, cfg, run, progress or Progress(), on_step)
     if resume:
         training.resume()
     with StopRequest() as stop:

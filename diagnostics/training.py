@@ -1,5 +1,6 @@
-"""Diagnose a training run: its trained model on a batch of its own data (`python cli.py gradflow
---run RUN_DIR`), and what ``train --diagnose N`` recorded along the training."""
+"""Diagnostics of training runs: the observer that ``train --diagnose N`` hands the training loop
+(`GradientFlowObserver`), a run's trained model on a batch of its own data (`python cli.py gradflow
+--run RUN_DIR`), and what the observer recorded along the training."""
 
 from __future__ import annotations
 
@@ -13,13 +14,56 @@ from torch import nn
 
 from diagnostics.advise import Advice, advise
 from diagnostics.gradflow import diagnose
+from diagnostics.lyapunov import spectra_of
+from diagnostics.recorder import GradientFlowRecorder
 from diagnostics.report import GradientFlowReport
+from diagnostics.summary import summarize
+from diagnostics.weights import global_grad_norm
 from rnnkit._checks import ArgumentError
 from rnnkit.plotting import pyplot
 from rnnkit.train.config import plan_training
 from rnnkit.train.loop import TrainConfig
 from rnnkit.train.run import Run
 from rnnkit.train.tasks import Batch, Task, make_task
+
+
+class GradientFlowObserver:
+    """The training loop's ``on_step`` for ``train --diagnose N``: every ``every`` steps it runs the
+    step's forward and backward with a `GradientFlowRecorder`, and logs a "diagnostics" record: each
+    line's profile and verdict, λ1 of each layer (one tangent vector over `samples` samples of the
+    batch) and the global gradient norm before clipping.
+
+    Example:
+        >>> fit(task, cfg, run, on_step=GradientFlowObserver(run.log, every=cfg.diagnose))
+    """
+
+    samples = 4  # samples of the batch that λ1 is averaged over
+
+    def __init__(self, log: Callable[[dict[str, Any]], None], every: int) -> None:
+        if every < 1:
+            raise ValueError(f"every: expected a number of steps >= 1, got {every}")
+        self.log, self.every = log, every
+
+    def __call__(self, model: nn.Module, step: int, loss_fn: Callable[[], torch.Tensor]) -> torch.Tensor | None:
+        """The loss after its backward at the steps it records; None at the others (the loop steps)."""
+        if step % self.every:
+            return None
+        with GradientFlowRecorder(model) as rec:
+            loss = loss_fn()
+            loss.backward()
+        lines = []
+        for s in rec.records:
+            summary = summarize(s.mean_by_lag(), nonfinite=s.first_nonfinite())
+            lines.append(
+                {"line": s.label(), "horizon": summary.horizon, "tau": summary.tau, "gain": summary.gain,
+                 "verdict": summary.verdict, "norms_by_lag": s.mean_by_lag().tolist()}
+            )  # fmt: skip
+        norm = global_grad_norm(model)
+        generator = torch.Generator(next(model.parameters()).device).manual_seed(step)
+        spectra = spectra_of(model, rec.inputs, k=1, samples=self.samples, generator=generator)
+        lyapunov = [{"label": sp.label, "lambda1": sp.exponents[0]} for sp in spectra]
+        self.log({"kind": "diagnostics", "step": step, "lines": lines, "lyapunov": lyapunov, "global_norm": norm})
+        return loss
 
 
 @dataclass

@@ -1,83 +1,24 @@
-"""The CPU path's matrix products through oneDNN, where it is faster than torch's own.
+"""The CPU backend's large fp32 products through oneDNN, where it is faster than torch's own (MKL).
 
-On x86 CPUs torch's fp32 `bmm` and `mm` go to MKL. On an AMD EPYC with AVX-512 (a CI machine), MKL ran
-at about 175-210 GFLOP/s, while torch's oneDNN linear operator (`torch.ops.mkldnn._linear_pointwise`,
-what Inductor uses for CPU linears, with the weight reordered once) ran the same products at
-370-490 GFLOP/s, IEEE fp32 both. The recurrence multiplies by the same W_hh at every step, so the
-weight is reordered once per call and reused T times.
-
-`RowProducts` is that product, ``x [D, B, K] @ w[d]ᵀ (+ add)``, one direction's weight at a time;
-`linear` is `torch.nn.functional.linear` with its backward's input gradient on oneDNN too (the
-layers' input projection). oneDNN's linear contracts the last dimension of both operands, so the
-weight gradients (sums over T·B) go to it only where the gate gradient lies gate-major, as the
-reference LSTM backward writes it (`sum_over_rows`); transposing a [T·B, G·H] gradient for it cost
-more than it saved.
-
-oneDNN is used for fp32 CPU tensors in eager mode, when torch has the operator and a product is
-large enough to gain: 2·rows·K·N >= `ONEDNN_MIN_FLOP`. Measured here (2 threads): 2.2-2.8× faster
-from 8 MFLOP up; at 4.2 MFLOP (B 32, H 128, LSTM) a training step of the layer at T 500 (no input
-gradient) took 75-77 ms against 87 ms with torch's bmm (once the LSTM step's elementwise work was
-fused, `kernels/_cpu_step.py`); the GRU's 3.1 MFLOP gained nothing (104-117 against 104-112 ms); 1.5×
-slower at B = 8 (a fixed cost of about 15 µs per call). Everything else (fp64, GPU tensors, small
-products, a torch without the operator, torch.compile's tracing) takes torch's own products.
-
-oneDNN is chosen only there, on an AMD CPU with AVX-512 (`USE_ONEDNN`): MKL does not run its AVX-512
-code on AMD's CPUs, oneDNN does. Elsewhere MKL is the faster one, and every product is torch's:
-- one thread of an Intel Xeon (Sapphire Rapids, AVX-512 and AMX): the recurrent product
-  [128, 128] @ [128, 512] 172 µs on MKL against 215 µs on oneDNN (340 µs with its fused add); the
-  LSTM's weight gradient at T 784, B 128, H 128 108 against 190 ms; a training step of that LSTM 0.87
-  against 1.13 s;
-- an AMD EPYC without AVX-512 (Zen 3, AVX2), one thread: that training step (with zoneout 0.15)
-  0.99-1.06 against 1.24-1.39 s; `cli.py bench --device cpu`, two runs each, training step medians
-  with MKL against oneDNN: mnist-pixel 855-881 against 1333-1414 ms, imdb-lstm 565-671 against
-  737-803 ms, mnist-rowwise 202-242 against 273-290 ms.
-``RNNKIT_ONEDNN`` = 1 or 0 sets the choice.
+`RowProducts` is ``x [D, B, K] @ w[d]ᵀ (+ add)`` with each direction's weight reordered once per call
+and reused T times; `linear` is `F.linear` with its input gradient on oneDNN too; `sum_over_rows` is
+a weight gradient that reads a gate-major gradient as it lies. oneDNN runs a product only where
+`SETTINGS.onednn` chose it (AMD CPUs with AVX-512) and it is large enough to gain (`ONEDNN_MIN_FLOP`);
+the measurements behind both rules are in docs/cpu-backend.md.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from kernels import _memory
+from kernels.cpu import _memory
+from kernels.cpu._config import SETTINGS, eager_cpu
 
 ONEDNN_MIN_FLOP = 4e6
-
-
-def _cpu() -> tuple[str, set[str]]:
-    # /proc/cpuinfo's vendor_id ("GenuineIntel", "AuthenticAMD") and its first flags line, as a set;
-    # ("", set()) where there is none
-    vendor, flags = "", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "vendor_id" and not vendor:
-                    vendor = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = set(value.split())
-                if vendor and flags:
-                    break
-    except OSError:
-        pass
-    return vendor, flags
-
-
-def _default_use() -> bool:
-    # RNNKIT_ONEDNN=1/0 decides; otherwise oneDNN on CPUs other than Intel's that have AVX-512 (MKL
-    # does not use AVX-512 there, oneDNN does), MKL everywhere else, where it measured faster
-    given = os.environ.get("RNNKIT_ONEDNN")
-    if given in ("0", "1"):
-        return given == "1"
-    vendor, flags = _cpu()
-    return vendor != "GenuineIntel" and "avx512f" in flags
-
-
-USE_ONEDNN = _default_use()
 
 
 @functools.cache
@@ -115,28 +56,17 @@ class RowProducts:
         return out[0].unsqueeze(0) if len(out) == 1 else torch.stack(out)
 
 
-def _eager_cpu_fp32(t: torch.Tensor, *others: torch.Tensor | None) -> bool:
-    # fp32 CPU operands (``t`` and every other one) of eager mode (is_compiling first: torch.compile
-    # traces `linear`, and must see none of the rest)
-    return (
-        not torch.compiler.is_compiling()
-        and t.device.type == "cpu"
-        and all(o is None or o.dtype == torch.float32 for o in (t, *others))
-        and not isinstance(t, torch._subclasses.FakeTensor)
-    )
-
-
 def _pooled(x: torch.Tensor, rows: int, N: int, *others: torch.Tensor | None) -> bool:
     # torch's product into a pooled buffer: an output the pool takes
-    return _eager_cpu_fp32(x, *others) and 4 * rows * N >= _memory.MIN_BYTES
+    return eager_cpu(x, *others) and 4 * rows * N >= _memory.MIN_BYTES
 
 
 def _usable(t: torch.Tensor, rows: int, N: int, K: int, *others: torch.Tensor | None) -> bool:
-    # oneDNN for a [rows, K] x [K, N] product: chosen for this CPU (USE_ONEDNN), large enough, and
+    # oneDNN for a [rows, K] x [K, N] product: chosen for this CPU (SETTINGS.onednn), large enough, and
     # torch has the operator
     return (
-        USE_ONEDNN
-        and _eager_cpu_fp32(t, *others)
+        SETTINGS.onednn
+        and eager_cpu(t, *others)
         and 2 * rows * N * K >= ONEDNN_MIN_FLOP
         and _linear_op() is not None
     )
@@ -183,7 +113,7 @@ class _Linear(torch.autograd.Function):
         x, w = ctx.saved_tensors
         (rows, K), N = x.shape, w.shape[0]
         dx = dw = db = None
-        if grad.t().is_contiguous():  # gate-major (the reference LSTM's dgx): dW on oneDNN as it lies
+        if grad.t().is_contiguous():  # gate-major (the CPU LSTM backward's dgx): dW on oneDNN as it lies
             if ctx.needs_input_grad[1]:
                 dw = sum_over_rows(grad, x)
             if ctx.needs_input_grad[0] and (K < GATHER_MIN_K or not _usable(grad, rows, K, N, w)):

@@ -1,8 +1,8 @@
-/* One LSTM time step's elementwise work in a single pass, for the reference path on the CPU.
+/* One LSTM time step's elementwise work in a single pass, for the CPU backend.
  *
  * rows R (= D directions x B batch), H hidden; every pointer is a dense fp32 [R, X] row block.
- * The reference calls these once per step, between its recurrent products; torch's own ops did the
- * same work in 5-6 passes of 2-7 µs dispatch each (kernels/_cpu_step.py says what it measured).
+ * The backend calls these once per step, between its recurrent products; torch's own ops did the
+ * same work in 5-6 passes of 2-7 µs dispatch each (docs/cpu-backend.md says what it measured).
  *
  * exp is Cephes' single-precision range reduction and polynomial (about 1 ulp), written so that the
  * compiler vectorizes it: no branches, no libm calls. NaN propagates (no fmin/fmax clamps).

@@ -1,24 +1,11 @@
-"""Large CPU buffers of the reference path, backed by huge pages where Linux offers them.
+"""The CPU backend's large buffers: huge pages where Linux offers them, recycled between calls.
 
-The recurrence writes its per-step buffers (outputs, saved gates, gate gradients: [T, D, B, X],
-hundreds of MB for pixel MNIST) one step at a time, and each step is the first touch of fresh
-pages. With 4 KiB pages that is a page fault per 4 KiB inside the loop: 64 ms to first touch
-205 MB on the CI machine (AMD EPYC, 1 thread), 11 ms with 2 MiB pages; the LSTM forward at T 784,
-B 128, H 128 took 308 ms against 201 ms (torch.nn's oneDNN LSTM: 190 ms). torch has the same
-remedy for every allocation behind an environment variable read at start-up
-(THP_MEM_ALLOC_ENABLE=1); a library cannot set it after torch is imported, so `empty` asks the
-kernel for huge pages (madvise MADV_HUGEPAGE) on the buffers it allocates itself. Elsewhere (not
-Linux, transparent huge pages off, GPU or fake tensors, tracing) it is `torch.empty`.
-
-Those buffers are also recycled (`_Pool`): each call of a layer allocates the same sizes again, and
-fresh memory costs its first touch again, a page fault per page (per 2 MiB page, the kernel may
-first compact memory to find one: a 32 MiB gate-gradient buffer once took 31 ms to touch). A buffer
-whose last tensor is freed goes back to a pool, still mapped and touched, and the next `empty` of
-that size takes it. Measured (2 threads, one process, torch.nn in the same loop): the gradflow
-LSTM's training step (T 500, B 32, H 128) 110-116 -> 92-95 ms (torch.nn 81-92), row-wise MNIST's
-(T 28, B 128, H 256) 38.6-39.1 -> 32.0-32.4 ms (torch.nn 30). The pool keeps at most
-`POOL_BYTES` of free buffers (``RNNKIT_CPU_POOL_MB``, default 1024; 0 turns it off); `release()`
-frees them.
+The recurrence writes its per-step buffers ([T, D, B, X], hundreds of MB for pixel MNIST) one step
+at a time, and every first touch of a fresh 4 KiB page is a fault inside the loop; `empty` asks for
+2 MiB pages (madvise MADV_HUGEPAGE) and takes a freed buffer of the same size from the pool
+(`_Pool`), still mapped and touched. The pool keeps at most `SETTINGS.pool_bytes` of free buffers;
+`release()` frees them. Elsewhere (GPU or fake tensors, tracing, small buffers) it is `torch.empty`.
+What each measured: docs/cpu-backend.md.
 """
 
 from __future__ import annotations
@@ -26,12 +13,13 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-import os
 import sys
 import threading
 
 import numpy as np
 import torch
+
+from kernels.cpu._config import SETTINGS, eager_cpu
 
 HUGE_PAGE = 2 * 1024 * 1024
 MADV_HUGEPAGE = 14
@@ -70,14 +58,9 @@ def empty(like: torch.Tensor, *shape: int, dtype: torch.dtype | None = None) -> 
     from the pool of freed ones where it holds one of its size."""
     dtype = like.dtype if dtype is None else dtype
     nbytes = dtype.itemsize * math.prod(shape)
-    if (
-        like.device.type != "cpu"
-        or nbytes < MIN_BYTES
-        or torch.compiler.is_compiling()
-        or isinstance(like, torch._subclasses.FakeTensor)
-    ):
+    if nbytes < MIN_BYTES or not eager_cpu(like, dtype=None):
         return like.new_empty(shape, dtype=dtype)
-    if POOL_BYTES <= 0:
+    if SETTINGS.pool_bytes <= 0:
         return _advise(like.new_empty(shape, dtype=dtype))
     return _pool.take(nbytes).view(dtype).view(shape)
 
@@ -90,10 +73,6 @@ def _advise(t: torch.Tensor) -> torch.Tensor:
     if madvise is not None and end > start:
         madvise(start, end - start, MADV_HUGEPAGE)  # advice only: a refusal changes nothing
     return t
-
-
-# free buffers the pool keeps mapped for the next calls, at most (bytes)
-POOL_BYTES = int(float(os.environ.get("RNNKIT_CPU_POOL_MB", "1024")) * 2**20)
 
 
 class _Lease:
@@ -140,7 +119,7 @@ class _Pool:
         with self.lock:
             self.free.append(block)
             self.free_bytes += block.numel()
-            while self.free_bytes > POOL_BYTES and self.free:  # the oldest go first
+            while self.free_bytes > SETTINGS.pool_bytes and self.free:  # the oldest go first
                 self.free_bytes -= self.free.pop(0).numel()
 
     def release(self) -> None:

@@ -1,16 +1,11 @@
-"""The LSTM step's elementwise work fused into one C function, for the reference path on the CPU.
+"""The LSTM step's elementwise work fused into one C function (`_step.c`), for the CPU backend.
 
-Between two recurrent products, an LSTM step of the reference did its gate nonlinearities, cell
-update and output in 6 torch ops (5 in the backward), each a pass over the step's tiles and 2-7 µs of
-dispatch. `kernels/_cpu_step.c` does each in one pass, vectorized by the C compiler. One thread of
-the CI machine (AMD EPYC, AVX-512), one forward step: 32.3 -> 13.2 µs at B 32, H 128, 190 -> 99 µs at
-B 128, H 256; its exp, sigmoid and tanh are within 1.4e-7 (relative) of float64's.
-
-The C file is compiled once per machine, at first use, by the system's C compiler (the one Triton
-needs too), with ``-march=native``, into ``$RNNKIT_CACHE`` (default ``~/.cache/rnnkit``), and loaded
-with ctypes. Where there is no compiler, the compile fails (a warning says why, once), or
-``RNNKIT_CPU_STEP=0`` is set, `library()` is None and the reference steps with torch's ops, as
-before. Only fp32 CPU buffers of eager mode come here (`lstm_step`).
+Between two recurrent products, a step does its gate nonlinearities, cell update and output in one
+vectorized pass instead of 5-6 torch ops (docs/cpu-backend.md has the timings). The C file is
+compiled once per machine, at first use, by the system's C compiler with ``-march=native``, into
+``$RNNKIT_CACHE`` (default ``~/.cache/rnnkit``), and loaded with ctypes. Where there is no compiler,
+the compile fails (a warning says why, once), or ``RNNKIT_CPU_STEP=0`` is set, `library()` is None
+and the backend steps with torch's ops. Only fp32 CPU buffers of eager mode come here.
 """
 
 from __future__ import annotations
@@ -32,9 +27,10 @@ from pathlib import Path
 
 import torch
 
-from kernels import _memory
+from kernels.cpu import _memory
+from kernels.cpu._config import SETTINGS, eager_cpu
 
-SOURCE = Path(__file__).with_name("_cpu_step.c")
+SOURCE = Path(__file__).with_name("_step.c")
 # -fno-trapping-math: without it gcc 12 keeps the selects of exp's clamps and tanh's two branches as
 # branches on a CPU without AVX-512 masks (AVX2), and no loop vectorizes ("control flow in loop"): a
 # forward step at B 128, H 128 took 2100 µs against 116 µs with it on an AMD EPYC (Zen 3), the same
@@ -45,8 +41,6 @@ FLAGS = ("-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-s
 # 512 bits on an Intel Xeon with AVX-512), then any target the compiler defaults to
 TARGETS = (("-march=native", "-mprefer-vector-width=512"), ("-march=native",), ())
 COMPILE_TIMEOUT_S = 120
-
-_enabled = os.environ.get("RNNKIT_CPU_STEP", "1") != "0"
 
 
 def _compiler() -> str | None:
@@ -133,7 +127,7 @@ def _load() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(_build(cc)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         warnings.warn(
-            f"rnnkit: the fused CPU step did not compile ({e}); the reference steps with torch's ops",
+            f"rnnkit: the fused CPU step did not compile ({e}); the CPU backend steps with torch's ops",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -146,18 +140,17 @@ def _load() -> ctypes.CDLL | None:
 
 def library() -> ctypes.CDLL | None:
     """The compiled step functions, or None (disabled, or no working C compiler here)."""
-    return _load() if _enabled else None
+    return _load() if SETTINGS.c_step else None
 
 
 @contextlib.contextmanager
 def disabled() -> Iterator[None]:
-    """Within the block the reference steps with torch's ops (the tests compare both paths)."""
-    global _enabled
-    previous, _enabled = _enabled, False
+    """Within the block the CPU backend steps with torch's ops (the tests compare both paths)."""
+    previous, SETTINGS.c_step = SETTINGS.c_step, False
     try:
         yield
     finally:
-        _enabled = previous
+        SETTINGS.c_step = previous
 
 
 def activations(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -230,7 +223,7 @@ class _Blocks:
 
 class LSTMStep:
     """The C step for R rows (directions x batch) of H hidden units, and the loops that call it.
-    Every buffer is dense fp32 (bool for ``valid``), [steps, D, B, X] in the reference's processing
+    Every buffer is dense fp32 (bool for ``valid``), [steps, D, B, X] in the backend's processing
     order, so a step's block is [R, X]."""
 
     def __init__(self, lib: ctypes.CDLL, rows: int, hidden: int) -> None:
@@ -300,7 +293,7 @@ class LSTMStep:
 
     def to_gate_major(self, dgm: torch.Tensor, chunk: torch.Tensor, a: int, K: int) -> None:
         """chunk[:K] [K, D, B, G] (the δa of loop steps a..a+K-1) into dgm [D, G, T, B] in time order,
-        what `reference._to_gate_major` does with a transposed copy: one C pass per direction (a
+        what `recurrence._to_gate_major` does with a transposed copy: one C pass per direction (a
         chunk of 4 steps at B 128, H 128: about 200 µs against 400-800 µs on one thread of an Intel
         Xeon)."""
         D, G, T, B = dgm.shape
@@ -353,10 +346,4 @@ def lstm_step(rows: int, hidden: int, *buffers: torch.Tensor) -> LSTMStep | None
 
 def _library_for(*buffers: torch.Tensor) -> ctypes.CDLL | None:
     # the library, for fp32 CPU tensors of eager mode (no tracing, no fake tensors); else None
-    if (
-        torch.compiler.is_compiling()
-        or not all(t.device.type == "cpu" and t.dtype == torch.float32 for t in buffers)
-        or any(isinstance(t, torch._subclasses.FakeTensor) for t in buffers)
-    ):
-        return None
-    return library()
+    return library() if eager_cpu(*buffers) else None
