@@ -30,13 +30,13 @@ def test_every_package_is_included():
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib is in the standard library from Python 3.11")
 def test_c_sources_are_shipped():
-    """kernels/_cpu_step.c is compiled on the user's machine: a wheel must carry it."""
+    """kernels/cpu/_step.c is compiled on the user's machine: a wheel must carry it."""
     import tomllib
 
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    sources = [p.name for p in (ROOT / "kernels").glob("*.c")]
+    sources = [p.name for p in (ROOT / "kernels" / "cpu").glob("*.c")]
     assert sources
-    assert all(any(fnmatch.fnmatch(name, p) for p in data["kernels"]) for name in sources)
+    assert all(any(fnmatch.fnmatch(name, p) for p in data["kernels.cpu"]) for name in sources)
 
 
 def test_every_file_the_docs_link_to_is_in_the_repository():
