@@ -130,8 +130,8 @@ def _gradflow_run(args: argparse.Namespace, console: Console) -> int:
 
     from diagnostics.advise import plot_advice, render_advice, save_advice
     from diagnostics.report import plot, render, save_json
-    from rnnkit._checks import check_at_least, check_device
     from diagnostics.training import diagnose_run, plot_timeline
+    from rnnkit._checks import check_at_least, check_device
 
     defaults = build_parser().parse_args(["gradflow"])
     for name in _BUILT_IN_MODEL:

@@ -44,7 +44,9 @@ class GradientFlowObserver:
             raise ValueError(f"every: expected a number of steps >= 1, got {every}")
         self.log, self.every = log, every
 
-    def __call__(self, model: nn.Module, step: int, loss_fn: Callable[[], torch.Tensor]) -> torch.Tensor | None:
+    def __call__(
+        self, model: nn.Module, step: int, loss_fn: Callable[[], torch.Tensor]
+    ) -> torch.Tensor | None:
         """The loss after its backward at the steps it records; None at the others (the loop steps)."""
         if step % self.every:
             return None
@@ -53,16 +55,18 @@ class GradientFlowObserver:
             loss.backward()
         lines = []
         for s in rec.records:
-            summary = summarize(s.mean_by_lag(), nonfinite=s.first_nonfinite())
+            by_lag = s.mean_by_lag()
+            summary = summarize(by_lag, nonfinite=s.first_nonfinite())
             lines.append(
-                {"line": s.label(), "horizon": summary.horizon, "tau": summary.tau, "gain": summary.gain,
-                 "verdict": summary.verdict, "norms_by_lag": s.mean_by_lag().tolist()}
+                {"line": s.label(), "horizon": summary.horizon, "tau": summary.tau,
+                 "gain": summary.gain, "verdict": summary.verdict, "norms_by_lag": by_lag.tolist()}
             )  # fmt: skip
         norm = global_grad_norm(model)
         generator = torch.Generator(next(model.parameters()).device).manual_seed(step)
         spectra = spectra_of(model, rec.inputs, k=1, samples=self.samples, generator=generator)
         lyapunov = [{"label": sp.label, "lambda1": sp.exponents[0]} for sp in spectra]
-        self.log({"kind": "diagnostics", "step": step, "lines": lines, "lyapunov": lyapunov, "global_norm": norm})
+        record = {"kind": "diagnostics", "step": step, "lines": lines, "lyapunov": lyapunov}
+        self.log({**record, "global_norm": norm})
         return loss
 
 

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from rnnkit.ops import backend_ops
+
 # (rtol, atol): the error allowed is atol + rtol * max|expected|, per storage dtype
 TOLERANCES = {
     torch.float64: (1e-10, 1e-12),
@@ -36,11 +38,13 @@ def assert_close(name: str, actual: torch.Tensor, expected: torch.Tensor, dtype:
 
 
 class OpCalls(TorchDispatchMode):
-    """Inside ``with OpCalls("reference_lstm_bwd") as calls:``, ``calls.args`` lists the
-    arguments of every call of that ``torch.ops.rnnkit`` operator (backward passes included)."""
+    """Inside ``with OpCalls("cpu_lstm_bwd") as calls:``, ``calls.args`` lists the arguments of
+    every call of that ``torch.ops.rnnkit`` operator (backward passes included); its backend's
+    operators are registered first."""
 
     def __init__(self, name: str) -> None:
         super().__init__()
+        backend_ops(name.split("_", 1)[0])
         self.op = getattr(torch.ops.rnnkit, name).default
         self.args: list[tuple] = []
 

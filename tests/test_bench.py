@@ -63,19 +63,17 @@ def test_compiled_cell_loop_runs_and_reports_its_compile_time():
 def test_targets_are_judged_from_the_results():
     fake = [
         bench.BenchResult(
-            "mnist-rowwise", "lstm", "", "float32", "rnnkit-reference", "fwd+bwd", 3, 3, 3, 1.2, 1, None
+            "mnist-rowwise", "lstm", "", "float32", "rnnkit-cpu", "fwd+bwd", 3, 3, 3, 1.2, 1, None
         ),
-        bench.BenchResult(
-            "imdb-rnn", "rnn", "", "float32", "rnnkit-reference", "fwd+bwd", 6, 6, 6, 3.0, 1, None
-        ),
+        bench.BenchResult("imdb-rnn", "rnn", "", "float32", "rnnkit-cpu", "fwd+bwd", 6, 6, 6, 3.0, 1, None),
     ]
-    recorded = ("imdb-rnn", "rnn", "", "float32", "rnnkit-reference", "fwd+bwd+record")
+    recorded = ("imdb-rnn", "rnn", "", "float32", "rnnkit-cpu", "fwd+bwd+record")
     fake.append(bench.BenchResult(*recorded, 6.6, 6.6, 6.6, 3.3, 1, None))
     lines = bench.check_targets(fake, "cpu")
     assert lines == [
-        "rnnkit-reference fwd+bwd on mnist-rowwise: 1.20× torch.nn (target ≤ 1.2×): met",
-        "rnnkit-reference fwd+bwd on imdb-rnn: 3.00× torch.nn (target ≤ 1.2×): missed by 2.50×",
-        "rnnkit-reference per-step record on imdb-rnn: +10.0% of fwd+bwd (target ≤ 5%): missed by 2.00×",
+        "rnnkit-cpu fwd+bwd on mnist-rowwise: 1.20× torch.nn (target ≤ 1.2×): met",
+        "rnnkit-cpu fwd+bwd on imdb-rnn: 3.00× torch.nn (target ≤ 1.2×): missed by 2.50×",
+        "rnnkit-cpu per-step record on imdb-rnn: +10.0% of fwd+bwd (target ≤ 5%): missed by 2.00×",
     ]
 
 

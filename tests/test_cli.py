@@ -6,16 +6,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from rnnkit.parity import compare_with_torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_compare_with_torch_small():
-    results = compare_with_torch(seq_len=3, batch=2, input_size=4, hidden_size=5, num_layers=2)
+@pytest.mark.parametrize("backend, runs", [("auto", "cpu"), ("cpu", "cpu"), ("reference", "reference")])
+def test_compare_with_torch_small(backend, runs):
+    results = compare_with_torch(
+        seq_len=3, batch=2, input_size=4, hidden_size=5, num_layers=2, backend=backend
+    )
     assert [r.layer for r in results] == ["RNN", "LSTM", "GRU"]
     for r in results:
-        assert r.backend == "reference"
+        assert r.backend == runs
         assert 0 <= r.output_error < 1e-5, r
         assert 0 <= r.grad_error < 1e-5, r
 

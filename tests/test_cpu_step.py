@@ -1,6 +1,6 @@
-"""The fused C step of the reference LSTM (kernels/_cpu_step.c): its activations against float64,
-every output and gradient against the reference's torch-op steps, where it is taken and where not,
-and the fallback where it cannot be built."""
+"""The fused C step of the CPU backend's LSTM (kernels/cpu/_step.c): its activations against
+float64, every output and gradient against the backend's own torch-op steps, where it is taken and
+where not, and the fallback where it cannot be built."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import sys
 import pytest
 import torch
 
-from kernels import reference as ref
+from kernels import cpu
 from kernels.cpu import _step as _cpu_step
+from kernels.cpu import recurrence
 
 OUTPUTS = ["y", "h_n", "c_n", "gates", "c_steps", "dgx", "dh0", "dc0", "dh_steps", "dc_steps"]
 
@@ -24,7 +25,7 @@ def _same(name, a, b):
 
 needs_compiler = pytest.mark.skipif(
     _cpu_step._compiler() is None,
-    reason="no C compiler on this machine: the reference steps with torch's ops",
+    reason="no C compiler on this machine: the CPU backend steps with torch's ops",
 )
 
 
@@ -75,17 +76,17 @@ def test_activations_at_special_values():
 
 
 def _lstm(T, B, D, H, *, lengths=None, states=True, record=True, training=True, dtype=torch.float32):
-    # the reference's forward and backward, every output as one flat list
+    # the CPU backend's forward and backward, every output as one flat list
     g = torch.Generator().manual_seed(T * 100 + B * 10 + D + H)
     gx = torch.randn(T, B, D, 4 * H, generator=g, dtype=dtype) * 2
     w = torch.randn(D, 4 * H, H, generator=g, dtype=dtype) * 0.3
     h0, c0 = (torch.randn(D, B, H, generator=g, dtype=dtype) for _ in range(2)) if states else (None, None)
     dy = torch.randn(T, B, D, H, generator=g, dtype=dtype)
     dh_n, dc_n = (torch.randn(D, B, H, generator=g, dtype=dtype) for _ in range(2))
-    f = ref.lstm_fwd(gx, w, h0, c0, None, lengths, training=training)
+    f = cpu.lstm_fwd(gx, w, h0, c0, None, lengths, training=training)
     if not training:
         return [f.y, f.h_n, f.c_n]
-    b = ref.lstm_bwd(dy, dh_n, dc_n, w, None, c0, f.gates, f.c_steps, lengths, record=record)
+    b = cpu.lstm_bwd(dy, dh_n, dc_n, w, None, c0, f.gates, f.c_steps, lengths, record=record)
     return [*f, *b]
 
 
@@ -128,7 +129,7 @@ def test_fused_backward_in_chunks_writes_every_step_gate_major(monkeypatch, call
     gate-major dgx (the reverse direction back in time): the same dgx as the torch-op steps'
     transposed copies, chunk by chunk."""
     c = CASES[case]
-    monkeypatch.setattr(ref, "STEP_CHUNK_ELEMENTS", steps_per_chunk * c["D"] * c["B"] * c["H"])
+    monkeypatch.setattr(recurrence, "STEP_CHUNK_ELEMENTS", steps_per_chunk * c["D"] * c["B"] * c["H"])
     lib, placed = _cpu_step.library(), []
     original = lib.rnnkit_gate_major
     monkeypatch.setattr(lib, "rnnkit_gate_major", lambda *a: placed.append(a[2]) or original(*a))
@@ -182,14 +183,14 @@ def test_fused_step_leaves_its_inputs_alone_and_takes_strided_states(calls):
     c0 = torch.randn(D, H, B).transpose(1, 2)
     lengths = torch.tensor([5, 2, 3])
     kept = h0.clone(), c0.clone()
-    f = ref.lstm_fwd(gx, w, h0, c0, None, lengths)
+    f = cpu.lstm_fwd(gx, w, h0, c0, None, lengths)
     dh_n = torch.zeros(1, 1, 1).expand(D, B, H)
     dc_n = torch.randn(D, B, H)
     dc_kept = dc_n.clone()
-    b = ref.lstm_bwd(None, dh_n, dc_n, w, None, c0, f.gates, f.c_steps, lengths)
+    b = cpu.lstm_bwd(None, dh_n, dc_n, w, None, c0, f.gates, f.c_steps, lengths)
     with _cpu_step.disabled():
-        f_ops = ref.lstm_fwd(gx, w, h0, c0, None, lengths)
-        b_ops = ref.lstm_bwd(None, dh_n, dc_n, w, None, c0, f_ops.gates, f_ops.c_steps, lengths)
+        f_ops = cpu.lstm_fwd(gx, w, h0, c0, None, lengths)
+        b_ops = cpu.lstm_bwd(None, dh_n, dc_n, w, None, c0, f_ops.gates, f_ops.c_steps, lengths)
     assert calls["forward_masked"] == T and calls["backward"] == T
     assert torch.equal(h0, kept[0]) and torch.equal(c0, kept[1]) and torch.equal(dc_n, dc_kept)
     for name, a, b_ in zip(OUTPUTS, [*f, *b[:3]], [*f_ops, *b_ops[:3]]):
@@ -204,8 +205,8 @@ def test_fused_step_is_not_taken_where_it_does_not_apply(calls, what):
         _lstm(T, B, D, H, dtype=torch.float64)
     else:
         gx, w, w_hr = torch.randn(T, B, D, 4 * H), torch.randn(D, 4 * H, 2), torch.randn(D, 2, H)
-        f = ref.lstm_fwd(gx, w, None, None, w_hr)
-        ref.lstm_bwd(torch.randn(T, B, D, 2), None, None, w, w_hr, None, f.gates, f.c_steps)
+        f = cpu.lstm_fwd(gx, w, None, None, w_hr)
+        cpu.lstm_bwd(torch.randn(T, B, D, 2), None, None, w, w_hr, None, f.gates, f.c_steps)
     assert calls == {"forward": 0, "forward_masked": 0, "backward": 0}
 
 
@@ -231,7 +232,7 @@ def fresh_build(monkeypatch, tmp_path):
     _cpu_step._load.cache_clear()
 
 
-def test_without_a_compiler_the_reference_steps_with_torch_ops(monkeypatch, fresh_build, calls):
+def test_without_a_compiler_the_cpu_backend_steps_with_torch_ops(monkeypatch, fresh_build, calls):
     monkeypatch.setattr(_cpu_step, "_compiler", lambda: None)
     _cpu_step._load.cache_clear()
     assert _cpu_step.library() is None
@@ -304,6 +305,6 @@ def test_every_elementwise_loop_vectorizes_with_the_build_flags(target, tmp_path
     done = subprocess.run([*build, "-fopt-info-vec-all"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     for name, line in functions.items():
-        at = f"_cpu_step.c:{line}:"
+        at = f"{_cpu_step.SOURCE.name}:{line}:"
         report = [r for r in done.stderr.splitlines() if at in r and "loops in function" in r]
         assert report and "vectorized 0 loops" not in report[0], f"{name} ({at}): {report or 'no report'}"

@@ -1,4 +1,4 @@
-"""Where torch's own fused recurrence stands in for rnnkit's reference on the CPU (layers at
+"""Where torch's own fused recurrence stands in for rnnkit's recurrence in the CPU backend (layers at
 inference, cells always), it gives the explicit recurrence's numbers, and it never stands in where
 rnnkit's recurrence is needed (a gradient, the record, dropout, autocast, the Triton kernels)."""
 
@@ -9,7 +9,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
-from rnnkit import modules
+from rnnkit import functional, modules
 from tests._testing import assert_close
 
 LAYERS = {
@@ -122,23 +122,27 @@ def test_cells_take_torchs_step_with_rnnkits_numbers(monkeypatch, cell, dtype):
     h = torch.randn(4, 9, dtype=dtype, requires_grad=True)
     hx = (h, torch.randn(4, 9, dtype=dtype, requires_grad=True)) if cell == "LSTMCell" else h
     calls = []
-    torch_step, rnnkit_step = modules._RecurrentCell._torch_step, modules._RecurrentCell._rnnkit_step
-    monkeypatch.setattr(
-        modules._RecurrentCell, "_torch_step", lambda *a: calls.append("torch") or torch_step(*a)
-    )
+    cell_step, rnnkit_step = functional.cell_step, modules._RecurrentCell._rnnkit_step
+
+    def backend_step(*args, **kwargs):
+        out = cell_step(*args, **kwargs)
+        calls.append("torch" if out is not None else "none")
+        return out
+
+    monkeypatch.setattr(functional, "cell_step", backend_step)
     monkeypatch.setattr(
         modules._RecurrentCell, "_rnnkit_step", lambda *a: calls.append("rnnkit") or rnnkit_step(*a)
     )
     results = []
     for use_op in (False, True):
         if use_op:  # rnnkit's operator, as a compiled graph would run it
-            monkeypatch.setattr(modules, "_torch_fused", lambda *a: False)
+            monkeypatch.setattr(functional, "cell_step", lambda *a, **k: calls.append("none"))
         out = ours(x, hx)
         leaves = torch.utils._pytree.tree_leaves(out)
         loss = sum((o * o).sum() for o in leaves)
         grads = torch.autograd.grad(loss, [x, *ours.parameters()])
         results.append((leaves, grads))
-    assert calls == ["torch", "rnnkit"]
+    assert calls == ["torch", "none", "rnnkit"]
     for a, b in zip(results[0][0] + list(results[0][1]), results[1][0] + list(results[1][1]), strict=True):
         assert_close(f"{cell}", a, b)
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from diagnostics import GradientFlowRecorder, global_grad_norm
+from diagnostics.training import GradientFlowObserver, diagnose_run, load_run, plot_timeline
 from rnnkit.train import Run, TrainConfig, fit, make_task
-from diagnostics.training import diagnose_run, load_run, plot_timeline
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,7 +26,8 @@ def adding_run(tmp_path_factory):
                       batch_size=16, diagnose=2, limit=32, lr=1e-2)  # fmt: skip
     task = make_task("adding")
     task.prepare(cfg, print)
-    fit(task, cfg, Run(out, {**vars(cfg)}))
+    run = Run(out, {**vars(cfg)})
+    fit(task, cfg, run, on_step=GradientFlowObserver(run.log, every=cfg.diagnose))
     return out
 
 

@@ -361,13 +361,13 @@ def test_cli_train_writes_the_run_directory(tmp_path):
     machine = json.loads((tmp_path / "run" / "machine.json").read_text())
     assert machine["THP_MEM_ALLOC_ENABLE"] == "1"
     # and which library ran its CPU products (the same choice as this process's, on this CPU)
-    from kernels.cpu import _onednn
+    from kernels.cpu import SETTINGS
 
-    assert machine["products"] == ("oneDNN" if _onednn.USE_ONEDNN else "MKL")
+    assert machine["products"] == ("oneDNN" if SETTINGS.onednn else "MKL")
 
 
 def test_training_process_keeps_freed_memory():
-    """`kernels._memory.keep_freed_memory` (what `train` calls): glibc's malloc takes the settings
+    """`kernels.cpu.keep_freed_memory` (what `train` calls): glibc's malloc takes the settings
     (in a process of its own: they last for the process)."""
     code = "from kernels.cpu import keep_freed_memory; print(keep_freed_memory(), keep_freed_memory())"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)

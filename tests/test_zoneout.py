@@ -214,6 +214,7 @@ def test_the_expectation_without_a_gradient_runs_the_c_step(monkeypatch, D, p):
     """fp32 on the CPU without a gradient, projection or lengths, `expected_lstm` runs the C step (an
     inference pass): every output as torch's ops give it, with and without the per-step states, from
     given and from zero initial states; with a gradient, lengths or a projection torch's ops run."""
+    from kernels import cpu
     from kernels.cpu import _step as _cpu_step
 
     if _cpu_step.library() is None:
@@ -223,7 +224,7 @@ def test_the_expectation_without_a_gradient_runs_the_c_step(monkeypatch, D, p):
     gx, w_hh = torch.randn(T, B, D, 4 * H, generator=g), torch.randn(D, 4 * H, H, generator=g) * 0.5
     h0, c0 = torch.randn(D, B, H, generator=g), torch.randn(D, B, H, generator=g)
     ran = []  # the directions the C step ran
-    c_step = _cpu_step.expected_lstm
+    c_step = cpu.expected_lstm
 
     def counted(*args):
         out = c_step(*args)
@@ -231,7 +232,7 @@ def test_the_expectation_without_a_gradient_runs_the_c_step(monkeypatch, D, p):
             ran.append(1)
         return out
 
-    monkeypatch.setattr(_cpu_step, "expected_lstm", counted)
+    monkeypatch.setattr(cpu, "expected_lstm", counted)
     for states, init in ((True, (h0, c0)), (False, (h0, c0)), (True, (None, None))):
         with torch.no_grad():
             got = zoneout.expected_lstm(gx, w_hh, *init, p=p, states=states)

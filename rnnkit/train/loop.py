@@ -371,9 +371,9 @@ def fit(
     cfg.validate()
     if cfg.diagnose and on_step is None:
         raise ValueError(
-            f"diagnose: {cfg.diagnose} asks for the gradient flow every {cfg.diagnose} steps, and fit was given "
-            "no on_step to record it: pass on_step=diagnostics.training.GradientFlowObserver(run.log, "
-            "every=cfg.diagnose)"
+            f"diagnose: {cfg.diagnose} asks for the gradient flow every {cfg.diagnose} steps, and fit "
+            "was given no on_step to record it: pass "
+            "on_step=diagnostics.training.GradientFlowObserver(run.log, every=cfg.diagnose)"
         )
     training = _Training(task, cfg, run, progress or Progress(), on_step)
     if resume:
