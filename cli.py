@@ -171,87 +171,94 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
     import json
     from pathlib import Path
 
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from rnnkit import bench
 
-    names = {r.name: r for r in bench.DEFAULT_ROWS}
-    wanted = list(names) if args.config == "all" else args.config.split(",")
-    unknown = [n for n in wanted if n not in names]
-    if unknown:
-        raise ArgumentError(
-            "config", f"expected row names among {', '.join(names)} or all, got {unknown[0]!r}"
-        )
-    rows = tuple(names[n] for n in wanted)
-    providers, modes = tuple(args.providers.split(",")), tuple(args.modes.split(","))
-    bench.check_settings(
-        providers, modes, tuple(args.fp32.split(",")), args.device, args.warmup, args.repeats
-    )
+    rows = _bench_rows(args.config)
+    providers, modes, fp32 = (tuple(v.split(",")) for v in (args.providers, args.modes, args.fp32))
+    bench.check_settings(providers, modes, fp32, args.device, args.warmup, args.repeats)
     for option in ("json", "markdown"):
         if getattr(args, option):
             check_output_path(getattr(args, option), option, folder=False)
     header = bench.machine()
     console.print("  ".join(f"[bold]{k}[/] {v}" for k, v in header.items()))
-    gpu_fp32 = len(args.fp32.split(",")) if args.device.startswith("cuda") else 1
-    total = sum(gpu_fp32 if r.dtype == "float32" else 1 for r in rows) * len(providers) * len(modes)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
-    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
-        bar = progress.add_task("timing", total=total)
 
-        measured = []
+    def save(results):  # after every measurement too: a run cut short keeps what it measured
+        if args.json:
+            Path(args.json).write_text(json.dumps(bench.to_json(results, header), indent=1))
 
-        def on_result(r):
-            progress.update(bar, advance=1, description=f"{r.row} {r.provider} {r.mode}")
-            measured.append(r)
-            if args.json:  # after every measurement: a run cut short keeps what it measured
-                Path(args.json).write_text(json.dumps(bench.to_json(measured, header), indent=1))
-
-        results = bench.run_bench(
-            rows, providers=providers, modes=modes, device=args.device, fp32=tuple(args.fp32.split(",")),
-            warmup=args.warmup, repeats=args.repeats, on_result=on_result,
-            compile_max_steps=(
-                bench.COMPILE_MAX_STEPS if args.compile_max_steps is None else args.compile_max_steps
-            ),
-        )  # fmt: skip
+    results = _bench_measure(args, rows, providers, modes, fp32, save, console)
     for row in rows:
-        table = Table(title=f"{row.name}: {row.cell.upper()} B={row.B} T={row.T} I={row.I} H={row.H} "
-                      f"layers={row.num_layers} {row.dtype}")  # fmt: skip
-        names = ("fp32 math", "provider", "mode", "median ms", "µs/step", "p20–p80", "× torch.nn", "seq/s",
-                 "peak MiB", "first s")  # fmt: skip
-        for col in names:
-            table.add_column(col, justify="left" if col in names[:3] else "right")
-        for r in (r for r in results if r.row == row.name):
-            if r.skipped:
-                table.add_row(r.fp32_math, r.provider, r.mode, f"[dim]{r.skipped}[/]", "", "", "", "", "", "")
-                continue
-            ratio = "-" if r.ratio_to_torch is None else f"{r.ratio_to_torch:.2f}"
-            peak = "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.4g}"
-            spread = f"{r.p20_ms:.3g}–{r.p80_ms:.3g}"
-            first = f"{r.first_call_s:.3g}"
-            table.add_row(
-                r.fp32_math, r.provider, r.mode, f"{r.median_ms:.4g}", f"{r.us_per_step:.4g}", spread, ratio,
-                f"{r.seq_per_s:.4g}", peak, first,
-            )  # fmt: skip
-        console.print(table)
+        console.print(_bench_table(row, [r for r in results if r.row == row.name]))
     if any(r.fp32_math == "tf32" for r in results):
         console.print(bench.FP32_NOTE)
     targets = bench.check_targets(results, args.device)
     for line in targets:
         console.print(("[green]" if line.endswith("met") else "[red]") + line + "[/]")
+    save(results)
     if args.json:
-        Path(args.json).write_text(json.dumps(bench.to_json(results, header), indent=1))
         console.print(f"wrote {args.json}")
     if args.markdown:
-        path = Path(args.markdown)
-        section = bench.to_markdown(results, header)
-        if targets:
-            section += "\nTargets:\n\n" + "".join(f"- {line}\n" for line in targets)
-        existing = (
-            path.read_text() if path.exists() else "# Benchmarks\n\nWritten by `python cli.py bench`.\n"
-        )
-        path.write_text(existing.rstrip("\n") + "\n\n" + section)
-        console.print(f"appended to {path}")
+        Path(args.markdown).write_text(bench.markdown_report(results, header, targets))
+        console.print(f"wrote {args.markdown}")
     return 0
+
+
+def _bench_rows(config: str):
+    from rnnkit import bench
+
+    names = {r.name: r for r in bench.DEFAULT_ROWS}
+    wanted = list(names) if config == "all" else config.split(",")
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise ArgumentError(
+            "config", f"expected row names among {', '.join(names)} or all, got {unknown[0]!r}"
+        )
+    return tuple(names[n] for n in wanted)
+
+
+def _bench_measure(args, rows, providers, modes, fp32, save, console: Console):
+    # every measurement of the run, under a progress bar
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from rnnkit import bench
+
+    gpu_fp32 = len(fp32) if args.device.startswith("cuda") else 1
+    total = sum(gpu_fp32 if r.dtype == "float32" else 1 for r in rows) * len(providers) * len(modes)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"))
+    measured = []
+    with Progress(*columns, TimeElapsedColumn(), console=console, transient=True) as progress:
+        bar = progress.add_task("timing", total=total)
+
+        def on_result(r):
+            progress.update(bar, advance=1, description=f"{r.row} {r.provider} {r.mode}")
+            measured.append(r)
+            save(measured)
+
+        max_steps = bench.COMPILE_MAX_STEPS if args.compile_max_steps is None else args.compile_max_steps
+        return bench.run_bench(
+            rows, providers=providers, modes=modes, device=args.device, fp32=fp32, warmup=args.warmup,
+            repeats=args.repeats, on_result=on_result, compile_max_steps=max_steps,
+        )  # fmt: skip
+
+
+def _bench_table(row, results) -> Table:
+    table = Table(title=f"{row.name}: {row.cell.upper()} B={row.B} T={row.T} I={row.I} H={row.H} "
+                  f"layers={row.num_layers} {row.dtype}")  # fmt: skip
+    names = ("fp32 math", "provider", "mode", "median ms", "µs/step", "p20–p80", "× torch.nn", "seq/s",
+             "peak MiB", "first s")  # fmt: skip
+    for col in names:
+        table.add_column(col, justify="left" if col in names[:3] else "right")
+    for r in results:
+        if r.skipped:
+            table.add_row(r.fp32_math, r.provider, r.mode, f"[dim]{r.skipped}[/]", "", "", "", "", "", "")
+            continue
+        ratio = "-" if r.ratio_to_torch is None else f"{r.ratio_to_torch:.2f}"
+        peak = "-" if r.peak_mem_mb is None else f"{r.peak_mem_mb:.4g}"
+        table.add_row(
+            r.fp32_math, r.provider, r.mode, f"{r.median_ms:.4g}", f"{r.us_per_step:.4g}",
+            f"{r.p20_ms:.3g}–{r.p80_ms:.3g}", ratio, f"{r.seq_per_s:.4g}", peak, f"{r.first_call_s:.3g}",
+        )  # fmt: skip
+    return table
 
 
 def _resources(args: argparse.Namespace, console: Console) -> int:
@@ -497,6 +504,16 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="rnnkit", description=__doc__.split("\n\n")[0].replace("\n", " "))
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_gradflow_parser, _train_parser, _results_parser, _bench_parser, _resources_parser,
+                _check_parser):  # fmt: skip
+        add(sub)
+    return parser
+
+
+def _gradflow_parser(sub) -> None:
+    """`gradflow`: the gradient flow of built-in models, or of a training run (--run)."""
+    from rnnkit import backends
+
     flow = sub.add_parser("gradflow", help="how far the gradient travels back through time, per model")
     flow.add_argument("--seq-len", type=int, default=500, help="steps from the first input to the loss")
     flow.add_argument("--cells", default="rnn,lstm,gru", help="comma-separated: rnn, rnn_relu, lstm, gru")
@@ -530,13 +547,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     flow.add_argument("--eval", action="store_true", help="run the models in eval mode")
     flow.add_argument("--device", default="cpu")
-    flow.add_argument("--backend", default="auto", choices=("auto", "triton", "cpu", "reference"))
+    flow.add_argument("--backend", default="auto", choices=backends.NAMES)
     flow.add_argument("--seed", type=int, default=0)
     flow.add_argument(
         "--out",
         help="folder for gradflow.json and gradflow.png (default runs/gradflow; RUN_DIR/gradflow with --run)",
     )
     flow.set_defaults(run=_gradflow)
+
+
+def _train_parser(sub) -> None:
+    """`train`: the task, the model and the loop; no defaults here (see below)."""
+    from rnnkit import backends
     from rnnkit.train import TASK_DEFAULTS
     from rnnkit.train.config import VARIANT_DEFAULTS
     from rnnkit.train.loop import SCHEDULES
@@ -603,7 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--layers", type=int)
     t.add_argument("--seed", type=int, help="default: 0")
     t.add_argument("--device", help="cpu, cuda or cuda:N (default: cpu)")
-    t.add_argument("--backend", choices=("auto", "triton", "cpu", "reference"), help="default: auto")
+    t.add_argument("--backend", choices=backends.NAMES, help="default: auto")
     t.add_argument("--data-dir", dest="data_dir", help="where the dataset files are (default: the cache)")
     t.add_argument(
         "--no-download", dest="download", action="store_const", const=False, help="never fetch data"
@@ -636,6 +658,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--window", type=int, help="sine: train on windows of this many steps (default 0: whole)")
     t.add_argument("--noise", type=float, help="sine: Gaussian noise on the waves (default: 0)")
     t.set_defaults(run=_train)
+
+
+def _results_parser(sub) -> None:
+    """`results`: finished runs as Markdown."""
     res = sub.add_parser("results", help="summarize finished training runs as Markdown")
     res.add_argument("runs", nargs="+", help="run directories")
     res.add_argument(
@@ -645,6 +671,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     res.add_argument("--notes", help="a Markdown file to put after the tables (what was tried, what helped)")
     res.set_defaults(run=_results)
+
+
+def _bench_parser(sub) -> None:
+    """`bench`: rows, providers, modes and where the results go."""
     b = sub.add_parser(
         "bench", help="time torch.nn, rnnkit and a naive cell loop (eager, compiled) side by side"
     )
@@ -675,8 +705,12 @@ def build_parser() -> argparse.ArgumentParser:
         "unrolls them (default: rnnkit.bench.COMPILE_MAX_STEPS)",
     )
     b.add_argument("--json", help="write the results as JSON here")
-    b.add_argument("--markdown", help="append a Markdown section (machine header, table, targets) here")
+    b.add_argument("--markdown", help="write the results as a Markdown report here (machine, table, targets)")
     b.set_defaults(run=_bench)
+
+
+def _resources_parser(sub) -> None:
+    """`resources`: each kernel compiled for a GPU, read without one."""
     res = sub.add_parser(
         "resources", help="registers, spills, shared memory and tensor-core use of every kernel, compiled "
         "for an H100/H200 without a GPU",
@@ -692,16 +726,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     res.add_argument("--sms", type=int, help="the device's SMs, for co-residency (default: 132)")
     res.set_defaults(run=_resources)
+
+
+def _check_parser(sub) -> None:
+    """`check`: rnnkit against torch.nn."""
+    from rnnkit import backends
+
     check = sub.add_parser("check", help="compare rnnkit's layers with torch.nn (outputs and gradients)")
     check.add_argument("--layers", default="RNN,LSTM,GRU", help="comma-separated: RNN,LSTM,GRU")
     check.add_argument("--seq-len", type=int, default=50)
     check.add_argument("--batch", type=int, default=8)
     check.add_argument("--hidden", type=int, default=32)
-    check.add_argument("--backend", default="auto", choices=("auto", "triton", "cpu", "reference"))
+    check.add_argument("--backend", default="auto", choices=backends.NAMES)
     check.add_argument("--device", default="cpu")
     check.add_argument("--tolerance", type=float, default=1e-5, help="largest relative error called a match")
     check.set_defaults(run=_check)
-    return parser
 
 
 def _cuda() -> bool:

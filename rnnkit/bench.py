@@ -433,6 +433,12 @@ def to_markdown(results: list[BenchResult], header: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def markdown_report(results: list[BenchResult], header: dict[str, str], targets: list[str]) -> str:
+    """A whole Markdown file: a title, the section of `to_markdown` and the targets' lines."""
+    report = "# Benchmarks\n\nWritten by `python cli.py bench`.\n\n" + to_markdown(results, header)
+    return report + ("\nTargets:\n\n" + "".join(f"- {line}\n" for line in targets) if targets else "")
+
+
 def to_json(results: list[BenchResult], header: dict[str, str]) -> dict:
     return {"machine": header, "results": [asdict(r) for r in results]}
 
