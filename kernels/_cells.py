@@ -87,18 +87,24 @@ def candidate_bias(b_hn_ptr, d, H, j, jm, HAS_BHN: tl.constexpr, BB: tl.constexp
 
 
 @triton.jit
-def cell_forward(CELL: tl.constexpr, x0, x1, x2, x3, a0, a1, a2, a3, h_prev, c_prev, b_hn):
+def cell_forward(
+    CELL: tl.constexpr, x0, x1, x2, x3, a0, a1, a2, a3, h_prev, c_prev, b_hn, zoneout, ZONED: tl.constexpr
+):  # fmt: skip
     # one step of units j from the input pre-activations x* and the hidden side a* = h_{t-1} W_hhᵀ of
     # each gate; h_prev (GRU) and c_prev (LSTM) are the units' state entering the step, b_hn the GRU's
     # hidden-side candidate bias. Returns h_t (LSTM: m_t = o ⊙ tanh c_t, before a projection), c_t
     # (c_prev for other cells), the activated gates s0..s3 and the second saved tensor (LSTM c_t,
-    # GRU W_hn h_{t-1} + b_hn); what a cell does not have is its input, unused
+    # GRU W_hn h_{t-1} + b_hn); what a cell does not have is its input, unused. ZONED (LSTM): cell
+    # zoneout's expectation with probability zoneout, i' = (1 - p) i and f' = p + (1 - p) f
     if CELL == LSTM:
         s0 = sigmoid(x0 + a0)
         s1 = sigmoid(x1 + a1)
         s2 = tanh(x2 + a2)
         s3 = sigmoid(x3 + a3)
-        c = s1 * c_prev + s0 * s2
+        if ZONED:
+            c = (zoneout + (1.0 - zoneout) * s1) * c_prev + ((1.0 - zoneout) * s0) * s2
+        else:
+            c = s1 * c_prev + s0 * s2
         h = s3 * tanh(c)
         aux = c
     elif CELL == GRU:
@@ -158,7 +164,9 @@ def cell_saved(
 
 
 @triton.jit
-def cell_grads(CELL: tl.constexpr, dm, s0, s1, s2, s3, aux, prev, dc_carried, valid):
+def cell_grads(
+    CELL: tl.constexpr, dm, s0, s1, s2, s3, aux, prev, dc_carried, valid, zoneout, ZONED: tl.constexpr
+):  # fmt: skip
     # the gradients of a step's units from δm_t (δh_t; LSTM with a projection: δh_t W_hr), zero at
     # masked steps, what `cell_saved` loaded and the carried δc (LSTM). Returns the gate gradients
     # g0..g3 (to dgx), the third column of the recurrent product's operand (GRU: δ(W_hn h + b_hn);
@@ -167,14 +175,19 @@ def cell_grads(CELL: tl.constexpr, dm, s0, s1, s2, s3, aux, prev, dc_carried, va
     if CELL == LSTM:
         tanh_c = tanh(aux)
         dc = dc_carried + dm * s3 * (1.0 - tanh_c * tanh_c)
-        g0 = tl.where(valid, dc * s2 * s0 * (1.0 - s0), 0.0)
-        g1 = tl.where(valid, dc * prev * s1 * (1.0 - s1), 0.0)
-        g2 = tl.where(valid, dc * s0 * (1.0 - s2 * s2), 0.0)
+        dk = dc  # δc_t's share of i and f: (1 - p) with zoneout's expectation (ZONED)
+        forget = s1  # what δc_t passes to c_{t-1}: f, or f' = p + (1 - p) f
+        if ZONED:
+            dk = dc * (1.0 - zoneout)
+            forget = zoneout + (1.0 - zoneout) * s1
+        g0 = tl.where(valid, dk * s2 * s0 * (1.0 - s0), 0.0)
+        g1 = tl.where(valid, dk * prev * s1 * (1.0 - s1), 0.0)
+        g2 = tl.where(valid, dk * s0 * (1.0 - s2 * s2), 0.0)
         g3 = tl.where(valid, dm * tanh_c * s3 * (1.0 - s3), 0.0)
         # at a masked step δm is 0, so δc_t is the carried δc: it passes through. (Written as a
         # product, not tl.where(valid, δc·f, δc): beside a resident product that form made LLVM's SLP
         # vectorizer abort for sm_90)
-        dc_prev = dc * tl.where(valid, s1, 1.0)
+        dc_prev = dc * tl.where(valid, forget, 1.0)
         p2, direct = g2, tl.zeros_like(dm)
     elif CELL == GRU:
         g2 = tl.where(valid, dm * (1.0 - s1) * (1.0 - s2 * s2), 0.0)

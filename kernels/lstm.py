@@ -23,6 +23,7 @@ def lstm_fwd(
     lengths: torch.Tensor | None = None,
     *,
     training: bool = True,
+    zoneout: float = 0.0,
     precision: str = "ieee",
 ) -> LSTMForward:
     """The Triton twin of `kernels.reference.lstm_fwd`: same arguments, same return values."""
@@ -30,7 +31,7 @@ def lstm_fwd(
     H, P = G // 4, w_hh.shape[2]
     check_inputs("lstm_fwd", gx=gx, w_hh=w_hh, h0=h0, c0=c0, w_hr=w_hr, lengths=lengths)
     cfg = launch_config(B, H, P, 4, gx, precision, D=D)
-    states = dict(h0=h0, c0=c0, w_hr=w_hr, lengths=lengths, training=training)
+    states = dict(h0=h0, c0=c0, w_hr=w_hr, lengths=lengths, training=training, zoneout=zoneout)
     if cfg.path == "split":
         return LSTMForward(*split_forward("lstm", cfg, gx, w_hh, **states))
     return LSTMForward(*tiled_forward("lstm", cfg, gx, w_hh, **states))
@@ -48,6 +49,7 @@ def lstm_bwd(
     lengths: torch.Tensor | None = None,
     *,
     record: bool = False,
+    zoneout: float = 0.0,
     precision: str = "ieee",
 ) -> LSTMBackward:
     """The Triton twin of `kernels.reference.lstm_bwd`: same arguments, same return values."""
@@ -57,6 +59,7 @@ def lstm_bwd(
                      c_steps=c_steps, lengths=lengths)  # fmt: skip
     cfg = launch_config(B, H, P, 4, gates, precision, D=D, backward=True)
     saved = dict(dc_n=dc_n, w_hr=w_hr, c0=c0, gates=gates, aux=c_steps, lengths=lengths, record=record)
+    saved["zoneout"] = zoneout
     if cfg.path == "split":
         dgx, _, dh0, dc0, dh_steps, dc_steps = split_backward("lstm", cfg, dy, dh_n, w_hh, **saved)
     else:

@@ -250,21 +250,26 @@ def lstm_fwd(
     lengths: torch.Tensor | None = None,
     *,
     training: bool = True,
+    zoneout: float = 0.0,
     precision: str = "ieee",
 ) -> LSTMForward:
     """LSTM forward (gate order i, f, g, o as torch.nn), with optional projection.
 
-    c_t = f ⊙ c_{t-1} + i ⊙ g,  h_t = o ⊙ tanh(c_t)  (or W_hr (o ⊙ tanh(c_t)) with w_hr).
+    c_t = f' ⊙ c_{t-1} + i' ⊙ g,  h_t = o ⊙ tanh(c_t)  (or W_hr (o ⊙ tanh(c_t)) with w_hr), where
+    i' = (1 - zoneout) i and f' = zoneout + (1 - zoneout) f: cell zoneout's expectation at inference
+    (`rnnkit.zoneout`); with zoneout 0, i and f themselves.
 
     Args:
         gx: [T, B, D, 4H] input projection with both biases folded in.
         w_hh: [D, 4H, P]. h0: [D, B, P] or None. c0: [D, B, H] or None.
         w_hr: [D, P, H] projection (torch.nn's proj_size) or None. lengths: [B] or None.
         training: save the gates and cell states for backward; False saves nothing.
+        zoneout: cell zoneout's probability p in [0, 1].
 
     Returns:
         LSTMForward(y [T, B, D, P], h_n [D, B, P], c_n [D, B, H],
-        gates [T, B, D, 4H] or None, c_steps [T, B, D, H] or None), in gx's dtype.
+        gates [T, B, D, 4H] (σ, σ, tanh, σ of the pre-activations) or None, c_steps [T, B, D, H] or
+        None), in gx's dtype.
     """
     T, B, D, G = gx.shape
     H, P = G // 4, w_hh.shape[2]
@@ -281,7 +286,7 @@ def lstm_fwd(
                 v = _valid(lengths, t)
                 i, f, g, o = (gx[t, :, d].to(ct) + h @ w.T).chunk(4, dim=-1)
                 i, f, g, o = torch.sigmoid(i), torch.sigmoid(f), torch.tanh(g), torch.sigmoid(o)
-                c_new = f * c + i * g
+                c_new = (zoneout + (1 - zoneout) * f) * c + (1 - zoneout) * i * g
                 h_new = o * torch.tanh(c_new)
                 if w_hr is not None:
                     h_new = h_new @ w_hr[d].to(ct).T
@@ -307,6 +312,7 @@ def lstm_bwd(
     lengths: torch.Tensor | None = None,
     *,
     record: bool = False,
+    zoneout: float = 0.0,
     precision: str = "ieee",
 ) -> LSTMBackward:
     """LSTM backward through time.
@@ -315,7 +321,7 @@ def lstm_bwd(
         dy: [T, B, D, P] or None. dh_n: [D, B, P] or None. dc_n: [D, B, H] or None.
         w_hh: [D, 4H, P]. w_hr: [D, P, H] or None. c0: [D, B, H] or None.
         gates, c_steps: what lstm_fwd saved. lengths: [B] or None.
-        record: also return dL/dh_t and dL/dc_t for every step.
+        record: also return dL/dh_t and dL/dc_t for every step. zoneout: the forward's.
 
     Returns:
         LSTMBackward(dgx [T, B, D, 4H], dh0 [D, B, P], dc0 [D, B, H], dh_steps, dc_steps).
@@ -341,9 +347,10 @@ def lstm_bwd(
                 dh_total = dh if dy is None else dh + dy[t, :, d].to(ct)
                 dm = dh_total if w_hr is None else dh_total @ w_hr[d].to(ct)  # of o ⊙ tanh c
                 dc_total = dc + dm * o * (1 - tanh_c * tanh_c)
-                di = dc_total * g * i * (1 - i)
-                df = dc_total * c_prev[t, :, d] * f * (1 - f)
-                dg = dc_total * i * (1 - g * g)
+                dc_kept = (1 - zoneout) * dc_total  # of i' and f' through i and f
+                di = dc_kept * g * i * (1 - i)
+                df = dc_kept * c_prev[t, :, d] * f * (1 - f)
+                dg = dc_kept * i * (1 - g * g)
                 do = dm * tanh_c * o * (1 - o)
                 dpre = _where(v, torch.cat((di, df, dg, do), dim=-1), 0.0)
                 dgx[t, :, d] = dpre
@@ -352,7 +359,7 @@ def lstm_bwd(
                 if dc_steps is not None:
                     dc_steps[t, :, d] = _where(v, dc_total, 0.0)
                 dh = _where(v, dpre @ w, dh)
-                dc = _where(v, dc_total * f, dc)
+                dc = _where(v, dc_total * (zoneout + (1 - zoneout) * f), dc)
             dh0[d], dc0[d] = dh, dc
     dtype = gates.dtype
     return LSTMBackward(dgx.to(dtype), dh0.to(dtype), dc0.to(dtype), dh_steps, dc_steps)

@@ -114,6 +114,8 @@ def _signature(launch: Launch) -> tuple[dict[str, str], dict[str, object], dict[
         elif isinstance(value, torch.Tensor):
             signature[name] = "*" + _TYPES[value.dtype]
             attrs[(index,)] = [["tt.divisibility", 16]]
+        elif isinstance(value, float):
+            signature[name] = "fp32"
         elif isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"argument {name} of {kernel.__name__}: cannot type {type(value).__name__}")
         else:

@@ -154,7 +154,9 @@ def _split_fwd_kernel(
     P,
     i_begin,  # the phases this launch runs: [i_begin, i_end) of 1 + NPH·T
     i_end,
+    zoneout,  # cell zoneout's probability (LSTM, ZONED: its expectation)
     CELL: tl.constexpr,
+    ZONED: tl.constexpr,
     NG: tl.constexpr,
     GP: tl.constexpr,
     HAS_H0: tl.constexpr,
@@ -224,7 +226,7 @@ def _split_fwd_kernel(
                 acc = tl.dot(h_all.to(w_t.dtype), w_t, input_precision=PRECISION)  # [BB, GP*BH]
                 a0, a1, a2, a3 = split_gates(acc, GP, BB, BH)
                 h_new, c, s0, s1, s2, s3, aux = cell_forward(
-                    CELL, x0, x1, x2, x3, a0, a1, a2, a3, h_prev, c_prev, b_hn
+                    CELL, x0, x1, x2, x3, a0, a1, a2, a3, h_prev, c_prev, b_hn, zoneout, ZONED
                 )
                 if CELL == LSTM:
                     tl.debug_barrier()  # every thread has read c_{t-1} before any overwrites it
@@ -299,7 +301,9 @@ def _split_bwd_kernel(
     P,
     i_begin,  # the phases this launch runs: [i_begin, i_end) of 1 + NPH·T
     i_end,
+    zoneout,  # cell zoneout's probability (LSTM, ZONED: its expectation)
     CELL: tl.constexpr,
+    ZONED: tl.constexpr,
     NG: tl.constexpr,
     HAS_DY: tl.constexpr,
     HAS_DHN: tl.constexpr,
@@ -400,7 +404,7 @@ def _split_bwd_kernel(
                     carried_u = load_tile(carry_ptr, st_p, j, row_mask, jm)
                     dm = step_grad(carried_u, dy, dh_steps_ptr, y_rows, j, row_mask, jm, valid, KEEP_DH)
                 g0, g1, g2, g3, p2, direct, dc, dc_prev = cell_grads(
-                    CELL, dm, s0, s1, s2, s3, aux, prev, dc_carried, valid
+                    CELL, dm, s0, s1, s2, s3, aux, prev, dc_carried, valid, zoneout, ZONED
                 )
                 if CELL == LSTM:
                     if RECORD:
@@ -452,6 +456,7 @@ def split_forward(
     b_hn: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
     training: bool = True,
+    zoneout: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """One layer's forward on the split kernel (``cell``: rnn_tanh, rnn_relu, lstm, gru); the launchers
     of `kernels.rnn`, `lstm` and `gru` call it where `_config.launch_config` chose this path.
@@ -478,8 +483,8 @@ def split_forward(
             gx_ptr=gx, w_hh_ptr=w_hh, w_hr_ptr=w_hr, b_hn_ptr=b_hn, h0_ptr=h0, c0_ptr=c0, len_ptr=lengths,
             y_ptr=y, hn_ptr=h_n, cn_ptr=c_n, gates_ptr=gates, aux_ptr=aux,
             h_buf_ptr=h_buf, c_buf_ptr=c_buf, m_buf_ptr=m_buf, counter_ptr=counter,
-            T=T, B=B, H=H, P=P, i_begin=i_begin, i_end=i_end,
-            CELL=CELL, NG=NG, GP=triton.next_power_of_2(NG),
+            T=T, B=B, H=H, P=P, i_begin=i_begin, i_end=i_end, zoneout=float(zoneout),
+            CELL=CELL, ZONED=zoneout > 0, NG=NG, GP=triton.next_power_of_2(NG),
             HAS_H0=h0 is not None, HAS_C0=c0 is not None, HAS_BHN=b_hn is not None,
             HAS_LENGTHS=lengths is not None, PROJ=w_hr is not None, TRAINING=gates is not None, SYNC=sync,
             UPCAST=interpreted(), PRECISION=cfg.PRECISION,
@@ -507,6 +512,7 @@ def split_backward(
     aux: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
     record: bool = False,
+    zoneout: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor | None,
            torch.Tensor | None]:  # fmt: skip
     """One layer's backward on the split kernel, from what `split_forward` saved: ``y`` (RNN, GRU),
@@ -540,8 +546,9 @@ def split_backward(
             dgx_ptr=dgx, dghn_ptr=dghn, dh0_ptr=dh0, dc0_ptr=dc0,
             dh_steps_ptr=dh_steps, dc_steps_ptr=dc_steps,
             carry_ptr=carry, dc_buf_ptr=dc_buf, da_buf_ptr=da_buf, counter_ptr=counter,
-            T=T, B=B, H=H, P=P, i_begin=i_begin, i_end=i_end,
-            CELL=CELL, NG=NG, HAS_DY=dy is not None, HAS_DHN=dh_n is not None, HAS_DCN=dc_n is not None,
+            T=T, B=B, H=H, P=P, i_begin=i_begin, i_end=i_end, zoneout=float(zoneout),
+            CELL=CELL, ZONED=zoneout > 0, NG=NG, HAS_DY=dy is not None, HAS_DHN=dh_n is not None,
+            HAS_DCN=dc_n is not None,
             HAS_H0=h0 is not None, HAS_C0=c0 is not None, HAS_LENGTHS=lengths is not None,
             PROJ=w_hr is not None, KEEP_DH=keep_dh, RECORD=record, SYNC=sync, UPCAST=interpreted(),
             PRECISION=cfg.PRECISION, BB=cfg.BB, BH=cfg.BH, BC=cfg.BC, BCP=max(16, cfg.BC), PP=_padded(P),

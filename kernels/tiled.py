@@ -114,7 +114,9 @@ def _streamed_fwd_kernel(
     B,
     H,
     P,
+    zoneout,  # cell zoneout's probability (LSTM, ZONED: its expectation)
     CELL: tl.constexpr,
+    ZONED: tl.constexpr,
     NG: tl.constexpr,
     HAS_H0: tl.constexpr,
     HAS_C0: tl.constexpr,
@@ -165,7 +167,7 @@ def _streamed_fwd_kernel(
                 c_prev = load_tile(c_buf_ptr, st_u, j, row_mask, jm)
             b_hn = candidate_bias(b_hn_ptr, d, H, j, jm, HAS_BHN, BB, BH)
             h, c, s0, s1, s2, s3, aux = cell_forward(
-                CELL, x0, x1, x2, x3, a0, a1, a2, a3, h_prev, c_prev, b_hn
+                CELL, x0, x1, x2, x3, a0, a1, a2, a3, h_prev, c_prev, b_hn, zoneout, ZONED
             )
             if CELL == LSTM:
                 store_tile(c_buf_ptr, st_u, j, row_mask, jm, tl.where(valid, c, c_prev))
@@ -212,7 +214,9 @@ def _resident_fwd_kernel(
     T,
     B,
     H,
+    zoneout,  # cell zoneout's probability (LSTM, ZONED: its expectation)
     CELL: tl.constexpr,
+    ZONED: tl.constexpr,
     NG: tl.constexpr,
     GP: tl.constexpr,
     HAS_H0: tl.constexpr,
@@ -246,7 +250,9 @@ def _resident_fwd_kernel(
         # gx_t after the product: loaded before it, the four tiles live through it (LSTM fp32 at B 8, H 32
         # then spilled on sm_90)
         x0, x1, x2, x3 = load_gates(gx_ptr, gx_rows, j, jm, row_mask, H, NG)
-        h_t, c_t, s0, s1, s2, s3, aux = cell_forward(CELL, x0, x1, x2, x3, a0, a1, a2, a3, h, c, b_hn)
+        h_t, c_t, s0, s1, s2, s3, aux = cell_forward(
+            CELL, x0, x1, x2, x3, a0, a1, a2, a3, h, c, b_hn, zoneout, ZONED
+        )
         store_tile(y_ptr, y_rows, j, row_mask, jm, tl.where(valid, h_t, 0.0))
         if TRAINING:
             save_step(
@@ -288,7 +294,9 @@ def _streamed_bwd_kernel(
     H,
     P,
     dh_step_stride,
+    zoneout,  # cell zoneout's probability (LSTM, ZONED: its expectation)
     CELL: tl.constexpr,
+    ZONED: tl.constexpr,
     NG: tl.constexpr,
     HAS_DY: tl.constexpr,
     HAS_DHN: tl.constexpr,
@@ -350,7 +358,7 @@ def _streamed_bwd_kernel(
             if CELL == LSTM:
                 dc_carried = load_tile(dc_buf_ptr, st_u, j, row_mask, jm)
             g0, g1, g2, g3, p2, direct, dc, dc_prev = cell_grads(
-                CELL, dm, s0, s1, s2, s3, aux, prev, dc_carried, valid
+                CELL, dm, s0, s1, s2, s3, aux, prev, dc_carried, valid, zoneout, ZONED
             )
             if CELL == LSTM:
                 if RECORD:
@@ -410,7 +418,9 @@ def _resident_bwd_kernel(
     T,
     B,
     H,
+    zoneout,  # cell zoneout's probability (LSTM, ZONED: its expectation)
     CELL: tl.constexpr,
+    ZONED: tl.constexpr,
     NG: tl.constexpr,
     GP: tl.constexpr,
     HAS_DY: tl.constexpr,
@@ -451,7 +461,9 @@ def _resident_bwd_kernel(
         )  # fmt: skip
         dy = load_state(dy_ptr, y_rows, j, row_mask, jm, HAS_DY)
         dh_t = step_grad(dh, dy, dh_steps_ptr, y_rows, j, row_mask, jm, valid, RECORD)
-        g0, g1, g2, g3, p2, direct, dc_t, dc = cell_grads(CELL, dh_t, s0, s1, s2, s3, aux, prev, dc, valid)
+        g0, g1, g2, g3, p2, direct, dc_t, dc = cell_grads(
+            CELL, dh_t, s0, s1, s2, s3, aux, prev, dc, valid, zoneout, ZONED
+        )
         if CELL == LSTM and RECORD:
             store_tile(dc_steps_ptr, y_rows, j, row_mask, jm, tl.where(valid, dc_t, 0.0))
         store_grads(
@@ -478,6 +490,7 @@ def tiled_forward(
     b_hn: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
     training: bool = True,
+    zoneout: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """One layer's forward on a design-A kernel (``cfg.path`` "resident" or "streamed"; ``cell``:
     rnn_tanh, rnn_relu, lstm, gru); the launchers of `kernels.rnn`, `lstm` and `gru` call it where
@@ -494,7 +507,7 @@ def tiled_forward(
     flags = dict(
         CELL=CELL, NG=NG, HAS_H0=h0 is not None, HAS_C0=c0 is not None, HAS_BHN=b_hn is not None,
         HAS_LENGTHS=lengths is not None, TRAINING=gates is not None, PRECISION=cfg.PRECISION,
-        BB=cfg.BB, BH=cfg.BH, num_warps=cfg.num_warps,
+        BB=cfg.BB, BH=cfg.BH, num_warps=cfg.num_warps, zoneout=float(zoneout), ZONED=zoneout > 0,
     )  # fmt: skip
     if cfg.resident:
         launch(
@@ -533,6 +546,7 @@ def tiled_backward(
     aux: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
     record: bool = False,
+    zoneout: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None, torch.Tensor | None,
            torch.Tensor | None]:  # fmt: skip
     """One layer's backward on a design-A kernel, from what `tiled_forward` saved: ``y`` (RNN, GRU),
@@ -563,7 +577,8 @@ def tiled_backward(
     flags = dict(
         CELL=CELL, NG=NG, HAS_DY=dy is not None, HAS_DHN=dh_n is not None, HAS_DCN=dc_n is not None,
         HAS_H0=h0 is not None, HAS_C0=c0 is not None, HAS_LENGTHS=lengths is not None, RECORD=record,
-        PRECISION=cfg.PRECISION, BB=cfg.BB, BH=cfg.BH, num_warps=cfg.num_warps,
+        PRECISION=cfg.PRECISION, BB=cfg.BB, BH=cfg.BH, num_warps=cfg.num_warps, zoneout=float(zoneout),
+        ZONED=zoneout > 0,
     )  # fmt: skip
     if cfg.resident:
         launch(

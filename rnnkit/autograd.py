@@ -147,6 +147,9 @@ def _weight_gradients(cell: str, sum_over_rows, needs: dict[str, bool], v: dict,
 _STATES = ("y", "h_n", "c_n")
 
 
+_OPTIONS = ("nonlinearity", "training", "zoneout", "precision")  # the forward's non-tensor arguments
+
+
 def _formula(cell: str, bwd, sum_over_rows, gate_major: bool):
     # setup_context and backward of <cell>_fwd, from the reference's signatures: the forward's inputs
     # and outputs and the upstream gradients d<output> are matched to the backward's parameters by name
@@ -156,16 +159,14 @@ def _formula(cell: str, bwd, sum_over_rows, gate_major: bool):
     bwd_outputs = typing.get_type_hints(getattr(reference, f"{cell}_bwd"))["return"]._fields
     bwd_tensors = [p.name for p in bwd_signature if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
     bwd_options = [p.name for p in bwd_signature if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    fwd_tensors = fwd_params[
-        : len(fwd_params) - sum(p in ("nonlinearity", "training", "precision") for p in fwd_params)
-    ]
+    fwd_tensors = fwd_params[: len(fwd_params) - sum(p in _OPTIONS for p in fwd_params)]
     saved_inputs = [n for n in fwd_tensors if n != "gx"]
     saved_outputs = [n for n in fwd_outputs if n not in _STATES[1:]]  # y, and what backward needs
 
     def setup_context(ctx, inputs, output):
         v = dict(zip(fwd_params, inputs, strict=True)) | dict(zip(fwd_outputs, output, strict=True))
         ctx.training, ctx.precision = v["training"], v["precision"]
-        ctx.nonlinearity = v.get("nonlinearity")
+        ctx.nonlinearity, ctx.zoneout = v.get("nonlinearity"), v.get("zoneout")
         ctx.save_for_backward(*(v[n] for n in (*saved_inputs, *saved_outputs)))
         ctx.mark_non_differentiable(*(v[n] for n in saved_outputs if n not in _STATES))
         ctx.set_materialize_grads(False)
@@ -178,7 +179,8 @@ def _formula(cell: str, bwd, sum_over_rows, gate_major: bool):
         upstream = {f"d{n}": g for n, g in zip(fwd_outputs, grads, strict=True) if n in _STATES}
         v |= dict(zip(upstream, _dense(*upstream.values()), strict=True))
         record = _recording(ctx)
-        options = {"nonlinearity": ctx.nonlinearity, "record": record is not None, "precision": ctx.precision}
+        options = {"nonlinearity": ctx.nonlinearity, "zoneout": ctx.zoneout, "precision": ctx.precision}
+        options["record"] = record is not None
         with no_autocast(ctx.device_type):
             out = bwd(*(v.get(n) for n in bwd_tensors), *(options[n] for n in bwd_options))
             out = dict(zip(bwd_outputs, out, strict=True))

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from rnnkit import backends
-from rnnkit._checks import check_floating, check_lengths, check_tensor
+from rnnkit._checks import check_floating, check_lengths, check_probability, check_tensor
 from rnnkit.autograd import StepGradientsHook, no_autocast, recording_into
 from rnnkit.ops import backend_for, operators_for
 
@@ -183,6 +183,7 @@ def lstm(
     backend: str = "auto",
     record: StepGradientsHook | None = None,
     precision: str | None = None,
+    zoneout: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LSTM recurrence (gates i, f, g, o), with torch.nn's optional projection.
 
@@ -195,6 +196,8 @@ def lstm(
         backend: "auto", "triton", "cpu" or "reference".
         record: called during backward with the per-step `StepGradients` (h and c).
         precision: "ieee" or "tf32" for float32 on a GPU; None follows torch.nn (`recurrent_precision`).
+        zoneout: cell zoneout's expectation with this probability p (`rnnkit.zoneout`, inference):
+            the cell applies i' = (1 - p) i and f' = p + (1 - p) f. 0: the plain LSTM.
 
     Returns:
         y [T, B, D, P] (zero past each length), h_n [D, B, P], c_n [D, B, H].
@@ -204,12 +207,14 @@ def lstm(
         >>> y, h_n, c_n = lstm(gx, w_hh[None])
     """
     training = _needs_graph(gx, w_hh, h0, c0, w_hr)
-    y, h_n, c_n, _, _ = _lstm(gx, w_hh, h0, c0, w_hr, lengths, backend, precision, training, record)
+    args = (gx, w_hh, h0, c0, w_hr, lengths, backend, precision, training, record, zoneout)
+    y, h_n, c_n, _, _ = _lstm(*args)
     return y, h_n, c_n
 
 
-def _lstm(gx, w_hh, h0, c0, w_hr, lengths, backend, precision, training, record):
+def _lstm(gx, w_hh, h0, c0, w_hr, lengths, backend, precision, training, record, zoneout=0.0):
     # checks, then the operator: (y, h_n, c_n, gates, c_steps), the last two kept for backward
+    zoneout = check_probability("zoneout", zoneout)
     P = None
     if w_hr is not None:
         if not isinstance(w_hr, torch.Tensor) or w_hr.dim() != 3:
@@ -230,7 +235,7 @@ def _lstm(gx, w_hh, h0, c0, w_hr, lengths, backend, precision, training, record)
     ops = operators_for(backend, gx.device, gx.dtype)
     precision = _precision(precision, gx)
     with no_autocast(gx.device.type):
-        args = (*_dense(gx, w_hh, h0, c0, w_hr, lengths), training, precision)
+        args = (*_dense(gx, w_hh, h0, c0, w_hr, lengths), training, zoneout, precision)
         return _call(record if training else None, ops.lstm_fwd, *args)
 
 
@@ -367,17 +372,28 @@ def activations(
     b_hn: torch.Tensor | None = None,
     lengths: torch.Tensor | Sequence[int] | None = None,
     backend: str = "auto",
+    zoneout: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """One layer's forward with what its backward would keep: the gate activations, for diagnostics
     (no graph). Arguments as `lstm`, `gru`, `rnn`; ``mode`` is torch.nn's ("LSTM", "GRU", "RNN_TANH",
     "RNN_RELU").
 
     Returns:
-        y [T, B, D, P]; the activated gates [T, B, D, G*H] (LSTM i, f, g, o; GRU r, z, n; None for
-        the RNN); the LSTM's c_t [T, B, D, H] (else None). Zero past each sequence's length.
+        y [T, B, D, P]; the gates the cell applies [T, B, D, G*H] (LSTM i, f, g, o, with zoneout
+        i' and f'; GRU r, z, n; None for the RNN); the LSTM's c_t [T, B, D, H] (else None). Zero
+        past each sequence's length.
     """
     if mode == "LSTM":
-        y, _, _, gates, cell = _lstm(gx, w_hh, h0, c0, w_hr, lengths, backend, None, True, None)
+        args = (gx, w_hh, h0, c0, w_hr, lengths, backend, None, True, None, zoneout)
+        y, _, _, gates, cell = _lstm(*args)
+        if zoneout:  # the backends keep σ of i and f; the cell applies (1 - p) σ and p + (1 - p) σ
+            H = gates.shape[-1] // 4
+            gates[..., :H] *= 1 - zoneout
+            f = gates[..., H : 2 * H].mul_(1 - zoneout).add_(zoneout)
+            if lengths is not None:  # zero past each length, as the other gates
+                T = gates.shape[0]
+                steps = torch.arange(T, device=gates.device)[:, None]
+                f.masked_fill_((steps >= torch.as_tensor(lengths, device=gates.device))[..., None, None], 0.0)
         return y, gates, cell
     if mode == "GRU":
         y, _, gates, _ = _gru(gx, w_hh, b_hn, h0, lengths, backend, None, True, None)

@@ -242,23 +242,14 @@ class _RecurrentLayer(nn.RNNBase):
         kw = {"lengths": lengths, "backend": self.backend, "record": record}
         if self.mode == "LSTM":
             w_hr = _stack(self._params(layer, "weight_hr", x.dtype)) if self.proj_size > 0 else None
-            if self.cell_zoneout > 0 and not self.training:
-                return self._expected_zoneout(gx, w_hh, h0, c0, w_hr, lengths, record)
-            if self.cell_zoneout > 0:
+            if self.cell_zoneout > 0 and self.training:  # masks; at inference the expectation
                 gx = zoneout.zone_gates(gx, zoneout.sample(gx, self.cell_zoneout))
-            return functional.lstm(gx, w_hh, h0, c0, w_hr=w_hr, **kw)
+            expected = 0.0 if self.training else self.cell_zoneout
+            return functional.lstm(gx, w_hh, h0, c0, w_hr=w_hr, zoneout=expected, **kw)
         if self.mode == "GRU":
             return (*functional.gru(gx, w_hh, b_hn, h0, **kw), None)
         nonlinearity = "tanh" if self.mode == "RNN_TANH" else "relu"
         return (*functional.rnn(gx, w_hh, h0, nonlinearity=nonlinearity, **kw), None)
-
-    def _expected_zoneout(self, gx, w_hh, h0, c0, w_hr, lengths, record):
-        # inference with cell zoneout: the expectation, in torch ops (rnnkit.zoneout.expected_lstm),
-        # with its own per-step record
-        y, h_n, c_n, _, _ = zoneout.expected_lstm(
-            gx, w_hh, h0, c0, p=self.cell_zoneout, w_hr=w_hr, lengths=lengths, record=record, states=False
-        )  # fmt: skip
-        return y, h_n, c_n
 
     def _initial_states(self, hx, batched: bool, batch: int, x: torch.Tensor):
         if hx is None:
@@ -335,15 +326,10 @@ class _RecurrentLayer(nn.RNNBase):
             w_hh = _stack(self._params(layer, "weight_hh", x.dtype))
             w_hr = _stack(self._params(layer, "weight_hr", x.dtype)) if self.proj_size > 0 else None
             h0_l, c0_l = (None if h0 is None else h0[states]), (None if c0 is None else c0[states])
-            if self.cell_zoneout > 0:  # the gates the cell applies at inference: i', f' of the expectation
-                y, _, _, gates, cell = zoneout.expected_lstm(
-                    gx, w_hh, h0_l, c0_l, p=self.cell_zoneout, w_hr=w_hr, lengths=lengths
-                )  # fmt: skip
-            else:
-                y, gates, cell = functional.activations(
-                    self.mode, gx, w_hh, h0_l, c0_l, w_hr=w_hr, b_hn=b_hn, lengths=lengths,
-                    backend=self.backend,
-                )  # fmt: skip
+            y, gates, cell = functional.activations(
+                self.mode, gx, w_hh, h0_l, c0_l, w_hr=w_hr, b_hn=b_hn, lengths=lengths,
+                backend=self.backend, zoneout=self.cell_zoneout,
+            )  # fmt: skip
             acts = LayerActivations(
                 layer, gates, cell, y, lengths, gx, b_hn,
                 None if h0 is None else h0[states], None if c0 is None else c0[states],

@@ -112,7 +112,7 @@ def _fake_rnn_bwd(dy, dh_n, y, w_hh, lengths, nonlinearity, record, precision):
     return y.new_empty(T, B, D, H), y.new_empty(D, B, H), _steps_or_nothing(record, y, T, B, D, H)
 
 
-def _fake_lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training, precision):
+def _fake_lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training, zoneout, precision):
     T, B, D, G = gx.shape
     H, P = G // 4, w_hh.shape[2]
     saved = (gx.new_empty(T, B, D, G), gx.new_empty(T, B, D, H)) if training else (_nothing(gx), _nothing(gx))
@@ -120,7 +120,7 @@ def _fake_lstm_fwd(gx, w_hh, h0, c0, w_hr, lengths, training, precision):
 
 
 def _fake_lstm_bwd(
-    dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record, precision, gate_major=False
+    dy, dh_n, dc_n, w_hh, w_hr, c0, gates, c_steps, lengths, record, zoneout, precision, gate_major=False
 ):
     T, B, D, G = gates.shape
     H, P = G // 4, w_hh.shape[2]

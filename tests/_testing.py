@@ -114,7 +114,9 @@ def run_backward(module, cell, args, kwargs, fwd, upstream, record):
     if name == "gru":
         return bwd(dy, dh_n, args[1], args[3], fwd.y, fwd.gates, fwd.ghn, lengths, record=record)
     _, w_hh, _, c0, w_hr, _ = args
-    return bwd(dy, dh_n, upstream["dc_n"], w_hh, w_hr, c0, fwd.gates, fwd.c_steps, lengths, record=record)
+    return bwd(
+        dy, dh_n, upstream["dc_n"], w_hh, w_hr, c0, fwd.gates, fwd.c_steps, lengths, record=record, **kwargs
+    )  # kwargs: the LSTM's zoneout, where the forward had one
 
 
 def compare_outputs(prefix, ours, theirs, dtype):

@@ -42,6 +42,30 @@ def test_cpu_backend_matches_reference(cell, shape, D, variant, dtype):
         compare_outputs(f"bwd(record={record}).", ours, ref, dtype)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj"])
+@pytest.mark.parametrize("D", [1, 2], ids=["uni", "bi"])
+@pytest.mark.parametrize("variant", ["plain", "state+lengths"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_lstm_with_zoneouts_expectation_matches_reference(cell, D, variant, dtype):
+    """Cell zoneout's expectation (``zoneout=p``): every output, gradient and record against the
+    reference; the inference forward (training=False, the C step's keep where it runs) too."""
+    full = variant != "plain"
+    args, _, upstream = make_inputs(
+        cell, 7, 5, D, 51, with_state=full, with_lengths=full, dtype=dtype, device="cpu"
+    )
+    kwargs = {"zoneout": 0.3}
+    fwd_ref = reference.lstm_fwd(*args, **kwargs)
+    compare_outputs("fwd.", cpu.lstm_fwd(*args, **kwargs), fwd_ref, dtype)
+    inference = cpu.lstm_fwd(*args, training=False, **kwargs)
+    assert inference.gates is None and inference.c_steps is None
+    for name in ("y", "h_n", "c_n"):
+        assert_close(f"inference.{name}", getattr(inference, name), getattr(fwd_ref, name), dtype)
+    for record in (False, True):
+        ref = run_backward(reference, cell, args, kwargs, fwd_ref, upstream, record)
+        ours = run_backward(cpu, cell, args, kwargs, fwd_ref, upstream, record)
+        compare_outputs(f"bwd(record={record}).", ours, ref, dtype)
+
+
 @pytest.mark.parametrize("cell", CELL_NAMES)
 @pytest.mark.parametrize("D", [1, 2], ids=["uni", "bi"])
 @pytest.mark.parametrize("lengths", [None, [3, 1, 4]], ids=["full", "lengths"])

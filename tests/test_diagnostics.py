@@ -112,7 +112,7 @@ def test_recorder_costs_nothing_when_off():
         with GradientFlowRecorder(model):
             model(x)[0].sum().backward()
         model(x)[0].sum().backward()
-    assert [args[-2] for args in calls.args] == [False, True, False]  # the record flag
+    assert [args[-3] for args in calls.args] == [False, True, False]  # the record flag
     assert not model._step_grad_hooks and not model._forward_pre_hooks
 
 

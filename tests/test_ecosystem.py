@@ -74,7 +74,18 @@ def _op_arguments(kind: str, lengths: bool, training: bool = True, device: str =
     if kind == "rnn_fwd":
         return r(T, B, D, H), r(D, H, H), r(D, B, H), lens, "tanh", training, "ieee"
     if kind == "lstm_fwd":
-        return r(T, B, D, 4 * H), r(D, 4 * H, 3), r(D, B, 3), r(D, B, H), r(D, 3, H), lens, training, "ieee"
+        zoneout = 0.3  # cell zoneout's expectation: the LSTM's one float argument
+        return (
+            r(T, B, D, 4 * H),
+            r(D, 4 * H, 3),
+            r(D, B, 3),
+            r(D, B, H),
+            r(D, 3, H),
+            lens,
+            training,
+            zoneout,
+            "ieee",
+        )
     if kind == "gru_fwd":
         return r(T, B, D, 3 * H), r(D, 3 * H, H), r(D, H), r(D, B, H), lens, training, "ieee"
     with torch.no_grad():
@@ -86,7 +97,20 @@ def _op_arguments(kind: str, lengths: bool, training: bool = True, device: str =
         return r(T, B, D, H), r(D, B, H), out[0], forward[1], lens, "tanh", True, "ieee"
     if kind == "lstm_bwd":
         _, w_hh, _, c0, w_hr, *_ = forward
-        return r(T, B, D, 3), None, r(D, B, H), w_hh, w_hr, c0, out[3], out[4], lens, True, "ieee"
+        return (
+            r(T, B, D, 3),
+            None,
+            r(D, B, H),
+            w_hh,
+            w_hr,
+            c0,
+            out[3],
+            out[4],
+            lens,
+            True,
+            forward[-2],
+            "ieee",
+        )
     _, w_hh, _, h0, *_ = forward
     return None, r(D, B, H), w_hh, h0, out[0], out[2], out[3], lens, True, "ieee"
 
@@ -233,7 +257,8 @@ def test_triton_ops_export_with_a_dynamic_batch():
                 op = getattr(ops.backend_ops("triton"), self.kind)
                 states = {"rnn_fwd": (None,), "lstm_fwd": (None, None, None), "gru_fwd": (None, None)}
                 middle = (lengths, "tanh") if self.kind == "rnn_fwd" else (lengths,)
-                return op(gx, self.w_hh, *states[self.kind], *middle, False, "ieee")[0]
+                options = (False, 0.0, "ieee") if self.kind == "lstm_fwd" else (False, "ieee")
+                return op(gx, self.w_hh, *states[self.kind], *middle, *options)[0]
 
         for kind in ("rnn_fwd", "lstm_fwd", "gru_fwd"):
             for H in (8, 40):  # the resident and the streamed path
@@ -249,8 +274,8 @@ def test_triton_ops_export_with_a_dynamic_batch():
 
 
 def test_inference_op_refuses_backward():
-    *inputs, _, precision = _op_arguments("lstm_fwd", False)  # inputs that require grad
-    y = ops.backend_ops("reference").lstm_fwd(*inputs, False, precision)[0]  # training=False
+    *inputs, _, zoneout, precision = _op_arguments("lstm_fwd", False)  # inputs that require grad
+    y = ops.backend_ops("reference").lstm_fwd(*inputs, False, zoneout, precision)[0]  # training=False
     with pytest.raises(RuntimeError, match="lstm_fwd: called with training=False"):
         y.sum().backward()
 

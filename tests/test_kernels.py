@@ -74,6 +74,26 @@ def test_kernel_matches_reference(poisoned, kernel_path, cell, shape, D, variant
         compare_outputs(f"bwd(record={record}).", ours, ref, torch.float32)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "lstm_proj"])
+@pytest.mark.parametrize("shape", [(7, 5, 51), (1, 17, 64)], ids=lambda s: "T{}-B{}-H{}".format(*s))
+def test_lstm_with_zoneouts_expectation_matches_reference(poisoned, kernel_path, cell, shape):
+    """Cell zoneout's expectation (``zoneout=p``: i' = (1 - p) i, f' = p + (1 - p) f) on every
+    kernel path, both directions, states and lengths: all outputs, gradients and the record."""
+    T, B, H = shape
+    args, _, upstream = make_inputs(cell, T, B, 2, H, with_state=True, with_lengths=True)
+    kwargs = {"zoneout": 0.3}
+    from kernels import lstm
+
+    fwd_ref = reference.lstm_fwd(*args, **kwargs)
+    if resident_refused(kernel_path, cell, B, H, backward=True):
+        return  # the path refusal itself is tested above
+    compare_outputs("fwd.", lstm.lstm_fwd(*args, **kwargs), fwd_ref, torch.float32)
+    for record in (False, True):
+        ref = run_backward(reference, cell, args, kwargs, fwd_ref, upstream, record)
+        ours = run_backward(lstm, cell, args, kwargs, fwd_ref, upstream, record)
+        compare_outputs(f"bwd(record={record}).", ours, ref, torch.float32)
+
+
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
 def test_kernel_runs_the_path_it_was_given(kernel_path, cell):
     """The forced path is the one that runs (so the matrix above tests both kernels)."""

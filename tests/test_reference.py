@@ -181,6 +181,6 @@ def test_inference_saves_nothing(monkeypatch):
         with torch.no_grad():
             module(torch.randn(5, 2, 3))
         module(torch.randn(5, 2, 3))
-    assert [args[-2] for args in calls.args] == [False, True]  # the training flag
+    assert [args[-3] for args in calls.args] == [False, True]  # the training flag
     out = reference.lstm_fwd(torch.randn(3, 2, 1, 16), torch.randn(1, 16, 4), training=False)
     assert out.gates is None and out.c_steps is None

@@ -74,10 +74,11 @@ def _run(fn, tensors, seed=1):
     return result
 
 
-CASES = [  # (backend, dtype, projection): the float32 reference on the CPU runs its C step
+CASES = [  # (backend, dtype, projection): the float32 CPU backend runs its C step
     pytest.param("reference", torch.float64, False, id="reference-f64"),
     pytest.param("reference", torch.float64, True, id="reference-f64-proj"),
-    pytest.param("reference", torch.float32, False, id="reference-f32"),
+    pytest.param("cpu", torch.float64, True, id="cpu-f64-proj"),
+    pytest.param("cpu", torch.float32, False, id="cpu-f32"),
     pytest.param("triton", torch.float32, False, id="triton", marks=pytest.mark.interpreter),
     pytest.param("triton", torch.float32, True, id="triton-proj", marks=pytest.mark.interpreter),
 ]
@@ -208,50 +209,65 @@ def test_the_layer_zones_out_in_training_with_a_fresh_mask_every_step():
         assert not torch.equal(layer(x)[0], out), "two training forwards drew the same mask"
 
 
+# the interpreter computes σ(-2^14) as 1 / (1 + exp(2^14)) in numpy, whose exp warns of the inf (σ = 0)
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+@pytest.mark.parametrize("backend, dtype, projection", CASES)
+@pytest.mark.parametrize("lengths", [None, [5, 2, 4]], ids=["dense", "lengths"])
+def test_the_expectation_runs_on_every_backend(backend, dtype, projection, lengths):
+    """`functional.lstm(..., zoneout=p)` on a backend is zoneout's expectation written out step by
+    step: outputs, final states and the gradients of gx, W_hh, h0, c0 (and W_hr), both directions."""
+    T, B, D, H, p = 5, 3, 2, 6, 0.3
+    P = 4 if projection else H
+    tensors, _ = _inputs(T, B, D, H, P, dtype, DEVICE)
+    lens = None if lengths is None else torch.tensor(lengths, device=DEVICE)
+
+    def ours(gx, w_hh, h0, c0, w_hr=None):
+        return functional.lstm(gx, w_hh, h0, c0, w_hr=w_hr, lengths=lens, backend=backend, zoneout=p)
+
+    def written_out(gx, w_hh, h0, c0, w_hr=None):
+        y, h_n, c_n, _ = _expectation_loop(gx, w_hh, p, w_hr, lens, h0, c0)
+        return y, h_n, c_n
+
+    got, want = _run(ours, tensors), _run(written_out, tensors)
+    for name in want:
+        assert_close(name, got[name], want[name], dtype)
+
+
 @pytest.mark.parametrize("D", [1, 2])
-@pytest.mark.parametrize("p", [0.0, 0.3])
-def test_the_expectation_without_a_gradient_runs_the_c_step(monkeypatch, D, p):
-    """fp32 on the CPU without a gradient, projection or lengths, `expected_lstm` runs the C step (an
-    inference pass): every output as torch's ops give it, with and without the per-step states, from
-    given and from zero initial states; with a gradient, lengths or a projection torch's ops run."""
+def test_the_expectation_without_a_gradient_runs_the_c_step(monkeypatch, D):
+    """fp32 on the CPU without a gradient or lengths, the CPU backend's forward runs the expectation
+    in its C step (a validation pass): every output as its torch ops give it; with a backward to
+    come (training=True) or lengths, torch's ops run."""
     from kernels import cpu
     from kernels.cpu import _step as _cpu_step
 
-    if _cpu_step.library() is None:
+    lib = _cpu_step.library()
+    if lib is None:
         pytest.skip("no C compiler here: torch's ops run every expectation")
     g = torch.Generator().manual_seed(D)
-    T, B, H = 9, 5, 6
+    T, B, H, p = 9, 5, 6, 0.3
     gx, w_hh = torch.randn(T, B, D, 4 * H, generator=g), torch.randn(D, 4 * H, H, generator=g) * 0.5
     h0, c0 = torch.randn(D, B, H, generator=g), torch.randn(D, B, H, generator=g)
-    ran = []  # the directions the C step ran
-    c_step = cpu.expected_lstm
+    calls = []
+    step = lib.rnnkit_lstm_fwd_step
 
     def counted(*args):
-        out = c_step(*args)
-        if out is not None:
-            ran.append(1)
-        return out
+        calls.append(args[-1])  # keep, the zoneout probability
+        return step(*args)
 
-    monkeypatch.setattr(cpu, "expected_lstm", counted)
-    for states, init in ((True, (h0, c0)), (False, (h0, c0)), (True, (None, None))):
-        with torch.no_grad():
-            got = zoneout.expected_lstm(gx, w_hh, *init, p=p, states=states)
-            assert len(ran) == D, "the C step did not run"
-            with _cpu_step.disabled():
-                want = zoneout.expected_lstm(gx, w_hh, *init, p=p, states=states)
-            assert len(ran) == D
-            ran.clear()
-        for name, a, b in zip(("y", "h_n", "c_n", "gates", "cells"), got, want, strict=True):
-            assert (a is None) == (b is None) == (not states and name in ("gates", "cells")), name
-            if a is not None:
-                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
-    w = w_hh.clone().requires_grad_()
-    zoneout.expected_lstm(gx, w, h0, c0, p=p)[0].sum().backward()
-    assert w.grad is not None and not ran
-    with torch.no_grad():
-        zoneout.expected_lstm(gx, w_hh, h0, c0, p=p, lengths=torch.full((B,), T))
-        zoneout.expected_lstm(gx, w_hh[..., :3], h0[..., :3], c0, p=p, w_hr=torch.randn(D, 3, H))
-    assert not ran
+    monkeypatch.setattr(lib, "rnnkit_lstm_fwd_step", counted)
+    for init in ((h0, c0), (None, None)):
+        got = cpu.lstm_fwd(gx, w_hh, *init, training=False, zoneout=p)
+        assert len(calls) == T and all(abs(k - p) < 1e-7 for k in calls), "the C step did not run"
+        calls.clear()
+        with _cpu_step.disabled():
+            want = cpu.lstm_fwd(gx, w_hh, *init, training=False, zoneout=p)
+        assert not calls
+        for name, a, b in zip(("y", "h_n", "c_n"), got[:3], want[:3], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    cpu.lstm_fwd(gx, w_hh, h0, c0, training=True, zoneout=p)
+    cpu.lstm_fwd(gx, w_hh, h0, c0, lengths=torch.full((B,), T), training=False, zoneout=p)
+    assert not calls
 
 
 def test_inference_is_the_expectation():
@@ -276,43 +292,16 @@ def test_inference_is_the_expectation():
     assert not torch.allclose(plain(x, state)[1][1], c_eval)
 
 
-@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-@pytest.mark.parametrize("proj_size", [0, 3])
-def test_the_expectation_at_zero_is_torch_lstm(bidirectional, proj_size):
-    """`expected_lstm` with p = 0 is torch.nn.LSTM (packed variable lengths, projection, both
-    directions): every output and the gradient of every input."""
-    torch.manual_seed(2)
-    theirs = nn.LSTM(3, 6, bidirectional=bidirectional, proj_size=proj_size).double()
-    ours = rnnkit.LSTM(3, 6, bidirectional=bidirectional, proj_size=proj_size).double()
-    ours.load_state_dict(theirs.state_dict())
-    x = torch.randn(7, 4, 3, dtype=torch.float64)
-    lengths = torch.tensor([7, 3, 5, 1])
-
-    def expected(x):
-        gx, _ = ours._input_projection(0, x)
-        w_hh = torch.stack(ours._params(0, "weight_hh"))
-        w_hr = torch.stack(ours._params(0, "weight_hr")) if proj_size else None
-        y, h_n, c_n, _, _ = zoneout.expected_lstm(gx, w_hh, p=0.0, w_hr=w_hr, lengths=lengths)
-        return y.reshape(7, 4, -1), h_n, c_n
-
-    def torch_nn(x):
-        out, (h_n, c_n) = theirs(pack_padded_sequence(x, lengths, enforce_sorted=False))
-        return pad_packed_sequence(out, total_length=7)[0], h_n, c_n
-
-    got = _run(lambda x: expected(x), {"x": x})
-    want = _run(lambda x: torch_nn(x), {"x": x})
-    for name in want:
-        assert_close(name, got[name], want[name])
-
-
-def _expectation_loop(gx, w_hh, p, w_hr=None, lengths=None):
+def _expectation_loop(gx, w_hh, p, w_hr=None, lengths=None, h0=None, c0=None):
     # zoneout's expectation as the paper writes it, c_t = p c_{t-1} + (1 - p)(f c_{t-1} + i g), one
-    # step at a time; every step's h_t and c_t retain their gradient (the record's definition)
+    # step at a time; every step's h_t and c_t retain their gradient (the record's definition).
+    # Returns y, h_n, c_n and the kept steps
     T, B, D, _ = gx.shape
     H, P = w_hh.shape[1] // 4, w_hh.shape[2]
-    ys, kept = [], []
+    ys, hs, cs, kept = [], [], [], []
     for d in range(D):
-        h, c = gx.new_zeros(B, P), gx.new_zeros(B, H)
+        h = gx.new_zeros(B, P) if h0 is None else h0[d]
+        c = gx.new_zeros(B, H) if c0 is None else c0[d]
         y = [None] * T
         for t in range(T) if d == 0 else reversed(range(T)):
             i, f, g, o = (gx[t, :, d] + h @ w_hh[d].T).chunk(4, dim=-1)
@@ -330,15 +319,18 @@ def _expectation_loop(gx, w_hh, p, w_hr=None, lengths=None):
                 y[t] = h_new
             h, c = h_new, c_new
         ys.append(torch.stack(y))
-    return torch.stack(ys, dim=2), kept
+        hs.append(h)
+        cs.append(c)
+    return torch.stack(ys, dim=2), torch.stack(hs), torch.stack(cs), kept
 
 
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("proj_size", [0, 3])
 @pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
 def test_the_expectation_records_every_step_gradient(bidirectional, proj_size, packed):
-    """In eval mode the per-step record comes from the expectation's torch ops: dL/dh_t and dL/dc_t of
-    every step, as zoneout's expectation written out step by step gives them (zero past a length)."""
+    """In eval mode the per-step record comes from the backend's recurrence, as in training: dL/dh_t
+    and dL/dc_t of every step, as zoneout's expectation written out step by step gives them (zero
+    past a length)."""
     torch.manual_seed(4)
     p, T, B = 0.3, 6, 3
     layer = (
@@ -358,24 +350,24 @@ def test_the_expectation_records_every_step_gradient(bidirectional, proj_size, p
     grads = records[0][1]
     D, P = (2 if bidirectional else 1), (proj_size or 5)
     assert grads.h.shape == (T, B, D, P) and grads.c.shape == (T, B, D, 5)
-    assert grads.h.dtype == grads.c.dtype == torch.float32
+    assert grads.h.dtype == grads.c.dtype == torch.float64  # the recurrence's compute dtype, as in training
 
     gx, _ = layer._input_projection(0, x)
     w_hh = torch.stack(layer._params(0, "weight_hh"))
     w_hr = torch.stack(layer._params(0, "weight_hr")) if proj_size else None
-    y, kept = _expectation_loop(gx, w_hh, p, w_hr, lengths)
+    y, _, _, kept = _expectation_loop(gx, w_hh, p, w_hr, lengths)
     (y.reshape(out.shape) * weights).sum().backward()
     for t, d, h, c in kept:
-        assert_close(f"dL/dh, step {t} direction {d}", grads.h[t, :, d], h.grad.float())
-        assert_close(f"dL/dc, step {t} direction {d}", grads.c[t, :, d], c.grad.float())
+        assert_close(f"dL/dh, step {t} direction {d}", grads.h[t, :, d], h.grad)
+        assert_close(f"dL/dc, step {t} direction {d}", grads.c[t, :, d], c.grad)
     if packed:
         assert (grads.h[4:, 2] == 0).all() and (grads.c[2:, 1] == 0).all()
     assert grads.c.abs().sum() > 0
 
 
 def test_the_expectation_records_only_when_asked():
-    """No hook, or no gradient: no record and no fence in the graph; an inactive record (a hook removed
-    between forward and backward) is not called."""
+    """No gradient: no record; an inactive record (a hook removed between forward and backward) is
+    not called; an active one once, by the backward."""
     layer = rnnkit.LSTM(2, 4, cell_zoneout=0.2).eval()
     x = torch.randn(3, 2, 2)
     calls = []
@@ -390,13 +382,13 @@ def test_the_expectation_records_only_when_asked():
     gx, _ = layer._input_projection(0, x)
     w_hh = torch.stack(layer._params(0, "weight_hh"))
     with torch.no_grad():
-        zoneout.expected_lstm(gx, w_hh, p=0.2, record=record)
-    y = zoneout.expected_lstm(gx, w_hh, p=0.2, record=record)[0]
+        functional.lstm(gx, w_hh, zoneout=0.2, record=record)
+    y = functional.lstm(gx, w_hh, zoneout=0.2, record=record)[0]
     record.active = False
     y.sum().backward()
     assert calls == []
     record.active = True
-    y = zoneout.expected_lstm(gx.detach(), w_hh, p=0.2, record=record)[0]
+    y = functional.lstm(gx.detach(), w_hh, zoneout=0.2, record=record)[0]
     y.sum().backward()
     assert len(calls) == 1 and calls[0].h.abs().sum() > 0
 
@@ -410,6 +402,16 @@ def test_gate_activations_are_those_the_cell_applies():
     assert i.max() <= 1 - p and f.min() >= p
     with torch.no_grad():
         assert_close("y", acts.y.reshape(5, 2, 4), layer.eval()(x)[0])
+    # what the cell applies from σ: i' = (1 - p) σ(a_i), f' = p + (1 - p) σ(a_f) (at the first step,
+    # where the plain LSTM starts from the same state); zero past a length
+    plain = rnnkit.LSTM(3, 4).double()
+    plain.load_state_dict(layer.state_dict())
+    sigma = plain.gate_activations(x)[0].gates
+    assert_close("i'", i[0], (1 - p) * sigma[0, ..., :4])
+    assert_close("f'", f[0], p + (1 - p) * sigma[0, ..., 4:8])
+    assert_close("g, o", acts.gates[0, ..., 8:], sigma[0, ..., 8:])
+    short = layer.gate_activations(x, lengths=[5, 3])[0].gates
+    assert (short[3:, 1] == 0).all() and (short[:3, 1, :, 4:8] >= p).all()
 
 
 def test_settings_and_errors():
@@ -426,9 +428,11 @@ def test_settings_and_errors():
     ):
         make_layer("gru", 3, 4, cell_zoneout=0.1)
     gx = torch.zeros(2, 1, 1, 8)
+    with pytest.raises(ValueError, match=r"zoneout: expected a probability in \[0, 1\), got 1.0"):
+        functional.lstm(gx, torch.zeros(1, 8, 2), zoneout=1.0)
     with pytest.raises(ValueError, match=r"zoned: expected a bool tensor of shape \[2, 1, 1, 2\]"):
         zoneout.zone_gates(gx, torch.zeros(2, 1, 1, 2))
-    # the per-step record: in training from the recurrence, in eval mode from the expectation's ops
+    # the per-step record: from the recurrence, in training and (the expectation) in eval mode
     records = []
     layer.register_step_grad_hook(lambda m, i, g: records.append(g))
     x = torch.randn(5, 2, 3, requires_grad=True)

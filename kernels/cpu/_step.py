@@ -308,35 +308,6 @@ class LSTMStep:
             self.lib.rnnkit_gate_major(src + size * d * B * G, dst, K, B, G, D * B * G, T * B, step)
 
 
-def expected_lstm(
-    gx: torch.Tensor,
-    w: torch.Tensor,
-    h0: torch.Tensor,
-    c0: torch.Tensor,
-    keep: float,
-    reverse: bool,
-    states: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None:
-    """One direction of cell zoneout's expectation (`rnnkit.zoneout.expected_lstm`) by the C step, for
-    inference: gx [T, B, 4H], w [4H, H], h0, c0 [B, H] -> y [T, B, H], c_n [B, H] and, with
-    ``states``, the gates applied [T, B, 4H] (i', f', g, o) and c [T, B, H] in time order (else None:
-    two scratch steps hold them). No autograd, no projection, no lengths: the caller checks; None
-    where the library does not take these tensors."""
-    lib = _library_for(gx, w, h0, c0)
-    if lib is None or gx.shape[0] == 0:
-        return None
-    T, B, G = gx.shape
-    H = G // 4
-    gx, w_t = gx.contiguous(), w.t().contiguous()
-    n = T if states else 2
-    y, gates, c = gx.new_empty(T, B, H), gx.new_empty(n, B, G), gx.new_empty(n, B, H)
-    pre = gx.new_empty(B, G)
-    _, c_n = LSTMStep(lib, B, H).forward(
-        lambda h: torch.mm(h, w_t, out=pre), gx, h0, c0, None, y, gates, c, keep, reverse
-    )
-    return (y, c_n, gates, c) if states else (y, c_n.clone(), None, None)
-
-
 def lstm_step(rows: int, hidden: int, *buffers: torch.Tensor) -> LSTMStep | None:
     """The fused LSTM step for buffers like these, or None where it cannot take them: it takes fp32
     CPU tensors in eager mode (no tracing, no fake tensors), where the library built."""

@@ -203,6 +203,7 @@ def lstm_fwd(
     lengths: torch.Tensor | None = None,
     *,
     training: bool = True,
+    zoneout: float = 0.0,
     precision: str = "ieee",
 ) -> LSTMForward:
     """`kernels.reference.lstm_fwd`, on the CPU."""
@@ -221,9 +222,11 @@ def lstm_fwd(
         gates_p = _memory.empty(gx, T if training else 2, D, B, G, dtype=ct)
         c_p = _memory.empty(gx, T if training else 2, D, B, H, dtype=ct)
         # the step's elementwise work in one C pass where it can (no projection, fp32 on the CPU)
-        step = None if projection is not None else _cpu_step.lstm_step(D * B, H, gxp, h, c)
+        # (zoneout's expectation: at inference, where its applied gates are scratch, and no lengths)
+        plain = projection is None and (zoneout == 0 or (not training and valid is None))
+        step = _cpu_step.lstm_step(D * B, H, gxp, h, c) if plain else None
         if step is not None:
-            h, c = step.forward(recurrent, gxp, h, c, valid, yp, gates_p, c_p)
+            h, c = step.forward(recurrent, gxp, h, c, valid, yp, gates_p, c_p, keep=zoneout)
         for s in range(T if step is None else 0):
             v = None if valid is None else valid[s]
             gates, c_new = gates_p[s % len(gates_p)], c_p[s % len(c_p)]
@@ -231,6 +234,8 @@ def lstm_fwd(
             torch.sigmoid(pre, out=gates)
             torch.tanh(pre[..., 2 * H : 3 * H], out=gates[..., 2 * H : 3 * H])
             i, f, g, o = gates.chunk(4, dim=-1)
+            if zoneout:  # the expectation's gates i' = (1 - p) i, f' = p + (1 - p) f
+                i, f = (1 - zoneout) * i, f * (1 - zoneout) + zoneout
             torch.mul(f, c, out=c_new)
             c_new.addcmul_(i, g)
             direct = projection is None and v is None  # h_t straight into the output: no copy
@@ -269,6 +274,7 @@ def lstm_bwd(
     lengths: torch.Tensor | None = None,
     *,
     record: bool = False,
+    zoneout: float = 0.0,
     precision: str = "ieee",
 ) -> LSTMBackward:
     """`kernels.reference.lstm_bwd`, on the CPU. dgx has gate-major strides (a view of the dense
@@ -297,7 +303,10 @@ def lstm_bwd(
         rec_c = _memory.empty(gates, T, D, B, H, dtype=ct) if record else None
         # the step's elementwise work in one C pass where it can (no projection, fp32 on the CPU)
         # (it needs no factors: only the chunk's c_{t-1})
-        step = None if back_r is not None else _cpu_step.lstm_step(D * B, H, gates_p, c_p, dh)
+        plain = back_r is None and zoneout == 0
+        step = _cpu_step.lstm_step(D * B, H, gates_p, c_p, dh) if plain else None
+        carry = f if zoneout == 0 else f * (1 - zoneout) + zoneout  # δc_{t-1} = δc_t ⊙ f'
+        kept = 1 - zoneout  # i', f' = (1 - p) i, p + (1 - p) f: their pre-activations' share
         if step is not None:  # dense; dc is carried back in place, in a copy
             dh, dc = dh.contiguous(), torch.clone(dc, memory_format=torch.contiguous_format)
         for a in reversed(range(0, T, K)):
@@ -312,6 +321,8 @@ def lstm_bwd(
             # memory-bound: 63% of the backward at T 784, B 128, H 128)
             c_prev = _previous_p(c_p, c_init, lengths, a, b)
             to_c, factors = _lstm_factors(i[a:b], f[a:b], g[a:b], o[a:b], c_p[a:b], c_prev)
+            if zoneout:
+                factors[:, :, :, :3] *= kept
             for s in reversed(range(a, b)):
                 k = s - a
                 v = None if valid is None else valid[s]
@@ -329,7 +340,7 @@ def lstm_bwd(
                 if v is not None:
                     dpre.masked_fill_(~v, 0.0)
                 dh = _keep(back(dpre), dh, v)
-                dc = _keep(dc_total * f[s], dc, v)
+                dc = _keep(dc_total * carry[s], dc, v)
             _to_gate_major(dgm, chunk[: b - a], a)
         return LSTMBackward(
             dgm.permute(2, 3, 0, 1).to(gates.dtype),  # [T, B, D, 4H] with gate-major strides
