@@ -153,7 +153,7 @@ def sum_over_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """`F.linear(x, w, b)` (x [..., K], w [N, K]): for large fp32 CPU products in eager mode its product
-    and its input gradient on oneDNN where that is used, else an output of `kernels._memory`'s pool
+    and its input gradient on oneDNN where that is used, else an output of `kernels.cpu._memory`'s pool
     (a pixel-MNIST LSTM's [T·B, 4H] of 205 MB: 107 ms in F.linear, 31 ms into a recycled buffer, one
     thread of an Intel Xeon); `F.linear` itself everywhere else."""
     rows = x.numel() // max(1, x.shape[-1])
