@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from diagnostics.recorder import GradientFlowRecorder, StepNorms, recurrent_layers
+from diagnostics.recorder import GradientFlowRecorder, StepNorms, on_rnnkit_layers, recurrent_layers
 from diagnostics.report import FlowLine, _fmt, _json_safe, flow_line, write_json
 from diagnostics.summary import HORIZON_THRESHOLD
 from diagnostics.weights import global_grad_norm, weight_statistics
@@ -334,7 +334,8 @@ def advise(
     """Measure the model and every remedy that applies to it on ``batches[0]``; say what to change.
 
     Args:
-        model: a module with rnnkit recurrent layers (not changed: remedies run on copies).
+        model: a module with rnnkit recurrent layers, or torch.nn's (a converted copy, said in a
+            warning); not changed: remedies run on copies.
         loss_fn: ``loss_fn(model, batch)`` -> the scalar loss the model trains on. The profile shows
             how far the gradient travels when the loss sits where the dependency ends (the last
             step); with a loss at every step, each step's gradient is mostly its own loss's.
@@ -358,6 +359,7 @@ def advise(
         raise ValueError(f"task_length: expected at least 1 step, got {task_length}")
     step = on_remedy or (lambda _: None)
     was_training = model.training
+    model = on_rnnkit_layers(model)
     model = copy.deepcopy(model)
     step("current model")
     current = measure(model, loss_fn, batches[0])

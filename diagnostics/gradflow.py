@@ -14,7 +14,7 @@ from diagnostics.advise import Advice, advise
 from diagnostics.gates import gate_statistics
 from diagnostics.lyapunov import spectra_of
 from diagnostics.probes import jacobian_norms
-from diagnostics.recorder import GradientFlowRecorder
+from diagnostics.recorder import GradientFlowRecorder, on_rnnkit_layers
 from diagnostics.report import GradientFlowReport, flow_line
 from diagnostics.weights import global_grad_norm, weight_statistics
 from rnnkit._checks import ArgumentError, check_at_least, check_choice, check_where
@@ -119,7 +119,8 @@ def diagnose(
     backward on ``batch`` with the recorder, then the weights, the gates and the Lyapunov spectrum.
 
     Args:
-        model: a module with rnnkit RNN/LSTM/GRU layers (its gradients are overwritten).
+        model: a module with rnnkit RNN/LSTM/GRU layers (its gradients are overwritten), or with
+            torch.nn's (a converted copy is measured; a warning says so).
         loss_fn: ``loss_fn(model, batch)`` -> the scalar loss the model trains on.
         batch: what ``loss_fn`` takes.
         name, meta: the report's name and what to keep about how it was measured.
@@ -136,6 +137,7 @@ def diagnose(
         >>> report = diagnose(model, lambda m, b: F.cross_entropy(m(b[0]), b[1]), (x, y))
         >>> report.lines[0].summary.horizon, report.lyapunov[0].exponents[0]
     """
+    model = on_rnnkit_layers(model)
     model.zero_grad(set_to_none=True)
     with GradientFlowRecorder(model) as rec:
         loss = loss_fn(model, batch)

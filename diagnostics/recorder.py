@@ -8,13 +8,17 @@ no hook is registered and the backward pass keeps nothing extra.
 
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from rnnkit import convert
 from rnnkit.autograd import StepGradients
+from rnnkit.conversion import TWINS
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,19 @@ def recurrent_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if hasattr(m, "register_step_grad_hook")]
 
 
+def on_rnnkit_layers(model: nn.Module) -> nn.Module:
+    """``model`` itself where it has rnnkit layers; where it has only torch.nn's, a converted copy
+    (`rnnkit.convert`, said once in a warning): the caller's model is never changed."""
+    if recurrent_layers(model) or not any(type(m) in TWINS for m in model.modules()):
+        return model
+    warnings.warn(
+        f"model: {type(model).__name__} has torch.nn recurrent layers, which record no step "
+        "gradients; diagnosing a copy on rnnkit's twins (rnnkit.convert), the model is not changed",
+        stacklevel=3,
+    )
+    return convert(copy.deepcopy(model))
+
+
 class GradientFlowRecorder:
     """Collect ||dL/dh_t|| (and ||dL/dc_t||) for every rnnkit layer during backward passes.
 
@@ -124,7 +141,8 @@ class GradientFlowRecorder:
         if not self.layers:
             raise ValueError(
                 f"model: no rnnkit recurrent layer found in {type(model).__name__}; torch.nn's layers "
-                "cannot record step gradients, use rnnkit.RNN / LSTM / GRU (same state_dict)"
+                "cannot record step gradients: model = rnnkit.convert(model) puts rnnkit's twins in "
+                "their place (same parameters and state_dict)"
             )
         self._records: dict[tuple[str, int, int, str], StepNorms] = {}
         self.inputs: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}

@@ -11,6 +11,7 @@ return values) with an extra ``backend`` keyword:
 from rnnkit import functional
 from rnnkit.autograd import StepGradients
 from rnnkit.backends import BackendUnavailableError, backend_name, triton_available
+from rnnkit.conversion import convert
 from rnnkit.modules import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "RNNCell",
     "StepGradients",
     "backend_name",
+    "convert",
     "functional",
     "triton_available",
 ]
