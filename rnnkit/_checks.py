@@ -10,6 +10,22 @@ from pathlib import Path
 import torch
 
 
+class InputError(ValueError, RuntimeError):
+    """A tensor of the wrong shape, size or device, or a bad setting, where torch.nn raises
+    RuntimeError: ``except ValueError`` (rnnkit's type) and ``except RuntimeError`` (torch's) both
+    catch it, and its message ends with torch's own words for it."""
+
+
+class DtypeError(TypeError, ValueError, RuntimeError):
+    """A dtype unlike the weights'. torch.nn raises ValueError for a layer's input, RuntimeError for
+    an initial state or a cell's input; rnnkit raised TypeError: each of the three catches it."""
+
+
+def _with(message: str, torch_says: str | None) -> str:
+    # rnnkit's message, then torch.nn's words, so that a pattern written for torch's still matches
+    return message if torch_says is None else f"{message} ({torch_says})"
+
+
 def check_tensor(
     name: str,
     t: object,
@@ -18,26 +34,34 @@ def check_tensor(
     *,
     dtype: torch.dtype | None = None,
     device: torch.device | None = None,
+    torch_says: str | None = None,
 ) -> torch.Tensor:
-    """Raise a clear error unless ``t`` is a tensor of exactly ``shape`` (dtype, device)."""
+    """Raise a clear error unless ``t`` is a tensor of exactly ``shape`` (dtype, device);
+    ``torch_says``: torch.nn's message for the wrong shape, appended to it."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor of shape {legend}, got {type(t).__name__}")
     if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {legend} = {list(shape)}, got {list(t.shape)}")
+        message = f"{name}: expected shape {legend} = {list(shape)}, got {list(t.shape)}"
+        raise InputError(_with(message, torch_says))
     check_dtype_device(name, t, dtype, device)
     return t
 
 
 def check_dtype_device(
-    name: str, t: torch.Tensor, dtype: torch.dtype | None, device: torch.device | None
+    name: str,
+    t: torch.Tensor,
+    dtype: torch.dtype | None,
+    device: torch.device | None,
+    torch_says: str | None = None,
 ) -> None:
     if dtype is not None and t.dtype != dtype:
-        raise TypeError(
+        message = (
             f"{name}: expected dtype {dtype} (the dtype of the input and the weights), "
             f"got {t.dtype}; convert it with .to({dtype})"
         )
+        raise DtypeError(_with(message, torch_says))
     if device is not None and t.device != device:
-        raise ValueError(f"{name}: expected a tensor on {device} (where the input is), got one on {t.device}")
+        raise InputError(f"{name}: expected a tensor on {device} (where the input is), got one on {t.device}")
 
 
 def check_floating(name: str, t: torch.Tensor) -> None:

@@ -22,7 +22,7 @@ import torch
 
 from rnnkit import backends
 from rnnkit._checks import check_floating, check_lengths, check_probability, check_tensor
-from rnnkit.autograd import StepGradientsHook, no_autocast, recording_into
+from rnnkit.autograd import StepGradientsHook, StepRecord, no_autocast, recording_into
 from rnnkit.ops import backend_for, operators_for
 
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -112,13 +112,29 @@ def _dense(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
 
 
 def _needs_graph(*tensors: torch.Tensor | None) -> bool:
+    # whether the forward keeps what backward needs; always in a torch.jit.trace, whose graph holds
+    # that constant for every later run, with or without a gradient
+    if torch.jit.is_tracing():
+        return True
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _call(record: StepGradientsHook | None, op, *args):
-    # the per-step record is eager-only: a compiled graph has no Python to call in its backward
-    if record is None or torch.compiler.is_compiling():
+    # the per-step record is eager-only: a compiled graph has no Python to call in its backward.
+    # Traced with a record that would be called, this raises: fullgraph=True stops with the error,
+    # and a plain torch.compile runs this call eagerly (its fallback past an exception), record
+    # and all, rather than drop the record without a word
+    if record is None:
         return op(*args)
+    # a graph is being made of this call (torch.compile or torch.export, torch.jit.trace); asked
+    # here, not in a helper: a helper's own frame, compiled alone, would keep is_compiling's True
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        if isinstance(record, StepRecord) and not record.active:
+            return op(*args)
+        raise RuntimeError(
+            "register_step_grad_hook: the per-step gradient record runs Python during backward, "
+            "which a compiled or traced graph cannot; remove the hook or run this model eagerly"
+        )
     with recording_into(record):
         return op(*args)
 
@@ -330,7 +346,7 @@ def layer_stack(
     Returns:
         (output [T, B, D*P], h_n [L*D, B, P], c_n [L*D, B, H] or None), or None.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # a graph: rnnkit's operators
         return None
     fused = backends.functions(backend_for(backend, x.device, x.dtype)).layer_stack
     if fused is None:
@@ -354,7 +370,7 @@ def cell_step(
     Returns:
         (h',) or (h', c'), or None.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # a graph: rnnkit's operators
         return None
     step = backends.functions(backend_for(backend, x.device, x.dtype)).cell_step
     return None if step is None else step(mode, x, weights, states)

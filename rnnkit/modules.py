@@ -32,7 +32,14 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from torch.utils.hooks import RemovableHandle
 
 from rnnkit import functional, zoneout
-from rnnkit._checks import check_dtype_device, check_floating, check_lengths, check_probability, check_tensor
+from rnnkit._checks import (
+    InputError,
+    check_dtype_device,
+    check_floating,
+    check_lengths,
+    check_probability,
+    check_tensor,
+)
 from rnnkit.autograd import StepGradients, StepRecord
 from rnnkit.backends import check_backend_name
 
@@ -84,34 +91,63 @@ def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _check_input(
-    x: object, legend: str, ranks: tuple[int, int], features: int, like: torch.Tensor
+    x: object, legend: str, ranks: tuple[int, int], features: int, like: torch.Tensor, who: str
 ) -> torch.Tensor:
-    # ranks = (batched, unbatched)
+    # ranks = (batched, unbatched); who: the class, for torch.nn's words (a cell's differ a layer's)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"input: expected a torch.Tensor of shape {legend}, got {type(x).__name__}")
     if x.dim() not in ranks:
         raise ValueError(
             f"input: expected rank {ranks[0]} {legend} or rank {ranks[1]} (unbatched), "
-            f"got shape {list(x.shape)}"
+            f"got shape {list(x.shape)} ({who}: Expected input to be {ranks[1]}D or {ranks[0]}D, "
+            f"got {x.dim()}D instead)"
         )
     check_floating("input", x)
     if x.shape[-1] != features:
-        raise ValueError(
-            f"input: expected {features} features (input_size) in the last dimension, "
-            f"got shape {list(x.shape)}"
+        said = (
+            f"input has inconsistent input_size: got {x.shape[-1]} expected {features}"
+            if who.endswith("Cell")
+            else f"input.size(-1) must be equal to input_size. Expected {features}, got {x.shape[-1]}"
         )
-    check_dtype_device("input", x, like.dtype, like.device)
+        raise InputError(
+            f"input: expected {features} features (input_size) in the last dimension, "
+            f"got shape {list(x.shape)} ({said})"
+        )
+    said = (
+        None
+        if who.endswith("Cell")
+        else f"RNN input dtype ({x.dtype}) does not match weight dtype ({like.dtype})"
+    )
+    check_dtype_device("input", x, like.dtype, like.device, torch_says=said)
     return x
 
 
 def _check_state(
-    name: str, t: object, batched: bool, lead: int, batch: int, width: int, legend: str, x
+    name: str, t: object, batched: bool, lead: int, batch: int, width: int, legend: str, x, index=None
 ) -> torch.Tensor:
-    # batched: [lead, B, width]; unbatched: [lead, width]
+    # batched: [lead, B, width]; unbatched: [lead, width]; index: the LSTM's h (0) or c (1)
     shape = (lead, batch, width) if batched else (lead, width)
     legend = legend if batched else legend.replace("B, ", "")
-    check_tensor(name, t, shape, legend, dtype=x.dtype, device=x.device)
+    said = None
+    if isinstance(t, torch.Tensor) and not batched and t.dim() != 2:
+        said = f"For unbatched 2-D input, hx should also be 2-D but got {t.dim()}-D tensor"
+    elif isinstance(t, torch.Tensor):
+        said = f"Expected hidden{'' if index is None else f'[{index}]'} size {shape}, got {list(t.shape)}"
+    check_tensor(name, t, shape, legend, dtype=x.dtype, device=x.device, torch_says=said)
     return t if batched else t.unsqueeze(1)
+
+
+def _cell_state(name: str, t: object, k: int, shape: tuple[int, ...], legend: str, x, who: str):
+    # a cell's hx (k 0) or c_0 (k 1), [B, H] or [H], in torch.nn's words where its shape is wrong
+    said = None
+    if isinstance(t, torch.Tensor):
+        if t.dim() != len(shape):
+            said = f"{who}: Expected hidden to be 1D or 2D, got {t.dim()}D instead"
+        elif len(shape) == 2 and t.shape[0] != shape[0]:
+            said = f"Input batch size {shape[0]} doesn't match hidden{k} batch size {t.shape[0]}"
+        else:
+            said = f"hidden{k} has inconsistent hidden_size: got {t.shape[-1]}, expected {shape[-1]}"
+    return check_tensor(name, t, shape, legend, dtype=x.dtype, device=x.device, torch_says=said)
 
 
 def _check_pair(hx: object, layer: str) -> None:
@@ -198,14 +234,10 @@ class _RecurrentLayer(nn.RNNBase):
         return handle
 
     def _record_for(self, layer: int) -> _LayerRecord | None:
-        if not torch.compiler.is_compiling():
-            return _LayerRecord(self, layer)
-        if self._step_grad_hooks:
-            raise RuntimeError(
-                "register_step_grad_hook: the per-step gradient record runs Python during backward, "
-                "which a compiled graph cannot; remove the hook or run this model eagerly"
-            )
-        return None
+        # under a compiler only where a hook would be called: `functional` then refuses the call
+        if torch.compiler.is_compiling() and not self._step_grad_hooks:
+            return None
+        return _LayerRecord(self, layer)
 
     @property
     def _directions(self) -> int:
@@ -259,8 +291,8 @@ class _RecurrentLayer(nn.RNNBase):
         legend_h = legend_c if self._width == self.hidden_size else legend_c.replace("H]", "P]")
         if self.mode == "LSTM":
             _check_pair(hx, "LSTM")
-            h0 = _check_state("h_0", hx[0], batched, lead, batch, self._width, legend_h, x)
-            c0 = _check_state("c_0", hx[1], batched, lead, batch, self.hidden_size, legend_c, x)
+            h0 = _check_state("h_0", hx[0], batched, lead, batch, self._width, legend_h, x, 0)
+            c0 = _check_state("c_0", hx[1], batched, lead, batch, self.hidden_size, legend_c, x, 1)
             return h0, c0
         return _check_state("hx", hx, batched, lead, batch, self.hidden_size, legend_h, x), None
 
@@ -271,11 +303,11 @@ class _RecurrentLayer(nn.RNNBase):
             if lengths is not None:
                 raise ValueError("lengths: a PackedSequence carries its own lengths; pass one or the other")
             x, lengths = pad_packed_sequence(input)
-            _check_input(x, "[T, B, I]", (3, 3), self.input_size, weight)
+            _check_input(x, "[T, B, I]", (3, 3), self.input_size, weight, type(self).__name__)
             batched = True
         else:
             legend = "[B, T, I]" if self.batch_first else "[T, B, I]"
-            x = _check_input(input, legend, (3, 2), self.input_size, weight)
+            x = _check_input(input, legend, (3, 2), self.input_size, weight, type(self).__name__)
             batched = x.dim() == 3
             if not batched:
                 x = x.unsqueeze(1)
@@ -442,10 +474,19 @@ class RNN(_RecurrentLayer):
         *,
         backend: str = "auto",
         weight_drop: float = 0.0,
+        proj_size: int | None = None,
     ) -> None:
+        if proj_size is not None:  # torch.nn's RNN takes the keyword to refuse it
+            raise ValueError(
+                "proj_size: only the LSTM has a projection, not the RNN (proj_size argument is only "
+                "supported for LSTM, not RNN or GRU)"
+            )
         modes = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
         if nonlinearity not in modes:
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+            raise ValueError(
+                f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r} "
+                f"(Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.)"
+            )
         self.nonlinearity = nonlinearity
         super().__init__(
             modes[nonlinearity],
@@ -497,7 +538,10 @@ class GRU(_RecurrentLayer):
 
     def __init__(self, *args, backend: str = "auto", weight_drop: float = 0.0, **kwargs) -> None:
         if "proj_size" in kwargs:
-            raise ValueError("proj_size: only the LSTM has a projection, not the GRU")
+            raise ValueError(
+                "proj_size: only the LSTM has a projection, not the GRU (proj_size argument is only "
+                "supported for LSTM, not RNN or GRU)"
+            )
         super().__init__("GRU", *args, backend=backend, weight_drop=weight_drop, **kwargs)
 
 
@@ -515,19 +559,22 @@ class _RecurrentCell:
         return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
 
     def _step(self, input, hx):
-        x = _check_input(input, "[B, I]", (2, 1), self.input_size, self.weight_ih)
+        who = type(self).__name__
+        x = _check_input(input, "[B, I]", (2, 1), self.input_size, self.weight_ih, who)
         batched = x.dim() == 2
         if not batched:
             x = x.unsqueeze(0)
         B = x.shape[0]
         H = self.hidden_size
         legend, shape = ("[B, H]", (B, H)) if batched else ("[H]", (H,))
-        like = {"dtype": x.dtype, "device": x.device}
         if self.mode == "LSTM" and hx is not None:
             _check_pair(hx, "LSTMCell")
-            states = [check_tensor(n, t, shape, legend, **like) for n, t in zip(("h_0", "c_0"), hx)]
+            states = [
+                _cell_state(n, t, k, shape, legend, x, who)
+                for k, (n, t) in enumerate(zip(("h_0", "c_0"), hx))
+            ]
         else:
-            states = [] if hx is None else [check_tensor("hx", hx, shape, legend, **like)]
+            states = [] if hx is None else [_cell_state("hx", hx, 0, shape, legend, x, who)]
         if not batched:
             states = [s.unsqueeze(0) for s in states]  # [1, H], as x is [1, I]
         p = self._parameters
@@ -580,6 +627,14 @@ class RNNCell(_RecurrentCell, nn.RNNCell):
         >>> cell = RNNCell(10, 20)
         >>> h = cell(torch.randn(3, 10))  # [3, 20]
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.nonlinearity not in ("tanh", "relu"):  # torch.nn finds out at the first step
+            raise InputError(
+                f"nonlinearity: expected 'tanh' or 'relu', got {self.nonlinearity!r} "
+                f"(Unknown nonlinearity: {self.nonlinearity})"
+            )
 
     @property
     def mode(self) -> str:

@@ -343,6 +343,67 @@ def test_step_grad_hook_under_compile_is_a_clear_error():
         torch.compile(model, fullgraph=True)(torch.randn(5, 2, 3))
 
 
+@pytest.mark.parametrize("name", ["GRU", "LSTM"])
+def test_step_grad_hook_under_plain_compile_runs_the_layer_eagerly(name):
+    """Without fullgraph, torch.compile runs a layer whose hook would be called eagerly (its
+    fallback past the error): the hook sees what it sees without compile, never silence."""
+    records = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = getattr(rnnkit, name)(3, 4, num_layers=2)
+        model.register_step_grad_hook(lambda m, layer, g, c=compiled: records.append((c, layer, g.h.clone())))
+        run = torch.compile(model) if compiled else model
+        x = torch.randn(5, 2, 3, requires_grad=True)
+        run(x)[0].sum().backward()
+    eager = [(layer, h) for c, layer, h in records if not c]
+    compiled = [(layer, h) for c, layer, h in records if c]
+    assert [layer for layer, _ in compiled] == [layer for layer, _ in eager] == [1, 0]
+    for (layer, got), (_, want) in zip(compiled, eager, strict=True):
+        assert_close(f"layer {layer}'s dL/dh", got, want, torch.float32)
+
+
+# --- torch.jit.trace -------------------------------------------------------------------------------
+
+
+TRACED = [("RNN", {}), ("LSTM", {"proj_size": 2}), ("GRU", {"bidirectional": True, "num_layers": 2}),
+          ("RNNCell", {}), ("LSTMCell", {}), ("GRUCell", {})]  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("name, kw", TRACED, ids=[t[0] for t in TRACED])
+def test_jit_trace_passes_its_check_and_gives_eagers_numbers(name, kw):
+    """torch.jit.trace of every layer and cell passes trace's own check (one graph whatever the grad
+    mode: the trace holds rnnkit's operators, keeping what backward needs); the traced module, saved
+    and loaded, gives the eager outputs and input gradients on a new input of the same shape."""
+    torch.manual_seed(0)
+    module = getattr(rnnkit, name)(3, 4, **kw)
+    shape = (2, 3) if name.endswith("Cell") else (5, 2, 3)
+    traced = torch.jit.trace(module, torch.randn(shape))  # check_trace=True: two runs, one graph
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    buffer.seek(0)
+    loaded = torch.jit.load(buffer)
+    x = torch.randn(shape, requires_grad=True)
+    for run in (traced, loaded):
+        got, want = torch.utils._pytree.tree_leaves(run(x))[0], torch.utils._pytree.tree_leaves(module(x))[0]
+        assert_close(f"{name} output", got, want, torch.float32)
+        g_got, g_want = (torch.autograd.grad(y.sum(), x)[0] for y in (got, want))
+        assert_close(f"{name} input gradient", g_got, g_want, torch.float32)
+
+
+def test_a_hook_is_never_silently_left_out_of_a_graph():
+    """A registered step-gradient hook cannot be part of a traced or exported graph: both say so."""
+    model = rnnkit.LSTM(3, 4)
+    model.register_step_grad_hook(lambda *args: None)
+    x = torch.randn(5, 2, 3)
+    with pytest.raises(RuntimeError, match=r"register_step_grad_hook: .* a compiled or traced graph cannot"):
+        torch.jit.trace(model, x)
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="register_step_grad_hook: the per-step gradient record"):
+        torch.export.export(model, (x,))
+
+
 # --- torch.export ----------------------------------------------------------------------------------
 
 
