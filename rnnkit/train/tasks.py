@@ -7,7 +7,7 @@ Batches are time-major: inputs [T, B, ...], as rnnkit's layers take them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -209,14 +209,23 @@ class SyntheticTask(Task):
         baseline = self.spec.baseline(cfg.seq_len)
         return {"steps": self.spec.total_steps(cfg.seq_len), "baseline loss": f"{baseline:.4g}"}
 
+    # A batch is drawn from torch.Generator().manual_seed(key), which keeps only the key's low 32
+    # bits: the three splits take disjoint ranges of them, training [0, 2^31), validation
+    # [2^31, 2^31 + 2^30), test [2^31 + 2^30, 2^32). (Offsets of 2^40 and 2^41 once made all three
+    # the same batches.)
+    TRAIN_SEEDS = 2**31
+    EVAL_OFFSET: ClassVar[dict[str, int]] = {"val": 2**31, "test": 2**31 + 2**30}
+    EVAL_SEEDS = 2**30
+
     def train_keys(self, epoch, batch_size, seed):
         base = (seed * 100_003 + epoch) * 1_000_003
-        return [(base + i, batch_size) for i in range(self.steps_per_epoch)]
+        return [((base + i) % self.TRAIN_SEEDS, batch_size) for i in range(self.steps_per_epoch)]
 
     def eval_keys(self, split, batch_size):
-        offset = {"val": 1, "test": 2}[split] * 2**40
         sizes = [min(batch_size, self.eval_size - s) for s in range(0, self.eval_size, batch_size)]
-        return [(offset + i, n) for i, n in enumerate(sizes)]
+        if len(sizes) > self.EVAL_SEEDS:
+            raise ValueError(f"limit: at most {self.EVAL_SEEDS} batches per split, got {len(sizes)}")
+        return [(self.EVAL_OFFSET[split] + i, n) for i, n in enumerate(sizes)]
 
     def load(self, split, key, device):
         seed, size = key
