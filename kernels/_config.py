@@ -36,6 +36,7 @@ import torch
 import triton
 
 from kernels import TRITON_DTYPES
+from kernels._contract import check_shapes
 
 
 @dataclass(frozen=True)
@@ -284,12 +285,14 @@ def alloc(shape: tuple[int, ...], like: torch.Tensor, dtype: torch.dtype | None 
     return torch.empty(shape, dtype=dtype, device=like.device)
 
 
-def check_inputs(fn: str, **tensors: torch.Tensor | None) -> None:
-    """Refuse what a kernel would read wrongly or silently round: a strided tensor (the kernels index
-    every tensor as dense and row-major; its caller makes it contiguous), a floating tensor of another
-    dtype than the first one given, a dtype the kernels do not compute (float64: they would compute
-    it in float32), or lengths that are not int64. No copy or cast here: under torch.compile a
-    launcher must trace to the same graph whatever the strides its inputs were traced with."""
+def check_inputs(fn: str, nonlinearity: str | None = None, **tensors: torch.Tensor | None) -> None:
+    """Refuse what a kernel would read wrongly or silently round: a tensor of the wrong shape or
+    device (`kernels._contract`), a strided tensor (the kernels index every tensor as dense and
+    row-major; its caller makes it contiguous), a floating tensor of another dtype than the first one
+    given, a dtype the kernels do not compute (float64: they would compute it in float32), or lengths
+    that are not int64. No copy or cast here: under torch.compile a launcher must trace to the same
+    graph whatever the strides its inputs were traced with."""
+    check_shapes(fn, nonlinearity, **tensors)
     first = None
     for name, t in tensors.items():
         if t is None:

@@ -25,9 +25,9 @@ def gru_fwd(
     precision: str = "ieee",
 ) -> GRUForward:
     """The Triton twin of `kernels.reference.gru_fwd`: same arguments, same return values."""
+    check_inputs("gru_fwd", gx=gx, w_hh=w_hh, b_hn=b_hn, h0=h0, lengths=lengths)
     _, B, D, G = gx.shape
     H = G // 3
-    check_inputs("gru_fwd", gx=gx, w_hh=w_hh, b_hn=b_hn, h0=h0, lengths=lengths)
     cfg = launch_config(B, H, H, 3, gx, precision, D=D)
     states = dict(h0=h0, b_hn=b_hn, lengths=lengths, training=training)
     if cfg.path == "split":
@@ -51,9 +51,9 @@ def gru_bwd(
     precision: str = "ieee",
 ) -> GRUBackward:
     """The Triton twin of `kernels.reference.gru_bwd`: same arguments, same return values."""
+    check_inputs("gru_bwd", dy=dy, dh_n=dh_n, w_hh=w_hh, h0=h0, y=y, gates=gates, ghn=ghn, lengths=lengths)
     _, B, D, G = gates.shape
     H = G // 3
-    check_inputs("gru_bwd", dy=dy, dh_n=dh_n, w_hh=w_hh, h0=h0, y=y, gates=gates, ghn=ghn, lengths=lengths)
     cfg = launch_config(B, H, H, 3, gates, precision, D=D, backward=True)
     saved = dict(y=y, h0=h0, gates=gates, aux=ghn, lengths=lengths, record=record)
     if cfg.path == "split":

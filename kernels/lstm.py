@@ -27,9 +27,9 @@ def lstm_fwd(
     precision: str = "ieee",
 ) -> LSTMForward:
     """The Triton twin of `kernels.reference.lstm_fwd`: same arguments, same return values."""
+    check_inputs("lstm_fwd", gx=gx, w_hh=w_hh, h0=h0, c0=c0, w_hr=w_hr, lengths=lengths)
     _, B, D, G = gx.shape
     H, P = G // 4, w_hh.shape[2]
-    check_inputs("lstm_fwd", gx=gx, w_hh=w_hh, h0=h0, c0=c0, w_hr=w_hr, lengths=lengths)
     cfg = launch_config(B, H, P, 4, gx, precision, D=D)
     states = dict(h0=h0, c0=c0, w_hr=w_hr, lengths=lengths, training=training, zoneout=zoneout)
     if cfg.path == "split":
@@ -53,10 +53,10 @@ def lstm_bwd(
     precision: str = "ieee",
 ) -> LSTMBackward:
     """The Triton twin of `kernels.reference.lstm_bwd`: same arguments, same return values."""
+    check_inputs("lstm_bwd", dy=dy, dh_n=dh_n, dc_n=dc_n, w_hh=w_hh, w_hr=w_hr, c0=c0, gates=gates,
+                 c_steps=c_steps, lengths=lengths)  # fmt: skip
     _, B, D, G = gates.shape
     H, P = G // 4, w_hh.shape[2]
-    check_inputs("lstm_bwd", dy=dy, dh_n=dh_n, dc_n=dc_n, w_hh=w_hh, w_hr=w_hr, c0=c0, gates=gates,
-                     c_steps=c_steps, lengths=lengths)  # fmt: skip
     cfg = launch_config(B, H, P, 4, gates, precision, D=D, backward=True)
     saved = dict(dc_n=dc_n, w_hr=w_hr, c0=c0, gates=gates, aux=c_steps, lengths=lengths, record=record)
     saved["zoneout"] = zoneout

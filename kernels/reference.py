@@ -35,6 +35,8 @@ from typing import NamedTuple
 
 import torch
 
+from kernels._contract import check_shapes
+
 
 class RNNForward(NamedTuple):
     y: torch.Tensor  # [T, B, D, H]; backward needs only y
@@ -179,6 +181,7 @@ def rnn_fwd(
     Returns:
         RNNForward(y [T, B, D, H], h_n [D, B, H]) in gx's dtype.
     """
+    check_shapes("rnn_fwd", nonlinearity, gx=gx, w_hh=w_hh, h0=h0, lengths=lengths)
     T, B, D, H = gx.shape
     ct = compute_dtype(gx)
     act = torch.tanh if nonlinearity == "tanh" else torch.relu
@@ -218,6 +221,7 @@ def rnn_bwd(
     Returns:
         RNNBackward(dgx [T, B, D, H], dh0 [D, B, H], dh_steps [T, B, D, H] float32 or None).
     """
+    check_shapes("rnn_bwd", nonlinearity, dy=dy, dh_n=dh_n, y=y, w_hh=w_hh, lengths=lengths)
     T, B, D, H = y.shape
     ct = compute_dtype(y)
     dgx = y.new_zeros(T, B, D, H, dtype=ct)
@@ -271,6 +275,7 @@ def lstm_fwd(
         gates [T, B, D, 4H] (σ, σ, tanh, σ of the pre-activations) or None, c_steps [T, B, D, H] or
         None), in gx's dtype.
     """
+    check_shapes("lstm_fwd", gx=gx, w_hh=w_hh, h0=h0, c0=c0, w_hr=w_hr, lengths=lengths)
     T, B, D, G = gx.shape
     H, P = G // 4, w_hh.shape[2]
     ct = compute_dtype(gx)
@@ -328,6 +333,18 @@ def lstm_bwd(
         dh_steps [T, B, D, P] float32 comes with record=True and always with w_hr (the
         projection's weight gradient needs it); dc_steps [T, B, D, H] float32 with record=True.
     """
+    check_shapes(
+        "lstm_bwd",
+        dy=dy,
+        dh_n=dh_n,
+        dc_n=dc_n,
+        w_hh=w_hh,
+        w_hr=w_hr,
+        c0=c0,
+        gates=gates,
+        c_steps=c_steps,
+        lengths=lengths,
+    )
     T, B, D, G = gates.shape
     H, P = G // 4, w_hh.shape[2]
     ct = compute_dtype(gates)
@@ -390,6 +407,7 @@ def gru_fwd(
         GRUForward(y [T, B, D, H], h_n [D, B, H], gates [T, B, D, 3H] or None,
         ghn [T, B, D, H] or None), in gx's dtype.
     """
+    check_shapes("gru_fwd", gx=gx, w_hh=w_hh, b_hn=b_hn, h0=h0, lengths=lengths)
     T, B, D, G = gx.shape
     H = G // 3
     ct = compute_dtype(gx)
@@ -443,6 +461,7 @@ def gru_bwd(
         dh_steps [T, B, D, H] float32 or None). The hidden side's gate gradient is
         (dgx_r, dgx_z, dghn): dW_hh and db_hh come from it.
     """
+    check_shapes("gru_bwd", dy=dy, dh_n=dh_n, w_hh=w_hh, h0=h0, y=y, gates=gates, ghn=ghn, lengths=lengths)
     T, B, D, G = gates.shape
     H = G // 3
     ct = compute_dtype(gates)

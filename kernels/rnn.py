@@ -24,8 +24,8 @@ def rnn_fwd(
     precision: str = "ieee",
 ) -> RNNForward:
     """The Triton twin of `kernels.reference.rnn_fwd`: same arguments, same return values."""
+    check_inputs("rnn_fwd", nonlinearity, gx=gx, w_hh=w_hh, h0=h0, lengths=lengths)
     _, B, D, H = gx.shape
-    check_inputs("rnn_fwd", gx=gx, w_hh=w_hh, h0=h0, lengths=lengths)
     cfg = launch_config(B, H, H, 1, gx, precision, D=D)
     cell = f"rnn_{nonlinearity}"
     if cfg.path == "split":
@@ -47,8 +47,8 @@ def rnn_bwd(
     precision: str = "ieee",
 ) -> RNNBackward:
     """The Triton twin of `kernels.reference.rnn_bwd`: same arguments, same return values."""
+    check_inputs("rnn_bwd", nonlinearity, dy=dy, dh_n=dh_n, y=y, w_hh=w_hh, lengths=lengths)
     _, B, D, H = y.shape
-    check_inputs("rnn_bwd", dy=dy, dh_n=dh_n, y=y, w_hh=w_hh, lengths=lengths)
     cfg = launch_config(B, H, H, 1, y, precision, D=D, backward=True)
     cell = f"rnn_{nonlinearity}"
     if cfg.path == "split":

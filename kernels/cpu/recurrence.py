@@ -20,6 +20,7 @@ from collections.abc import Iterator
 
 import torch
 
+from kernels._contract import check_shapes
 from kernels.cpu import _memory
 from kernels.cpu import _step as _cpu_step
 from kernels.cpu._onednn import RowProducts
@@ -139,6 +140,7 @@ def rnn_fwd(
     precision: str = "ieee",
 ) -> RNNForward:
     """`kernels.reference.rnn_fwd`, on the CPU."""
+    check_shapes("rnn_fwd", nonlinearity, gx=gx, w_hh=w_hh, h0=h0, lengths=lengths)
     with _cpu_math(precision, gx.device):
         T, B, D, H = gx.shape
         ct = compute_dtype(gx)
@@ -168,6 +170,7 @@ def rnn_bwd(
     precision: str = "ieee",
 ) -> RNNBackward:
     """`kernels.reference.rnn_bwd`, on the CPU."""
+    check_shapes("rnn_bwd", nonlinearity, dy=dy, dh_n=dh_n, y=y, w_hh=w_hh, lengths=lengths)
     with _cpu_math(precision, y.device):
         T, B, D, H = y.shape
         ct = compute_dtype(y)
@@ -207,6 +210,7 @@ def lstm_fwd(
     precision: str = "ieee",
 ) -> LSTMForward:
     """`kernels.reference.lstm_fwd`, on the CPU."""
+    check_shapes("lstm_fwd", gx=gx, w_hh=w_hh, h0=h0, c0=c0, w_hr=w_hr, lengths=lengths)
     with _cpu_math(precision, gx.device):
         T, B, D, G = gx.shape
         H, P = G // 4, w_hh.shape[2]
@@ -279,6 +283,18 @@ def lstm_bwd(
 ) -> LSTMBackward:
     """`kernels.reference.lstm_bwd`, on the CPU. dgx has gate-major strides (a view of the dense
     [D, 4H, T, B] it was written in): the weight gradients contract T·B and read it as it lies."""
+    check_shapes(
+        "lstm_bwd",
+        dy=dy,
+        dh_n=dh_n,
+        dc_n=dc_n,
+        w_hh=w_hh,
+        w_hr=w_hr,
+        c0=c0,
+        gates=gates,
+        c_steps=c_steps,
+        lengths=lengths,
+    )
     with _cpu_math(precision, gates.device):
         T, B, D, G = gates.shape
         H, P = G // 4, w_hh.shape[2]
@@ -401,6 +417,7 @@ def gru_fwd(
     precision: str = "ieee",
 ) -> GRUForward:
     """`kernels.reference.gru_fwd`, on the CPU."""
+    check_shapes("gru_fwd", gx=gx, w_hh=w_hh, b_hn=b_hn, h0=h0, lengths=lengths)
     with _cpu_math(precision, gx.device):
         T, B, D, G = gx.shape
         H = G // 3
@@ -450,6 +467,7 @@ def gru_bwd(
     precision: str = "ieee",
 ) -> GRUBackward:
     """`kernels.reference.gru_bwd`, on the CPU."""
+    check_shapes("gru_bwd", dy=dy, dh_n=dh_n, w_hh=w_hh, h0=h0, y=y, gates=gates, ghn=ghn, lengths=lengths)
     with _cpu_math(precision, gates.device):
         T, B, D, G = gates.shape
         H = G // 3
