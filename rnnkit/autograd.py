@@ -74,6 +74,18 @@ def recording_into(record: StepGradientsHook | None) -> Iterator[None]:
         _pending.record = None
 
 
+@contextlib.contextmanager
+def recomputing_gx(source: Callable[[], torch.Tensor] | None) -> Iterator[None]:
+    """The forward op called inside this block can make its gx again, differentiably, with
+    ``source()`` (a layer's input projection of its input): what a double backward differentiates
+    (the op keeps the callable, not gx; the input it reads is kept by the projection's backward)."""
+    _pending.gx_source = source
+    try:
+        yield
+    finally:
+        _pending.gx_source = None
+
+
 def _record_of_call() -> StepGradientsHook | None:
     # setup_context's half of the contract: the record of the op call in progress
     return getattr(_pending, "record", None)
@@ -171,14 +183,24 @@ def _formula(cell: str, bwd, sum_over_rows, gate_major: bool):
         ctx.mark_non_differentiable(*(v[n] for n in saved_outputs if n not in _STATES))
         ctx.set_materialize_grads(False)
         ctx.record = _record_of_call()
+        ctx.gx_source = getattr(_pending, "gx_source", None)
         ctx.device_type = v["w_hh"].device.type
 
     def backward(ctx, *grads):
         _check_saved(ctx, cell)
         v = dict(zip((*saved_inputs, *saved_outputs), ctx.saved_tensors, strict=True))
         upstream = {f"d{n}": g for n, g in zip(fwd_outputs, grads, strict=True) if n in _STATES}
-        v |= dict(zip(upstream, _dense(*upstream.values()), strict=True))
+        needs = dict(zip(fwd_params, ctx.needs_input_grad, strict=True))
         record = _recording(ctx)
+        if torch.is_grad_enabled():  # create_graph=True: a gradient that is differentiable itself
+            if record is not None:  # the record from the backend's backward, as without a graph
+                with torch.no_grad():
+                    backward_op(ctx, dict(v), dict(upstream), needs, record)
+            return _differentiable_backward(ctx, cell, fwd_tensors, v, upstream, needs)
+        return backward_op(ctx, v, upstream, needs, record)
+
+    def backward_op(ctx, v, upstream, needs, record):
+        v |= dict(zip(upstream, _dense(*upstream.values()), strict=True))
         options = {"nonlinearity": ctx.nonlinearity, "zoneout": ctx.zoneout, "precision": ctx.precision}
         options["record"] = record is not None
         with no_autocast(ctx.device_type):
@@ -187,12 +209,39 @@ def _formula(cell: str, bwd, sum_over_rows, gate_major: bool):
             out["dgx"] = _time_major(out["dgx"], gate_major)
             if record is not None:
                 record(StepGradients(out["dh_steps"], out.get("dc_steps"), v["lengths"]))
-            needs = dict(zip(fwd_params, ctx.needs_input_grad, strict=True))
             found = {"gx": out["dgx"], "h0": out["dh0"], "c0": out.get("dc0")}
             found |= _weight_gradients(cell, sum_over_rows, needs, v, out)
         return tuple(found.get(n) if need else None for n, need in needs.items())
 
     return setup_context, backward
+
+
+def _differentiable_backward(ctx, cell: str, fwd_tensors: list[str], v: dict, upstream: dict, needs: dict):
+    # The backward of a create_graph=True pass: the reference's forward run again in torch ops on the
+    # same inputs (gx made again from the layer's input), differentiated by autograd with a graph,
+    # so that a second backward differentiates the gradient
+    if ctx.gx_source is None:
+        raise RuntimeError(
+            f"{cell}: a double backward (create_graph=True) runs the forward again from gx, which the "
+            f"op does not keep: call it through rnnkit's layers or cells, or pass "
+            f"rnnkit.functional.{cell}(..., recompute_gx=<a function that returns gx>)"
+        )
+    inputs = {n: v.get(n) for n in fwd_tensors} | {"gx": ctx.gx_source()}
+    options = {"training": True, "precision": ctx.precision}
+    if cell == "rnn":
+        options["nonlinearity"] = ctx.nonlinearity
+    if cell == "lstm":
+        options["zoneout"] = ctx.zoneout
+    with no_autocast(ctx.device_type):
+        out = getattr(reference, f"{cell}_fwd")(**inputs, **options)._asdict()
+    pairs = [(out[n], upstream[f"d{n}"]) for n in _STATES if upstream.get(f"d{n}") is not None]
+    wrt = [n for n in fwd_tensors if needs[n] and inputs[n] is not None]
+    grads = torch.autograd.grad(
+        [o for o, _ in pairs], [inputs[n] for n in wrt], [g for _, g in pairs], create_graph=True,
+        allow_unused=True,
+    )  # fmt: skip
+    found = dict(zip(wrt, grads, strict=True))
+    return tuple(found.get(n) for n in needs)
 
 
 def register(fwd, bwd, cell: str, sum_over_rows, *, gate_major: bool = False) -> None:
@@ -208,8 +257,9 @@ def register(fwd, bwd, cell: str, sum_over_rows, *, gate_major: bool = False) ->
 def _no_double_backward(bwd):
     def backward(ctx, *grads):
         raise RuntimeError(
-            f"rnnkit's recurrent layers do not support double backward (a second backward through "
-            f"rnnkit.{bwd._name}, after create_graph=True): the gradient of their gradient is not implemented"
+            f"rnnkit.{bwd._name} has no derivative of its own: a double backward (create_graph=True) "
+            "through rnnkit's layers runs their forward again in torch ops instead; call the "
+            "forward operator, not the backward one"
         )
 
     return backward

@@ -16,13 +16,13 @@ layers would (`recurrent_precision`); ``precision="ieee"`` or ``"tf32"`` chooses
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from rnnkit import backends
 from rnnkit._checks import check_floating, check_lengths, check_probability, check_tensor
-from rnnkit.autograd import StepGradientsHook, StepRecord, no_autocast, recording_into
+from rnnkit.autograd import StepGradientsHook, StepRecord, no_autocast, recomputing_gx, recording_into
 from rnnkit.ops import backend_for, operators_for
 
 _GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -119,11 +119,14 @@ def _needs_graph(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _call(record: StepGradientsHook | None, op, *args):
+def _call(record: StepGradientsHook | None, op, *args, recompute_gx=None):
     # the per-step record is eager-only: a compiled graph has no Python to call in its backward.
     # Traced with a record that would be called, this raises: fullgraph=True stops with the error,
     # and a plain torch.compile runs this call eagerly (its fallback past an exception), record
     # and all, rather than drop the record without a word
+    if recompute_gx is not None and not torch.compiler.is_compiling():
+        with recomputing_gx(recompute_gx):
+            return _call(record, op, *args)
     if record is None:
         return op(*args)
     # a graph is being made of this call (torch.compile or torch.export, torch.jit.trace); asked
@@ -149,6 +152,7 @@ def rnn(
     backend: str = "auto",
     record: StepGradientsHook | None = None,
     precision: str | None = None,
+    recompute_gx: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Elman RNN recurrence h_t = act(gx_t + W_hh h_{t-1}).
 
@@ -160,6 +164,9 @@ def rnn(
         backend: "auto", "triton", "cpu" or "reference" (see `rnnkit.backends`).
         record: called during backward with the per-step `StepGradients`.
         precision: "ieee" or "tf32" for float32 on a GPU; None follows torch.nn (`recurrent_precision`).
+        recompute_gx: a function that makes gx again, differentiably (the layers pass their input
+            projection): what a double backward (create_graph=True) differentiates; without it one
+            raises. gx itself is not kept.
 
     Returns:
         y [T, B, D, H] (zero past each length), h_n [D, B, H].
@@ -169,10 +176,10 @@ def rnn(
         >>> y, h_n = rnn(gx[:, :, None], w_hh[None])
     """
     training = _needs_graph(gx, w_hh, h0)
-    return _rnn(gx, w_hh, h0, lengths, nonlinearity, backend, precision, training, record)
+    return _rnn(gx, w_hh, h0, lengths, nonlinearity, backend, precision, training, record, recompute_gx)
 
 
-def _rnn(gx, w_hh, h0, lengths, nonlinearity, backend, precision, training, record):
+def _rnn(gx, w_hh, h0, lengths, nonlinearity, backend, precision, training, record, recompute_gx=None):
     # checks, then the operator: (y, h_n)
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
@@ -185,7 +192,7 @@ def _rnn(gx, w_hh, h0, lengths, nonlinearity, backend, precision, training, reco
     precision = _precision(precision, gx)
     with no_autocast(gx.device.type):
         args = (*_dense(gx, w_hh, h0, lengths), nonlinearity, training, precision)
-        return _call(record if training else None, ops.rnn_fwd, *args)
+        return _call(record if training else None, ops.rnn_fwd, *args, recompute_gx=recompute_gx)
 
 
 def lstm(
@@ -200,6 +207,7 @@ def lstm(
     record: StepGradientsHook | None = None,
     precision: str | None = None,
     zoneout: float = 0.0,
+    recompute_gx: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """LSTM recurrence (gates i, f, g, o), with torch.nn's optional projection.
 
@@ -214,6 +222,9 @@ def lstm(
         precision: "ieee" or "tf32" for float32 on a GPU; None follows torch.nn (`recurrent_precision`).
         zoneout: cell zoneout's expectation with this probability p (`rnnkit.zoneout`, inference):
             the cell applies i' = (1 - p) i and f' = p + (1 - p) f. 0: the plain LSTM.
+        recompute_gx: a function that makes gx again, differentiably (the layers pass their input
+            projection): what a double backward (create_graph=True) differentiates; without it one
+            raises. gx itself is not kept.
 
     Returns:
         y [T, B, D, P] (zero past each length), h_n [D, B, P], c_n [D, B, H].
@@ -223,12 +234,14 @@ def lstm(
         >>> y, h_n, c_n = lstm(gx, w_hh[None])
     """
     training = _needs_graph(gx, w_hh, h0, c0, w_hr)
-    args = (gx, w_hh, h0, c0, w_hr, lengths, backend, precision, training, record, zoneout)
+    args = (gx, w_hh, h0, c0, w_hr, lengths, backend, precision, training, record, zoneout, recompute_gx)
     y, h_n, c_n, _, _ = _lstm(*args)
     return y, h_n, c_n
 
 
-def _lstm(gx, w_hh, h0, c0, w_hr, lengths, backend, precision, training, record, zoneout=0.0):
+def _lstm(
+    gx, w_hh, h0, c0, w_hr, lengths, backend, precision, training, record, zoneout=0.0, recompute_gx=None
+):
     # checks, then the operator: (y, h_n, c_n, gates, c_steps), the last two kept for backward
     zoneout = check_probability("zoneout", zoneout)
     P = None
@@ -252,7 +265,7 @@ def _lstm(gx, w_hh, h0, c0, w_hr, lengths, backend, precision, training, record,
     precision = _precision(precision, gx)
     with no_autocast(gx.device.type):
         args = (*_dense(gx, w_hh, h0, c0, w_hr, lengths), training, zoneout, precision)
-        return _call(record if training else None, ops.lstm_fwd, *args)
+        return _call(record if training else None, ops.lstm_fwd, *args, recompute_gx=recompute_gx)
 
 
 def gru(
@@ -265,6 +278,7 @@ def gru(
     backend: str = "auto",
     record: StepGradientsHook | None = None,
     precision: str | None = None,
+    recompute_gx: Callable[[], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GRU recurrence (gates r, z, n), as torch.nn: the reset gate multiplies W_hn h + b_hn.
 
@@ -276,6 +290,9 @@ def gru(
         backend: "auto", "triton", "cpu" or "reference".
         record: called during backward with the per-step `StepGradients`.
         precision: "ieee" or "tf32" for float32 on a GPU; None follows torch.nn (`recurrent_precision`).
+        recompute_gx: a function that makes gx again, differentiably (the layers pass their input
+            projection): what a double backward (create_graph=True) differentiates; without it one
+            raises. gx itself is not kept.
 
     Returns:
         y [T, B, D, H] (zero past each length), h_n [D, B, H].
@@ -284,11 +301,11 @@ def gru(
         >>> y, h_n = gru(gx.view(T, B, 1, 3 * H), w_hh[None], b_hh[None, 2 * H :])
     """
     training = _needs_graph(gx, w_hh, b_hn, h0)
-    y, h_n, _, _ = _gru(gx, w_hh, b_hn, h0, lengths, backend, precision, training, record)
+    y, h_n, _, _ = _gru(gx, w_hh, b_hn, h0, lengths, backend, precision, training, record, recompute_gx)
     return y, h_n
 
 
-def _gru(gx, w_hh, b_hn, h0, lengths, backend, precision, training, record):
+def _gru(gx, w_hh, b_hn, h0, lengths, backend, precision, training, record, recompute_gx=None):
     # checks, then the operator: (y, h_n, gates, ghn), the last two kept for backward
     B, D, H, _, lengths = _check_common(gx, w_hh, "gru", None, lengths)
     like = {"dtype": gx.dtype, "device": gx.device}
@@ -303,7 +320,7 @@ def _gru(gx, w_hh, b_hn, h0, lengths, backend, precision, training, record):
     precision = _precision(precision, gx)
     with no_autocast(gx.device.type):
         args = (*_dense(gx, w_hh, b_hn, h0, lengths), training, precision)
-        return _call(record if training else None, ops.gru_fwd, *args)
+        return _call(record if training else None, ops.gru_fwd, *args, recompute_gx=recompute_gx)
 
 
 def linear(

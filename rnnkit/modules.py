@@ -271,11 +271,18 @@ class _RecurrentLayer(nn.RNNBase):
     def _recurrence(self, layer, x, h0, c0, lengths, record):
         gx, b_hn = self._input_projection(layer, x)
         w_hh = self._recurrent_weight(layer, x.dtype)
-        kw = {"lengths": lengths, "backend": self.backend, "record": record}
+        zoned = None
+        if self.mode == "LSTM" and self.cell_zoneout > 0 and self.training:  # masks; at inference
+            zoned = zoneout.sample(gx, self.cell_zoneout)  # the expectation
+            gx = zoneout.zone_gates(gx, zoned)
+
+        def recompute_gx() -> torch.Tensor:  # for a double backward: gx again, from x (kept anyway)
+            again = self._input_projection(layer, x)[0]
+            return again if zoned is None else zoneout.zone_gates(again, zoned)
+
+        kw = {"lengths": lengths, "backend": self.backend, "record": record, "recompute_gx": recompute_gx}
         if self.mode == "LSTM":
             w_hr = _stack(self._params(layer, "weight_hr", x.dtype)) if self.proj_size > 0 else None
-            if self.cell_zoneout > 0 and self.training:  # masks; at inference the expectation
-                gx = zoneout.zone_gates(gx, zoneout.sample(gx, self.cell_zoneout))
             expected = 0.0 if self.training else self.cell_zoneout
             return functional.lstm(gx, w_hh, h0, c0, w_hr=w_hr, zoneout=expected, **kw)
         if self.mode == "GRU":
@@ -597,17 +604,22 @@ class _RecurrentCell:
 
         x, h0, c0 = cast(x), cast(h0), cast(c0)
         b_gx, b_hn = _fold_biases(self.mode, cast(self.bias_ih), cast(self.bias_hh))
-        gx = F.linear(x, cast(self.weight_ih), b_gx)
-        gx = gx.view(1, B, 1, gx.shape[-1])  # [T=1, B, D=1, G*H]
+
+        def projection() -> torch.Tensor:  # [T=1, B, D=1, G*H]; again for a double backward
+            gx = F.linear(x, cast(self.weight_ih), b_gx)
+            return gx.view(1, B, 1, gx.shape[-1])
+
+        gx = projection()
         w_hh = cast(self.weight_hh).unsqueeze(0)
+        kw = {"backend": self.backend, "recompute_gx": projection}
         if self.mode == "LSTM":
-            _, h, c = functional.lstm(gx, w_hh, h0, c0, backend=self.backend)
+            _, h, c = functional.lstm(gx, w_hh, h0, c0, **kw)
             out = (h[0], c[0])
         elif self.mode == "GRU":
             b_hn = None if b_hn is None else b_hn.unsqueeze(0)
-            out = (functional.gru(gx, w_hh, b_hn, h0, backend=self.backend)[1][0],)
+            out = (functional.gru(gx, w_hh, b_hn, h0, **kw)[1][0],)
         else:
-            _, h = functional.rnn(gx, w_hh, h0, nonlinearity=self.nonlinearity, backend=self.backend)
+            _, h = functional.rnn(gx, w_hh, h0, nonlinearity=self.nonlinearity, **kw)
             out = (h[0],)
         return out
 

@@ -180,14 +180,6 @@ def test_layers_take_an_empty_batch_as_torch_nn(name):
     assert h.shape == h_t.shape == (4, 0, 5)
 
 
-def test_double_backward_says_it_is_not_supported():
-    model = rnnkit.LSTM(3, 4)
-    x = torch.randn(5, 2, 3, requires_grad=True)
-    (grad,) = torch.autograd.grad(model(x)[0].sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match=r"rnnkit's recurrent layers do not support double backward"):
-        grad.sum().backward()
-
-
 def test_lstm_hx_of_three_tensors():
     h = torch.zeros(1, 2, 4)
     with pytest.raises(

@@ -581,11 +581,22 @@ def test_memory_kept_for_backward(name, per_direction, bidirectional):
     assert values_per_step == I + directions * per_direction * H
 
 
-def test_double_backward_is_refused_clearly():
-    """The backward ops have no derivative of their own: a second-order gradient stops with
-    torch's message naming the op (instead of a silently wrong number)."""
-    model = rnnkit.LSTM(3, 4)
-    x = torch.randn(5, 2, 3, requires_grad=True)
-    (grad,) = torch.autograd.grad(model(x)[0].sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match=r"backward through rnnkit\.cpu_lstm_bwd"):
-        grad.sum().backward()
+def test_double_backward_without_the_input_is_refused_clearly():
+    """A double backward runs the forward again from gx, which the op does not keep: through
+    `rnnkit.functional` without ``recompute_gx`` it stops with a message that says what to pass (the
+    layers pass it); the backward operator itself has no derivative and says so."""
+    gx = torch.randn(5, 2, 1, 16, requires_grad=True)
+    w_hh = torch.randn(1, 16, 4, requires_grad=True)
+    with pytest.raises(RuntimeError, match=r"lstm: a double backward .* recompute_gx="):
+        torch.autograd.grad(rnnkit.functional.lstm(gx, w_hh)[0].sum(), gx, create_graph=True)
+    torch.autograd.grad(rnnkit.functional.lstm(gx, w_hh)[0].sum(), gx)  # a first-order one: as always
+    y = rnnkit.functional.lstm(gx, w_hh, recompute_gx=lambda: gx)[0]
+    (grad,) = torch.autograd.grad(y.sum(), gx, create_graph=True)
+    grad.pow(2).sum().backward()  # through the forward made again: no error
+    assert w_hh.grad is not None
+    ops = rnnkit.ops.backend_ops("reference")
+    fwd = ops.lstm_fwd(gx.detach(), w_hh.detach(), None, None, None, None, True, 0.0, "ieee")
+    dy = torch.randn(5, 2, 1, 4, requires_grad=True)
+    out = ops.lstm_bwd(dy, None, None, w_hh.detach(), None, None, fwd[3], fwd[4], None, False, 0.0, "ieee")
+    with pytest.raises(RuntimeError, match=r"rnnkit\.reference_lstm_bwd has no derivative of its own"):
+        out[0].sum().backward()

@@ -13,7 +13,6 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from kernels.cpu import _memory
 from kernels.cpu._config import SETTINGS, eager_cpu
@@ -89,6 +88,15 @@ def _forward_on_onednn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None)
     return _usable(x, rows, N, K, w, b)
 
 
+def _linear_grads(ctx, grad, x, w):
+    # the gradients of x wᵀ + b in torch's ops (a double backward differentiates them)
+    needs = ctx.needs_input_grad
+    dx = grad @ w if needs[0] else None
+    dw = grad.t() @ x if needs[1] else None
+    db = grad.sum(0) if ctx.has_bias and needs[2] else None
+    return dx, dw, db
+
+
 class _Linear(torch.autograd.Function):
     # x [M, K] @ wᵀ + b: on oneDNN where it is used (but a narrow K into the pool), else torch's
     # product into a pooled buffer (huge pages, recycled: the first touch of a fresh [T·B, 4H] costs
@@ -108,9 +116,15 @@ class _Linear(torch.autograd.Function):
         return torch.mm(x, w.t(), out=out) if b is None else torch.addmm(b, x, w.t(), out=out)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad):
         x, w = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: torch's products, which autograd differentiates
+            return _linear_grads(ctx, grad, x, w)
+        return _Linear._fast_backward(ctx, grad, x, w)
+
+    @staticmethod
+    def _fast_backward(ctx, grad, x, w):
+        # without a graph (backward runs in no_grad): dx on oneDNN where it is used
         (rows, K), N = x.shape, w.shape[0]
         dx = dw = db = None
         if grad.t().is_contiguous():  # gate-major (the CPU LSTM backward's dgx): dW on oneDNN as it lies
