@@ -128,3 +128,23 @@ def test_a_gradient_penalty_in_float32_with_the_cpu_backends_products():
     x = torch.randn(T, B, I, requires_grad=True)
     for i, (a, b) in enumerate(zip(_penalty_grads(ours, x), _penalty_grads(theirs, x), strict=True)):
         assert_close(f"parameter {i}", a, b, torch.float32)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name, kw", LAYERS, ids=IDS)
+def test_a_gradient_penalty_on_the_gpu_gives_torch_nns_numbers(name, kw):
+    """On a GPU, every backend rnnkit runs there (Triton; the reference) against torch.nn's own
+    double backward with cuDNN off (cuDNN's RNN backward has no derivative), fp32 with IEEE
+    products on both sides."""
+    torch.manual_seed(5)
+    theirs = getattr(nn, name)(16, 32, **kw).cuda()
+    x = torch.randn(20, 8, 16, device="cuda", requires_grad=True)
+    with torch.backends.cudnn.flags(enabled=False):
+        want = _penalty_grads(theirs, x)
+    for backend in ("triton", "reference"):
+        ours = getattr(rnnkit, name)(16, 32, backend=backend, **kw).cuda()
+        ours.load_state_dict(theirs.state_dict())
+        with torch.backends.cudnn.flags(enabled=False, allow_tf32=False):
+            got = _penalty_grads(ours, x)
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert_close(f"{backend} {name} parameter {i}", a, b, torch.float32)
