@@ -9,6 +9,7 @@ no hook is registered and the backward pass keeps nothing extra.
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from torch import nn
 
 from rnnkit import convert
 from rnnkit.autograd import StepGradients
-from rnnkit.conversion import TWINS
+from rnnkit.conversion import TWINS, twin
 
 
 @dataclass(frozen=True)
@@ -120,11 +121,19 @@ def on_rnnkit_layers(model: nn.Module) -> nn.Module:
     return convert(copy.deepcopy(model))
 
 
+def _as_twin(layer: nn.Module, stand_in: nn.Module, *args, **kwargs):
+    # a torch.nn layer's forward while it is recorded: its twin's, in the layer's mode
+    stand_in.train(layer.training)
+    return stand_in(*args, **kwargs)
+
+
 class GradientFlowRecorder:
     """Collect ||dL/dh_t|| (and ||dL/dc_t||) for every rnnkit layer during backward passes.
 
     Args:
-        model: any module containing rnnkit RNN/LSTM/GRU layers.
+        model: any module containing rnnkit RNN/LSTM/GRU layers, or torch.nn's: inside the block
+            each runs as rnnkit's twin on the same parameters (a warning says so), and is itself
+            again after it.
         capture_inputs: also keep each layer's latest forward input, so that
             `gate_statistics` can recompute its gates (a reference to the input, no copy).
 
@@ -138,12 +147,22 @@ class GradientFlowRecorder:
         self.model = model
         self.capture_inputs = capture_inputs
         self.layers = recurrent_layers(model)
+        self._stand_ins: list[tuple[nn.Module, nn.Module]] = []  # (torch.nn layer, its twin)
         if not self.layers:
-            raise ValueError(
-                f"model: no rnnkit recurrent layer found in {type(model).__name__}; torch.nn's layers "
-                "cannot record step gradients: model = rnnkit.convert(model) puts rnnkit's twins in "
-                "their place (same parameters and state_dict)"
+            found = [(n, m) for n, m in model.named_modules() if type(m) in (nn.RNN, nn.LSTM, nn.GRU)]
+            if not found:
+                raise ValueError(
+                    f"model: no recurrent layer found in {type(model).__name__} (rnnkit's or torch.nn's "
+                    "RNN, LSTM, GRU)"
+                )
+            warnings.warn(
+                f"model: {type(model).__name__} has torch.nn recurrent layers, which record no step "
+                "gradients; while recording, each runs as rnnkit's twin on the same parameters "
+                "(rnnkit.convert does it for good); the model is not changed",
+                stacklevel=2,
             )
+            self._stand_ins = [(m, twin(m)) for _, m in found]
+            self.layers = [(n, t) for (n, _), (_, t) in zip(found, self._stand_ins, strict=True)]
         self._records: dict[tuple[str, int, int, str], StepNorms] = {}
         self.inputs: dict[str, tuple[tuple[Any, ...], dict[str, Any]]] = {}
         self._handles: list = []
@@ -154,6 +173,8 @@ class GradientFlowRecorder:
         return list(self._records.values())
 
     def __enter__(self) -> GradientFlowRecorder:
+        for layer, stand_in in self._stand_ins:  # the layer's forward is its twin's, for the block
+            layer.forward = functools.partial(_as_twin, layer, stand_in)
         for name, module in self.layers:
             self._handles.append(module.register_step_grad_hook(self._hook_for(name)))
             if self.capture_inputs:
@@ -166,6 +187,8 @@ class GradientFlowRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        for layer, _ in self._stand_ins:
+            del layer.forward  # the class's forward again
 
     def _hook_for(self, name: str):
         def hook(module: nn.Module, layer: int, grads: StepGradients) -> None:

@@ -61,6 +61,17 @@ def _convert(module: nn.Module, to: str, backend: str, path: str) -> nn.Module:
     return out
 
 
+def twin(module: nn.Module, *, backend: str = "auto") -> nn.Module:
+    """rnnkit's twin of one torch.nn layer or cell (one of `TWINS`), on the same Parameter objects;
+    ``module`` itself stays as it is (the diagnostics' recorder runs a model's layers as their twins
+    while it records)."""
+    if type(module) not in TWINS:
+        raise TypeError(
+            f"module: expected one of {', '.join(t.__name__ for t in TWINS)}, got {type(module).__name__}"
+        )
+    return _twin(module, "rnnkit", check_backend_name(backend), "module")
+
+
 def _twin(module: nn.Module, to: str, backend: str, path: str) -> nn.Module:
     # the module's twin of the other kind, holding its parameters; the module itself where it has none
     kind = type(module)

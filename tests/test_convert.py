@@ -184,8 +184,24 @@ def test_diagnostics_take_a_torch_nn_model_as_a_converted_copy():
     with pytest.warns(UserWarning, match="diagnosing a copy on rnnkit's twins"):
         advice = advise(model, loss_fn, [x], task_length=7)
     assert advice.current.lines and type(model.rnn) is nn.LSTM
-    with pytest.raises(ValueError, match=r"model = rnnkit\.convert\(model\)"):
-        GradientFlowRecorder(model)
+    # the recorder sees the user's own passes: the layers run as their twins inside the block only
+    theirs = copy.deepcopy(model)
+    with pytest.warns(UserWarning, match="while recording, each runs as rnnkit's twin on the same"):
+        recorder = GradientFlowRecorder(model)
+    with recorder as rec:
+        loss_fn(model, x).backward()
+    assert "forward" not in vars(model.rnn) and type(model.rnn) is nn.LSTM  # itself again
+    ours = rnnkit.convert(copy.deepcopy(theirs))
+    with GradientFlowRecorder(ours) as want:
+        loss_fn(ours, x).backward()
+    assert [s.label() for s in rec.records] == [s.label() for s in want.records] and rec.records
+    for got, expected in zip(rec.records, want.records, strict=True):
+        assert_close(got.label(), got.norms, expected.norms)
+    loss_fn(theirs, x).backward()  # the gradients reached the model's own parameters, as torch.nn's
+    for (name, a), b in zip(model.named_parameters(), theirs.parameters(), strict=True):
+        assert_close(name, a.grad, b.grad, torch.float32)
+    with pytest.raises(ValueError, match="model: no recurrent layer found in Linear"):
+        GradientFlowRecorder(nn.Linear(2, 2))
 
 
 def test_the_readme_example_runs(tmp_path):

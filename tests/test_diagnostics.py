@@ -123,8 +123,12 @@ def test_eval_mode_backward_and_bad_model():
         out, _ = model(torch.randn(6, 2, 3))
         out.sum().backward()
     assert len(rec.records) == 2 and all(s.module == "1" for s in rec.records)
-    with pytest.raises(ValueError, match="model: no rnnkit recurrent layer found in LSTM"):
-        GradientFlowRecorder(torch.nn.LSTM(3, 4))
+    with pytest.raises(ValueError, match="model: no recurrent layer found in GRUCell"):
+        GradientFlowRecorder(torch.nn.GRUCell(3, 4))  # a cell records no steps
+    lstm = torch.nn.LSTM(3, 4)  # torch.nn's layer itself: it runs as its twin while recorded
+    with pytest.warns(UserWarning, match="torch.nn recurrent layers"), GradientFlowRecorder(lstm) as rec:
+        lstm(torch.randn(6, 2, 3))[0].sum().backward()
+    assert len(rec.records) == 2 and all(s.module == "" for s in rec.records)
 
 
 def test_gate_statistics_chrono_and_saturation():
