@@ -19,7 +19,7 @@ from torch import nn
 
 from rnnkit import convert
 from rnnkit.autograd import StepGradients
-from rnnkit.conversion import TWINS, twin
+from rnnkit.conversion import twin
 
 
 @dataclass(frozen=True)
@@ -108,10 +108,15 @@ def recurrent_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if hasattr(m, "register_step_grad_hook")]
 
 
+def _torch_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    # torch.nn's RNN, LSTM and GRU in ``model`` (exact classes, as `rnnkit.convert` takes them)
+    return [(n, m) for n, m in model.named_modules() if type(m) in (nn.RNN, nn.LSTM, nn.GRU)]
+
+
 def on_rnnkit_layers(model: nn.Module) -> nn.Module:
     """``model`` itself where it has rnnkit layers; where it has only torch.nn's, a converted copy
     (`rnnkit.convert`, said once in a warning): the caller's model is never changed."""
-    if recurrent_layers(model) or not any(type(m) in TWINS for m in model.modules()):
+    if recurrent_layers(model) or not _torch_layers(model):
         return model
     warnings.warn(
         f"model: {type(model).__name__} has torch.nn recurrent layers, which record no step "
@@ -149,7 +154,7 @@ class GradientFlowRecorder:
         self.layers = recurrent_layers(model)
         self._stand_ins: list[tuple[nn.Module, nn.Module]] = []  # (torch.nn layer, its twin)
         if not self.layers:
-            found = [(n, m) for n, m in model.named_modules() if type(m) in (nn.RNN, nn.LSTM, nn.GRU)]
+            found = _torch_layers(model)
             if not found:
                 raise ValueError(
                     f"model: no recurrent layer found in {type(model).__name__} (rnnkit's or torch.nn's "

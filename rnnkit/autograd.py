@@ -177,8 +177,8 @@ def _formula(cell: str, bwd, sum_over_rows, gate_major: bool):
 
     def setup_context(ctx, inputs, output):
         v = dict(zip(fwd_params, inputs, strict=True)) | dict(zip(fwd_outputs, output, strict=True))
-        ctx.training, ctx.precision = v["training"], v["precision"]
-        ctx.nonlinearity, ctx.zoneout = v.get("nonlinearity"), v.get("zoneout")
+        ctx.options = {n: v[n] for n in fwd_params if n in _OPTIONS}  # training, precision, ...
+        ctx.training = ctx.options["training"]
         ctx.save_for_backward(*(v[n] for n in (*saved_inputs, *saved_outputs)))
         ctx.mark_non_differentiable(*(v[n] for n in saved_outputs if n not in _STATES))
         ctx.set_materialize_grads(False)
@@ -193,16 +193,15 @@ def _formula(cell: str, bwd, sum_over_rows, gate_major: bool):
         needs = dict(zip(fwd_params, ctx.needs_input_grad, strict=True))
         record = _recording(ctx)
         if torch.is_grad_enabled():  # create_graph=True: a gradient that is differentiable itself
-            if record is not None:  # the record from the backend's backward, as without a graph
+            if record is not None:  # the record from the backend's backward (no weight gradients)
                 with torch.no_grad():
-                    backward_op(ctx, dict(v), dict(upstream), needs, record)
+                    backward_op(ctx, dict(v), dict(upstream), dict.fromkeys(needs, False), record)
             return _differentiable_backward(ctx, cell, fwd_tensors, v, upstream, needs)
         return backward_op(ctx, v, upstream, needs, record)
 
     def backward_op(ctx, v, upstream, needs, record):
         v |= dict(zip(upstream, _dense(*upstream.values()), strict=True))
-        options = {"nonlinearity": ctx.nonlinearity, "zoneout": ctx.zoneout, "precision": ctx.precision}
-        options["record"] = record is not None
+        options = {**ctx.options, "record": record is not None}
         with no_autocast(ctx.device_type):
             out = bwd(*(v.get(n) for n in bwd_tensors), *(options[n] for n in bwd_options))
             out = dict(zip(bwd_outputs, out, strict=True))
@@ -227,13 +226,8 @@ def _differentiable_backward(ctx, cell: str, fwd_tensors: list[str], v: dict, up
             f"rnnkit.functional.{cell}(..., recompute_gx=<a function that returns gx>)"
         )
     inputs = {n: v.get(n) for n in fwd_tensors} | {"gx": ctx.gx_source()}
-    options = {"training": True, "precision": ctx.precision}
-    if cell == "rnn":
-        options["nonlinearity"] = ctx.nonlinearity
-    if cell == "lstm":
-        options["zoneout"] = ctx.zoneout
     with no_autocast(ctx.device_type):
-        out = getattr(reference, f"{cell}_fwd")(**inputs, **options)._asdict()
+        out = getattr(reference, f"{cell}_fwd")(**inputs, **ctx.options)._asdict()
     pairs = [(out[n], upstream[f"d{n}"]) for n in _STATES if upstream.get(f"d{n}") is not None]
     wrt = [n for n in fwd_tensors if needs[n] and inputs[n] is not None]
     grads = torch.autograd.grad(

@@ -123,22 +123,17 @@ def _call(record: StepGradientsHook | None, op, *args, recompute_gx=None):
     # the per-step record is eager-only: a compiled graph has no Python to call in its backward.
     # Traced with a record that would be called, this raises: fullgraph=True stops with the error,
     # and a plain torch.compile runs this call eagerly (its fallback past an exception), record
-    # and all, rather than drop the record without a word
-    if recompute_gx is not None and not torch.compiler.is_compiling():
-        with recomputing_gx(recompute_gx):
-            return _call(record, op, *args)
-    if record is None:
-        return op(*args)
-    # a graph is being made of this call (torch.compile or torch.export, torch.jit.trace); asked
-    # here, not in a helper: a helper's own frame, compiled alone, would keep is_compiling's True
+    # and all, rather than drop the record without a word. A graph being made of this call
+    # (torch.compile or torch.export, torch.jit.trace) is asked here, not in a helper: a helper's
+    # own frame, compiled alone, would keep is_compiling's True
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        if isinstance(record, StepRecord) and not record.active:
-            return op(*args)
-        raise RuntimeError(
-            "register_step_grad_hook: the per-step gradient record runs Python during backward, "
-            "which a compiled or traced graph cannot; remove the hook or run this model eagerly"
-        )
-    with recording_into(record):
+        if record is not None and not (isinstance(record, StepRecord) and not record.active):
+            raise RuntimeError(
+                "register_step_grad_hook: the per-step gradient record runs Python during backward, "
+                "which a compiled or traced graph cannot; remove the hook or run this model eagerly"
+            )
+        return op(*args)
+    with recording_into(record), recomputing_gx(recompute_gx):
         return op(*args)
 
 
